@@ -1,0 +1,352 @@
+//! Build script: compiles every `kernels/*.cu` with NVRTC into CUBIN (sm_80, sm_90 and any
+//! extra architectures in `WARPNORM_CUDA_ARCHS`) plus PTX for compute_80 (the JIT fallback
+//! for other GPUs), embeds them, records the ptxas resource report, and runs bindgen over
+//! `kernels/params.h` so that host and device share one definition of every parameter struct.
+//!
+//! No `nvcc` and no GPU are needed: NVRTC and the CUDA headers suffice. They are found, in
+//! order, through `WARPNORM_CUDA_ROOT`, `CUDA_HOME`, `CUDA_PATH`, `/usr/local/cuda`, the
+//! project-local `.toolchain/` that `scripts/setup.sh` fills from NVIDIA's PyPI wheels, and
+//! the `nvidia/cu13` folder of any Python site-packages.
+
+use std::ffi::{CStr, CString};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::{env, fs};
+
+#[allow(dead_code)]
+mod tiers {
+    include!("src/cuda/tiers.rs");
+}
+
+const DEFAULT_CUBIN_ARCHS: [&str; 2] = ["sm_80", "sm_90"];
+const PTX_ARCH: &str = "compute_80";
+
+fn main() {
+    let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
+    let out = PathBuf::from(env::var("OUT_DIR").unwrap());
+    for var in [
+        "WARPNORM_CUDA_ROOT",
+        "WARPNORM_CUDA_ARCHS",
+        "CUDA_HOME",
+        "CUDA_PATH",
+        "LIBCLANG_PATH",
+        "DOCS_RS",
+    ] {
+        println!("cargo:rerun-if-env-changed={var}");
+    }
+    println!("cargo:rerun-if-changed=kernels");
+    println!("cargo:rerun-if-changed=src/cuda/tiers.rs");
+
+    generate_bindings(&manifest, &out);
+
+    if env::var_os("DOCS_RS").is_some() {
+        // docs.rs has no CUDA toolchain: document the crate with no kernels embedded.
+        fs::write(out.join("kernels.rs"), embedded_source(&[], &[])).unwrap();
+        fs::write(out.join("resource_usage.txt"), "").unwrap();
+        return;
+    }
+
+    let toolchain = match find_toolchain(&manifest) {
+        Some(t) => t,
+        None => fail(
+            "no CUDA toolchain found for compiling the kernels (NVRTC and the CUDA headers).\n\
+             Install one of:\n  \
+             * the project-local toolchain from PyPI (no GPU or root needed): `bash scripts/setup.sh`\n  \
+             * the CUDA 13 toolkit, then set CUDA_HOME (or WARPNORM_CUDA_ROOT) to its folder\n  \
+             * `pip install nvidia-cuda-nvrtc==13.0.88 nvidia-cuda-runtime==13.0.96` into a Python whose \
+             site-packages python3 reports",
+        ),
+    };
+    load_nvrtc(&toolchain);
+
+    let mut archs: Vec<String> = DEFAULT_CUBIN_ARCHS.iter().map(|s| s.to_string()).collect();
+    if let Ok(extra) = env::var("WARPNORM_CUDA_ARCHS") {
+        for arch in extra.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+            if !arch.starts_with("sm_") {
+                fail(&format!("WARPNORM_CUDA_ARCHS: `{arch}` is not a real architecture like sm_100"));
+            }
+            if !archs.iter().any(|a| a == arch) {
+                archs.push(arch.to_string());
+            }
+        }
+    }
+
+    let mut sources: Vec<PathBuf> = fs::read_dir(manifest.join("kernels"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "cu"))
+        .collect();
+    sources.sort();
+
+    let mut jobs = Vec::new();
+    for src in &sources {
+        for arch in &archs {
+            jobs.push((src.clone(), Target::Cubin(arch.clone())));
+        }
+        jobs.push((src.clone(), Target::Ptx(PTX_ARCH.to_string())));
+    }
+    let include_dirs = [toolchain.include.clone(), manifest.join("kernels")];
+    let results = run_parallel(&jobs, |(src, target)| compile(src, target, &include_dirs));
+
+    let mut report = String::new();
+    let mut modules = Vec::new();
+    for ((src, target), artifact) in jobs.iter().zip(results) {
+        let stem = src.file_stem().unwrap().to_str().unwrap().to_string();
+        let file = out.join(format!("{stem}.{}.{}", target.arch(), target.extension()));
+        fs::write(&file, &artifact.binary).unwrap();
+        writeln!(report, "## {stem}.cu {}", target.arch()).unwrap();
+        report.push_str(&artifact.log);
+        report.push('\n');
+        modules.push((stem, target.clone(), file, artifact.lowered));
+    }
+    fs::write(out.join("resource_usage.txt"), &report).unwrap();
+    fs::write(out.join("kernels.rs"), embedded_source(&modules, &archs)).unwrap();
+}
+
+#[derive(Clone)]
+enum Target {
+    Cubin(String),
+    Ptx(String),
+}
+
+impl Target {
+    fn arch(&self) -> &str {
+        match self {
+            Target::Cubin(a) | Target::Ptx(a) => a,
+        }
+    }
+    fn extension(&self) -> &str {
+        match self {
+            Target::Cubin(_) => "cubin",
+            Target::Ptx(_) => "ptx",
+        }
+    }
+}
+
+struct Toolchain {
+    include: PathBuf,
+    nvrtc: PathBuf,
+    builtins: Option<PathBuf>,
+}
+
+/// A folder is a usable toolchain when it has the fp16/bf16 headers and libnvrtc.
+fn toolchain_at(root: &Path) -> Option<Toolchain> {
+    let include = root.join("include");
+    if !include.join("cuda_fp16.h").is_file() || !include.join("cuda_bf16.h").is_file() {
+        return None;
+    }
+    for lib in ["lib64", "lib", "lib/x64"] {
+        let dir = root.join(lib);
+        let find = |prefix: &str| -> Option<PathBuf> {
+            let mut hits: Vec<PathBuf> = fs::read_dir(&dir)
+                .ok()?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    let name = p.file_name().unwrap().to_string_lossy();
+                    name.starts_with(prefix) && name.contains(".so") && !name.contains(".alt.")
+                })
+                .collect();
+            hits.sort();
+            hits.into_iter().next()
+        };
+        if let Some(nvrtc) = find("libnvrtc.so") {
+            return Some(Toolchain {
+                include,
+                nvrtc,
+                builtins: find("libnvrtc-builtins.so"),
+            });
+        }
+    }
+    None
+}
+
+fn find_toolchain(manifest: &Path) -> Option<Toolchain> {
+    let mut roots: Vec<PathBuf> = ["WARPNORM_CUDA_ROOT", "CUDA_HOME", "CUDA_PATH"]
+        .iter()
+        .filter_map(|v| env::var_os(v).map(PathBuf::from))
+        .collect();
+    roots.push(PathBuf::from("/usr/local/cuda"));
+    roots.push(manifest.join(".toolchain/py/nvidia/cu13"));
+    roots.extend(python_site_packages().into_iter().map(|p| p.join("nvidia/cu13")));
+    roots.iter().find_map(|r| toolchain_at(r))
+}
+
+fn python_site_packages() -> Vec<PathBuf> {
+    let script = "import site,sys;print('\\n'.join(site.getsitepackages()+[site.getusersitepackages()]+sys.path))";
+    std::process::Command::new("python3")
+        .args(["-c", script])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .filter(|l| !l.is_empty())
+                .map(PathBuf::from)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// cudarc loads NVRTC by library name; loading it (and its builtins, which it opens by
+/// name in turn) by absolute path first makes those lookups find the copy we chose.
+fn load_nvrtc(t: &Toolchain) {
+    for lib in t.builtins.iter().chain(std::iter::once(&t.nvrtc)) {
+        // SAFETY: loading NVIDIA's NVRTC libraries runs no initialisers with preconditions.
+        match unsafe { libloading::Library::new(lib) } {
+            Ok(handle) => std::mem::forget(handle), // keep it loaded for the whole build
+            Err(e) => fail(&format!("cannot load {}: {e}", lib.display())),
+        }
+    }
+}
+
+struct Artifact {
+    binary: Vec<u8>,
+    log: String,
+    lowered: Vec<(String, String)>,
+}
+
+fn compile(src: &Path, target: &Target, include_dirs: &[PathBuf]) -> Artifact {
+    use cudarc::nvrtc::{result, sys};
+    let name = src.file_name().unwrap().to_str().unwrap();
+    let code = CString::new(fs::read_to_string(src).unwrap()).unwrap();
+    let prog_name = CString::new(name).unwrap();
+    let exprs: Vec<CString> = tiers::instantiations(name)
+        .into_iter()
+        .map(|e| CString::new(e).unwrap())
+        .collect();
+
+    let mut options = vec![
+        "--std=c++17".to_string(),
+        format!("--gpu-architecture={}", target.arch()),
+        "--device-as-default-execution-space".to_string(),
+        "-DNDEBUG".to_string(),
+    ];
+    if matches!(target, Target::Cubin(_)) {
+        options.push("--ptxas-options=--verbose".to_string());
+    }
+    options.extend(include_dirs.iter().map(|d| format!("--include-path={}", d.display())));
+
+    let prog = result::create_program(&code, Some(&prog_name)).unwrap_or_else(|e| fail(&format!("{name}: {e:?}")));
+    // SAFETY: `prog` is a live program until destroy_program below; every pointer passed
+    // (expressions, options) outlives the calls that read it.
+    unsafe {
+        for e in &exprs {
+            sys::nvrtcAddNameExpression(prog, e.as_ptr())
+                .result()
+                .unwrap_or_else(|err| fail(&format!("{name}: adding {e:?}: {err:?}")));
+        }
+        let compiled = result::compile_program(prog, &options);
+        let log = c_chars_to_string(&result::get_program_log(prog).unwrap_or_default());
+        if let Err(err) = compiled {
+            fail(&format!("NVRTC failed to compile {name} for {}: {err:?}\n{log}", target.arch()));
+        }
+        let binary = match target {
+            Target::Ptx(_) => {
+                let mut ptx = c_chars_to_string(&result::get_ptx(prog).unwrap()).into_bytes();
+                ptx.push(0);
+                ptx
+            }
+            Target::Cubin(_) => {
+                let mut size = 0usize;
+                sys::nvrtcGetCUBINSize(prog, &mut size).result().unwrap();
+                let mut cubin = vec![0u8; size];
+                sys::nvrtcGetCUBIN(prog, cubin.as_mut_ptr().cast()).result().unwrap();
+                cubin
+            }
+        };
+        let lowered = exprs
+            .iter()
+            .map(|e| {
+                let mut ptr = std::ptr::null();
+                sys::nvrtcGetLoweredName(prog, e.as_ptr(), &mut ptr).result().unwrap();
+                let mangled = CStr::from_ptr(ptr).to_str().unwrap().to_string();
+                (e.to_str().unwrap().to_string(), mangled)
+            })
+            .collect();
+        result::destroy_program(prog).unwrap();
+        Artifact { binary, log, lowered }
+    }
+}
+
+fn c_chars_to_string(chars: &[std::ffi::c_char]) -> String {
+    let bytes: Vec<u8> = chars.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// Runs `f` over `jobs` on all cores, keeping the results in job order.
+fn run_parallel<J: Sync, R: Send>(jobs: &[J], f: impl Fn(&J) -> R + Sync) -> Vec<R> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(jobs.len().max(1));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let mut results: Vec<Option<R>> = (0..jobs.len()).map(|_| None).collect();
+    let slots = std::sync::Mutex::new(&mut results);
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= jobs.len() {
+                    break;
+                }
+                let r = f(&jobs[i]);
+                slots.lock().unwrap()[i] = Some(r);
+            });
+        }
+    });
+    results.into_iter().map(Option::unwrap).collect()
+}
+
+/// Rust source that embeds the compiled modules (see src/cuda/kernels.rs for the types).
+fn embedded_source(modules: &[(String, Target, PathBuf, Vec<(String, String)>)], archs: &[String]) -> String {
+    let mut s = String::new();
+    writeln!(s, "pub const CUBIN_ARCHS: &[&str] = &{archs:?};").unwrap();
+    writeln!(s, "pub const PTX_ARCH: &str = {PTX_ARCH:?};").unwrap();
+    writeln!(s, "pub static IMAGES: &[Image] = &[").unwrap();
+    for (stem, target, file, lowered) in modules {
+        let (kind, data) = match target {
+            Target::Cubin(_) => ("ImageKind::Cubin", format!("include_bytes!({:?})", file.display().to_string())),
+            Target::Ptx(_) => ("ImageKind::Ptx", format!("include_bytes!({:?})", file.display().to_string())),
+        };
+        writeln!(
+            s,
+            "    Image {{ source: {stem:?}, arch: {:?}, kind: {kind}, data: {data}, names: &{lowered:?} }},",
+            target.arch()
+        )
+        .unwrap();
+    }
+    writeln!(s, "];").unwrap();
+    s
+}
+
+fn generate_bindings(manifest: &Path, out: &Path) {
+    // bindgen needs libclang; use the project-local one from scripts/setup.sh if the
+    // system has none configured.
+    let local_clang = manifest.join(".toolchain/py/clang/native");
+    if env::var_os("LIBCLANG_PATH").is_none() && local_clang.join("libclang.so").is_file() {
+        // SAFETY: the build script is single-threaded at this point.
+        env::set_var("LIBCLANG_PATH", &local_clang);
+    }
+    let header = manifest.join("kernels/params.h");
+    let bindings = bindgen::Builder::default()
+        .header(header.to_str().unwrap())
+        .allowlist_type("Warpnorm.*")
+        .allowlist_var("WARPNORM_.*")
+        .rustified_enum("WarpnormKind")
+        .derive_default(true)
+        .derive_debug(true)
+        .derive_copy(true)
+        .layout_tests(true)
+        .generate()
+        .unwrap_or_else(|e| {
+            fail(&format!(
+                "bindgen could not process kernels/params.h: {e}.\n\
+                 bindgen needs libclang: run `bash scripts/setup.sh` (installs it into .toolchain/), \
+                 or install your system's libclang (e.g. `apt-get install libclang-dev`), or set LIBCLANG_PATH"
+            ))
+        });
+    bindings.write_to_file(out.join("params.rs")).unwrap();
+}
+
+fn fail(msg: &str) -> ! {
+    eprintln!("\nwarpnorm build error: {msg}\n");
+    std::process::exit(1);
+}

@@ -1,0 +1,141 @@
+// Building blocks shared by every kernel: dtype conversion, vector memory access,
+// warp / CTA reductions and Chan's merge of partial statistics.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "params.h"
+
+namespace warpnorm {
+
+constexpr int kWarpSize = 32;
+constexpr unsigned kFullMask = 0xffffffffu;
+
+// ---------------------------------------------------------------------------------------
+// dtype conversion: all arithmetic happens in f32, storage is T.
+// ---------------------------------------------------------------------------------------
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T> __device__ __forceinline__ T from_float(float v);
+template <> __device__ __forceinline__ float from_float<float>(float v) { return v; }
+template <> __device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
+template <> __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) {
+    return __float2bfloat16_rn(v);
+}
+
+// ---------------------------------------------------------------------------------------
+// Vector memory access. N consecutive elements move in 16-byte chunks (the widest load a
+// thread can issue); the host only picks N > 1 when every pointer and row stride involved
+// is 16-byte aligned, so the reinterpret_casts below never see a misaligned address.
+// ---------------------------------------------------------------------------------------
+template <typename T, int N> struct alignas(sizeof(T) * N) Pack {
+    T v[N];
+};
+
+template <typename T, int N> struct Chunk {
+    static constexpr int kElems = (16 / int(sizeof(T))) < N ? (16 / int(sizeof(T))) : N;
+};
+
+template <typename T, int N>
+__device__ __forceinline__ void load_vec(const T* __restrict__ src, float* dst) {
+    constexpr int kC = Chunk<T, N>::kElems;
+#pragma unroll
+    for (int c = 0; c < N; c += kC) {
+        const Pack<T, kC> p = *reinterpret_cast<const Pack<T, kC>*>(src + c);
+#pragma unroll
+        for (int i = 0; i < kC; ++i) dst[c + i] = to_float(p.v[i]);
+    }
+}
+
+template <typename T, int N>
+__device__ __forceinline__ void store_vec(T* __restrict__ dst, const float* src) {
+    constexpr int kC = Chunk<T, N>::kElems;
+#pragma unroll
+    for (int c = 0; c < N; c += kC) {
+        Pack<T, kC> p;
+#pragma unroll
+        for (int i = 0; i < kC; ++i) p.v[i] = from_float<T>(src[c + i]);
+        *reinterpret_cast<Pack<T, kC>*>(dst + c) = p;
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Reductions. The butterfly (xor) pattern leaves the result in every lane of the group and
+// its order is fixed, so results are bitwise reproducible.
+// ---------------------------------------------------------------------------------------
+
+// Sum over aligned groups of GROUP lanes (GROUP a power of two <= 32). Every lane of the
+// warp must call it.
+template <int GROUP> __device__ __forceinline__ float group_sum(float v) {
+#pragma unroll
+    for (int offset = GROUP / 2; offset > 0; offset /= 2) v += __shfl_xor_sync(kFullMask, v, offset);
+    return v;
+}
+
+// Partial statistics of a set of values: count, mean and M2 = sum of squared deviations.
+struct Moments {
+    float n;
+    float mean;
+    float m2;
+};
+
+// Chan et al.'s pairwise merge: exact for any split of the data, stable when the parts
+// have different means, which is what makes per-warp two-pass results safe to combine.
+__device__ __forceinline__ Moments chan_merge(Moments a, Moments b) {
+    if (b.n == 0.f) return a;  // an empty part carries no mean (it may be 0/0)
+    if (a.n == 0.f) return b;
+    const float n = a.n + b.n;
+    const float delta = b.mean - a.mean;
+    const float b_share = b.n / n;
+    return {n, a.mean + delta * b_share, a.m2 + b.m2 + delta * delta * a.n * b_share};
+}
+
+// Sums of a warp's lanes, combined across the warps of a CTA in warp order through shared
+// memory (`scratch` holds at least K * warps floats). Every thread gets the total.
+// Contains two __syncthreads: all threads of the CTA must call it.
+template <int K> __device__ __forceinline__ void cta_sum(float (&v)[K], float* scratch) {
+    const int lane = threadIdx.x % kWarpSize;
+    const int warp = threadIdx.x / kWarpSize;
+    const int warps = blockDim.x / kWarpSize;
+#pragma unroll
+    for (int k = 0; k < K; ++k) v[k] = group_sum<kWarpSize>(v[k]);
+    if (lane == 0) {
+#pragma unroll
+        for (int k = 0; k < K; ++k) scratch[k * warps + warp] = v[k];
+    }
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+        float total = 0.f;
+        for (int w = 0; w < warps; ++w) total += scratch[k * warps + w];
+        v[k] = total;
+    }
+    __syncthreads();  // scratch may be reused by the caller's next reduction
+}
+
+// Per-warp moments merged across the CTA with Chan's formula in warp order.
+// `scratch` holds at least 3 * warps floats. Two __syncthreads: all threads call it.
+__device__ __forceinline__ Moments cta_merge(Moments m, float* scratch) {
+    const int lane = threadIdx.x % kWarpSize;
+    const int warp = threadIdx.x / kWarpSize;
+    const int warps = blockDim.x / kWarpSize;
+    if (lane == 0) {
+        scratch[3 * warp + 0] = m.n;
+        scratch[3 * warp + 1] = m.mean;
+        scratch[3 * warp + 2] = m.m2;
+    }
+    __syncthreads();
+    Moments total = {scratch[0], scratch[1], scratch[2]};
+    for (int w = 1; w < warps; ++w) total = chan_merge(total, {scratch[3 * w], scratch[3 * w + 1], scratch[3 * w + 2]});
+    __syncthreads();
+    return total;
+}
+
+// rstd from the variance; the variance is clamped at 0 so that the cancellation of the
+// fast-variance form can never produce a NaN from a legal input.
+__device__ __forceinline__ float rstd_of(float var, float eps) { return rsqrtf(fmaxf(var, 0.f) + eps); }
+
+}  // namespace warpnorm

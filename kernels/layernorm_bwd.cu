@@ -1,0 +1,332 @@
+// Backward LayerNorm / RMSNorm over the rows of a 2-D view [rows, cols].
+//
+// With g = dy * scale, r = rstd, n = the number of elements in the statistics (the mask's
+// count), m_j = 1 when element j is in the statistics, the gradient of every form is
+//
+//     dx_j = r * (g_j - m_j * (c1 * S1 + u_j * S2) / n),  S1 = sum_i g_i,  S2 = sum_i g_i * xhat_i
+//
+//   LayerNorm      xhat = (x - mean) * r   u = xhat             c1 = 1
+//   RMSNorm        xhat = x * r            u = xhat             c1 = 0
+//   keras rms_sc.  xhat = x * r            u = (x - mean) * r   c1 = 0   (centred variance)
+//
+// and dscale_j = sum over rows of dy_j * xhat_j, dbias_j = sum over rows of dy_j.
+// dx reads x, dy and scale once. dscale / dbias go through per-CTA f32 partial rows that a
+// finalize kernel sums in CTA order: no atomics, so results are bitwise reproducible.
+#include "common.cuh"
+
+namespace warpnorm {
+
+constexpr int kBwdRowsBlock = 128;
+
+template <int GROUP> struct BwdLayout {
+    static constexpr int kThreads = GROUP > kWarpSize ? GROUP : kBwdRowsBlock;
+    static constexpr int kRowsPerCta = kThreads / GROUP;
+};
+
+// The per-element terms of one row: xhat (what dscale multiplies) and u (what S2 multiplies
+// in dx), from x and the saved statistics.
+struct RowTerms {
+    float mean, rstd, shift;
+    int kind;
+    __device__ __forceinline__ float xhat(float x) const { return (x - shift) * rstd; }
+    __device__ __forceinline__ float u(float x) const {
+        return kind == WARPNORM_RMS_SCALING ? (x - mean) * rstd : xhat(x);
+    }
+    __device__ __forceinline__ float c1() const { return kind == WARPNORM_LAYER_NORM ? 1.f : 0.f; }
+};
+
+__device__ __forceinline__ RowTerms row_terms(const WarpnormBwdParams& p, long long row) {
+    const float mean = p.mean[row];
+    return {mean, p.rstd[row], p.kind == WARPNORM_LAYER_NORM ? mean : 0.f, p.kind};
+}
+
+template <typename P, int VEC>
+__device__ __forceinline__ void load_scale(const WarpnormBwdParams& p, long long col, float* scale) {
+    if (p.scale) {
+        load_vec<P, VEC>(static_cast<const P*>(p.scale) + col, scale);
+    } else {
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) scale[i] = 1.f;
+    }
+}
+
+template <int VEC>
+__device__ __forceinline__ void load_mask(const WarpnormBwdParams& p, long long row, long long col, float* m) {
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) m[i] = (!p.mask || p.mask[row * p.mask_stride + col + i]) ? 1.f : 0.f;
+}
+
+template <int GROUP, int K> __device__ __forceinline__ void bwd_row_sum(float (&v)[K], float* scratch) {
+    if constexpr (GROUP <= kWarpSize) {
+#pragma unroll
+        for (int k = 0; k < K; ++k) v[k] = group_sum<GROUP>(v[k]);
+    } else {
+        cta_sum<K>(v, scratch);
+    }
+}
+
+// Register tier: the row (x, dy) lives in registers and each thread keeps the dscale/dbias
+// sums of its own columns across all the rows its CTA visits.
+template <typename T, typename P, typename O, int VEC, int VECS, int GROUP>
+__global__ void __launch_bounds__(BwdLayout<GROUP>::kThreads, 1) layer_norm_bwd(const WarpnormBwdParams p) {
+    constexpr int kElems = VEC * VECS;
+    constexpr int kThreads = BwdLayout<GROUP>::kThreads;
+    constexpr int kRowsPerCta = BwdLayout<GROUP>::kRowsPerCta;
+    // Reduction scratch, then (GROUP <= 32) the slots' column sums to combine at the end.
+    extern __shared__ __align__(16) float smem[];
+    float* scratch = smem;
+
+    const int lane = threadIdx.x % GROUP;
+    const int slot = threadIdx.x / GROUP;
+    const float n_all = float(p.cols);
+
+    float acc_scale[kElems], acc_bias[kElems];
+#pragma unroll
+    for (int e = 0; e < kElems; ++e) acc_scale[e] = acc_bias[e] = 0.f;
+
+    for (long long first = (long long)blockIdx.x * kRowsPerCta; first < p.rows;
+         first += (long long)gridDim.x * kRowsPerCta) {
+        const long long row = first + slot;
+        const bool row_valid = row < p.rows;
+        const RowTerms t = row_valid ? row_terms(p, row) : RowTerms{0.f, 0.f, 0.f, p.kind};
+
+        float x[kElems], dy[kElems];
+        float sums[3] = {0.f, 0.f, 0.f};  // S1, S2, n (the mask's count)
+#pragma unroll
+        for (int v = 0; v < VECS; ++v) {
+            const long long col = (long long)(v * GROUP + lane) * VEC;
+            float* xv = &x[v * VEC];
+            float* dyv = &dy[v * VEC];
+            if (row_valid && col < p.cols) {
+                float scale[VEC], m[VEC];
+                load_vec<T, VEC>(static_cast<const T*>(p.x) + row * p.x_stride + col, xv);
+                load_vec<O, VEC>(static_cast<const O*>(p.dy) + row * p.dy_stride + col, dyv);
+                load_scale<P, VEC>(p, col, scale);
+                load_mask<VEC>(p, row, col, m);
+#pragma unroll
+                for (int i = 0; i < VEC; ++i) {
+                    const float g = dyv[i] * scale[i];
+                    sums[0] += g;
+                    sums[1] += g * t.xhat(xv[i]);
+                    sums[2] += m[i];
+                }
+            } else {
+#pragma unroll
+                for (int i = 0; i < VEC; ++i) xv[i] = dyv[i] = 0.f;
+            }
+        }
+        if (p.mask) {
+            bwd_row_sum<GROUP, 3>(sums, scratch);
+        } else {
+            float s2[2] = {sums[0], sums[1]};
+            bwd_row_sum<GROUP, 2>(s2, scratch);
+            sums[0] = s2[0];
+            sums[1] = s2[1];
+            sums[2] = n_all;
+        }
+        const float c1s1 = t.c1() * sums[0];
+        const float inv_n = 1.f / sums[2];
+#pragma unroll
+        for (int v = 0; v < VECS; ++v) {
+            const long long col = (long long)(v * GROUP + lane) * VEC;
+            if (!row_valid || col >= p.cols) continue;
+            // scale is re-read (L1-resident) rather than kept: registers go to x and dy.
+            float scale[VEC], m[VEC], dx[VEC];
+            load_scale<P, VEC>(p, col, scale);
+            load_mask<VEC>(p, row, col, m);
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) {
+                const int e = v * VEC + i;
+                dx[i] = t.rstd * (dy[e] * scale[i] - m[i] * (c1s1 + t.u(x[e]) * sums[1]) * inv_n);
+                acc_scale[e] += dy[e] * t.xhat(x[e]);
+                acc_bias[e] += dy[e];
+            }
+            store_vec<T, VEC>(static_cast<T*>(p.dx) + row * p.dx_stride + col, dx);
+        }
+    }
+
+    // Write this CTA's partial row. Several row slots per CTA (GROUP <= 32) are first
+    // summed through shared memory in slot order.
+    if (!p.partial_dscale && !p.partial_dbias) return;
+    float* part_scale = p.partial_dscale ? p.partial_dscale + (long long)blockIdx.x * p.cols : nullptr;
+    float* part_bias = p.partial_dbias ? p.partial_dbias + (long long)blockIdx.x * p.cols : nullptr;
+    if constexpr (kRowsPerCta == 1) {
+#pragma unroll
+        for (int v = 0; v < VECS; ++v) {
+            const long long col = (long long)(v * GROUP + lane) * VEC;
+            if (col >= p.cols) continue;
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) {
+                if (part_scale) part_scale[col + i] = acc_scale[v * VEC + i];
+                if (part_bias) part_bias[col + i] = acc_bias[v * VEC + i];
+            }
+        }
+    } else {
+        // smem after the scratch: [2][kRowsPerCta][cols] (cols <= GROUP * kElems here).
+        float* slots = smem + 3 * kThreads / kWarpSize;
+        const long long stride = (long long)kRowsPerCta * p.cols;
+#pragma unroll
+        for (int v = 0; v < VECS; ++v) {
+            const long long col = (long long)(v * GROUP + lane) * VEC;
+            if (col >= p.cols) continue;
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) {
+                slots[slot * p.cols + col + i] = acc_scale[v * VEC + i];
+                slots[stride + slot * p.cols + col + i] = acc_bias[v * VEC + i];
+            }
+        }
+        __syncthreads();
+        for (long long col = threadIdx.x; col < p.cols; col += kThreads) {
+            float s = 0.f, b = 0.f;
+            for (int k = 0; k < kRowsPerCta; ++k) {
+                s += slots[k * p.cols + col];
+                b += slots[stride + k * p.cols + col];
+            }
+            if (part_scale) part_scale[col] = s;
+            if (part_bias) part_bias[col] = b;
+        }
+    }
+}
+
+// CTA per row for any length. Two passes over x and dy (the second mostly from L2);
+// the dscale/dbias sums live in shared memory when 2 * cols floats fit (SMEM_ACC), else
+// directly in this CTA's own partial rows in global memory.
+template <typename T, typename P, typename O, int VEC, bool SMEM_ACC>
+__global__ void __launch_bounds__(1024, 1) layer_norm_bwd_cta(const WarpnormBwdParams p) {
+    extern __shared__ __align__(16) float smem[];
+    float* scratch = smem;
+    const long long step = (long long)blockDim.x * VEC;
+    float* acc_scale;
+    float* acc_bias;
+    if constexpr (SMEM_ACC) {
+        acc_scale = smem + kWarpSize * 3;
+        acc_bias = acc_scale + p.cols;
+    } else {
+        acc_scale = p.partial_dscale + (long long)blockIdx.x * p.cols;
+        acc_bias = p.partial_dbias + (long long)blockIdx.x * p.cols;
+    }
+    // Each thread only ever touches its own columns of the accumulators: no barrier needed.
+    for (long long col = (long long)threadIdx.x * VEC; col < p.cols; col += step) {
+#pragma unroll
+        for (int i = 0; i < VEC; ++i) acc_scale[col + i] = acc_bias[col + i] = 0.f;
+    }
+
+    for (long long row = blockIdx.x; row < p.rows; row += gridDim.x) {
+        const RowTerms t = row_terms(p, row);
+        const T* x_row = static_cast<const T*>(p.x) + row * p.x_stride;
+        const O* dy_row = static_cast<const O*>(p.dy) + row * p.dy_stride;
+        float sums[3] = {0.f, 0.f, 0.f};
+        for (long long col = (long long)threadIdx.x * VEC; col < p.cols; col += step) {
+            float x[VEC], dy[VEC], scale[VEC], m[VEC];
+            load_vec<T, VEC>(x_row + col, x);
+            load_vec<O, VEC>(dy_row + col, dy);
+            load_scale<P, VEC>(p, col, scale);
+            load_mask<VEC>(p, row, col, m);
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) {
+                const float g = dy[i] * scale[i];
+                sums[0] += g;
+                sums[1] += g * t.xhat(x[i]);
+                sums[2] += m[i];
+            }
+        }
+        cta_sum<3>(sums, scratch);
+        const float c1s1 = t.c1() * sums[0];
+        const float inv_n = 1.f / sums[2];
+        for (long long col = (long long)threadIdx.x * VEC; col < p.cols; col += step) {
+            float x[VEC], dy[VEC], scale[VEC], m[VEC], dx[VEC];
+            load_vec<T, VEC>(x_row + col, x);
+            load_vec<O, VEC>(dy_row + col, dy);
+            load_scale<P, VEC>(p, col, scale);
+            load_mask<VEC>(p, row, col, m);
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) {
+                dx[i] = t.rstd * (dy[i] * scale[i] - m[i] * (c1s1 + t.u(x[i]) * sums[1]) * inv_n);
+                acc_scale[col + i] += dy[i] * t.xhat(x[i]);
+                acc_bias[col + i] += dy[i];
+            }
+            store_vec<T, VEC>(static_cast<T*>(p.dx) + row * p.dx_stride + col, dx);
+        }
+    }
+
+    if constexpr (SMEM_ACC) {
+        float* part_scale = p.partial_dscale + (long long)blockIdx.x * p.cols;
+        float* part_bias = p.partial_dbias + (long long)blockIdx.x * p.cols;
+        for (long long col = (long long)threadIdx.x * VEC; col < p.cols; col += step) {
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) {
+                part_scale[col + i] = acc_scale[col + i];
+                part_bias[col + i] = acc_bias[col + i];
+            }
+        }
+    }
+}
+
+// out[c] = sum of the partial rows in CTA order: the fixed order is what makes dscale and
+// dbias identical from run to run.
+template <typename P> __global__ void __launch_bounds__(256) finalize_partials(const WarpnormFinalizeParams p) {
+    for (long long col = (long long)blockIdx.x * blockDim.x + threadIdx.x; col < p.cols;
+         col += (long long)gridDim.x * blockDim.x) {
+        float sum = 0.f;
+        for (int part = 0; part < p.parts; ++part) sum += p.partial[(long long)part * p.cols + col];
+        static_cast<P*>(p.out)[col] = from_float<P>(sum);
+    }
+}
+
+// Channels-first backward ([outer, cols, inner] over cols): a thread per row as in the
+// forward. dscale/dbias: each warp sums its 32 rows per column with a butterfly and lane 0
+// adds the result to the warp's own partial row, so parts = gridDim.x * warps per CTA.
+template <typename T, typename P, typename O>
+__global__ void __launch_bounds__(256) layer_norm_bwd_strided(const WarpnormStridedBwdParams p) {
+    const long long rows = p.outer * p.inner;
+    const int lane = threadIdx.x % kWarpSize;
+    const long long part = (long long)blockIdx.x * (blockDim.x / kWarpSize) + threadIdx.x / kWarpSize;
+    float* part_scale = p.partial_dscale + part * p.cols;
+    float* part_bias = p.partial_dbias + part * p.cols;
+    for (long long c = lane; c < p.cols; c += kWarpSize) part_scale[c] = part_bias[c] = 0.f;
+    __syncwarp();
+
+    const long long step = (long long)gridDim.x * blockDim.x;
+    // Uniform trip count per warp so that every lane reaches the shuffles.
+    for (long long first = (long long)blockIdx.x * blockDim.x + (threadIdx.x - lane); first < rows; first += step) {
+        const long long row = first + lane;
+        const bool valid = row < rows;
+        const long long o = valid ? row / p.inner : 0, i = valid ? row % p.inner : 0;
+        const T* x = static_cast<const T*>(p.x) + o * p.cols * p.inner + i;
+        const O* dy = static_cast<const O*>(p.dy) + o * p.cols * p.inner + i;
+        T* dx = static_cast<T*>(p.dx) + o * p.cols * p.inner + i;
+        const float mean = valid ? p.mean[row] : 0.f, rstd = valid ? p.rstd[row] : 0.f;
+        const RowTerms t = {mean, rstd, p.kind == WARPNORM_LAYER_NORM ? mean : 0.f, p.kind};
+
+        float s1 = 0.f, s2 = 0.f;
+        if (valid) {
+            for (long long c = 0; c < p.cols; ++c) {
+                const float scale = p.scale ? to_float(static_cast<const P*>(p.scale)[c]) : 1.f;
+                const float g = to_float(dy[c * p.inner]) * scale;
+                s1 += g;
+                s2 += g * t.xhat(to_float(x[c * p.inner]));
+            }
+        }
+        const float c1s1 = t.c1() * s1;
+        const float inv_n = 1.f / float(p.cols);
+        for (long long c = 0; c < p.cols; ++c) {
+            float ds = 0.f, db = 0.f;
+            if (valid) {
+                const float scale = p.scale ? to_float(static_cast<const P*>(p.scale)[c]) : 1.f;
+                const float xv = to_float(x[c * p.inner]);
+                const float dyv = to_float(dy[c * p.inner]);
+                dx[c * p.inner] = from_float<T>(t.rstd * (dyv * scale - (c1s1 + t.u(xv) * s2) * inv_n));
+                ds = dyv * t.xhat(xv);
+                db = dyv;
+            }
+            ds = group_sum<kWarpSize>(ds);
+            db = group_sum<kWarpSize>(db);
+            if (lane == 0) {
+                part_scale[c] += ds;
+                part_bias[c] += db;
+            }
+        }
+    }
+}
+
+}  // namespace warpnorm

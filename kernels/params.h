@@ -1,0 +1,109 @@
+/*
+ * Kernel parameter structs: the single source of truth for host and device.
+ *
+ * build.rs runs bindgen over this header, so the Rust launch layer passes exactly these
+ * layouts by value. Plain C only: no templates, no CUDA types. Element pointers are `void*`
+ * because one struct serves every dtype instantiation of a kernel.
+ */
+#ifndef WARPNORM_PARAMS_H
+#define WARPNORM_PARAMS_H
+
+/* What the kernel computes per row (see the flax / keras docs for the three forms). */
+enum WarpnormKind {
+    WARPNORM_LAYER_NORM = 0,  /* y = (x - mean) * rstd * scale + bias             */
+    WARPNORM_RMS_NORM = 1,    /* y = x * rsqrt(mean(x^2) + eps) * scale            */
+    WARPNORM_RMS_SCALING = 2  /* keras rms_scaling: y = x * rsqrt(var(x) + eps) * scale */
+};
+
+/*
+ * Rows of a 2-D view [rows, cols]: element (r, c) of x lives at x[r * x_stride + c].
+ * mean / rstd may be null (inference: statistics not saved).
+ * scale / bias may be null (use_scale / use_bias off). mask may be null (no flax mask);
+ * mask[r * mask_stride + c] != 0 means the element takes part in the statistics.
+ */
+typedef struct {
+    const void* x;
+    void* y;
+    const void* scale;
+    const void* bias;
+    const unsigned char* mask;
+    float* mean;
+    float* rstd;
+    long long rows;
+    long long cols;
+    long long x_stride;
+    long long y_stride;
+    long long mask_stride;
+    float eps;
+    int kind;          /* enum WarpnormKind */
+    int fast_variance; /* flax use_fast_variance: E[x^2] - E[x]^2, clamped at 0 */
+} WarpnormFwdParams;
+
+/*
+ * Backward over the same 2-D view. partial_dscale / partial_dbias are [gridDim.x, cols]
+ * f32 scratch (one row per CTA, written by that CTA alone); either may be null when the
+ * gradient is not wanted. The finalize kernel sums them over CTAs in a fixed order.
+ */
+typedef struct {
+    const void* x;
+    const void* dy;
+    const void* scale;
+    const unsigned char* mask;
+    const float* mean;
+    const float* rstd;
+    void* dx;
+    float* partial_dscale;
+    float* partial_dbias;
+    long long rows;
+    long long cols;
+    long long x_stride;
+    long long dy_stride;
+    long long dx_stride;
+    long long mask_stride;
+    int kind;
+} WarpnormBwdParams;
+
+/* out[c] = sum over p in 0..parts of partial[p * cols + c], in that order. */
+typedef struct {
+    const float* partial;
+    void* out;
+    long long cols;
+    int parts;
+} WarpnormFinalizeParams;
+
+/*
+ * A reduction axis that is not innermost: x is [outer, cols, inner] (e.g. channels-first
+ * [N, C, H*W] normalised over C). Row r = (o, i) with o = r / inner, i = r % inner;
+ * element (r, c) lives at o * cols * inner + c * inner + i. No transpose is made.
+ */
+typedef struct {
+    const void* x;
+    void* y;
+    const void* scale;
+    const void* bias;
+    float* mean;
+    float* rstd;
+    long long outer;
+    long long cols;
+    long long inner;
+    float eps;
+    int kind;
+    int fast_variance;
+} WarpnormStridedFwdParams;
+
+typedef struct {
+    const void* x;
+    const void* dy;
+    const void* scale;
+    const float* mean;
+    const float* rstd;
+    void* dx;
+    float* partial_dscale; /* [gridDim.x, cols] */
+    float* partial_dbias;
+    long long outer;
+    long long cols;
+    long long inner;
+    int kind;
+} WarpnormStridedBwdParams;
+
+#endif /* WARPNORM_PARAMS_H */

@@ -1,0 +1,196 @@
+// The kernel instantiations warpnorm compiles, and how a row length picks one.
+//
+// This file is pure data and std-only: build.rs `include!`s it to know which template
+// instantiations to ask NVRTC for, and the launch layer uses it to choose among exactly
+// those. Keeping both in one place means the host can never ask for a kernel that was not
+// built.
+
+/// A register-tier launch shape: GROUP threads own a row, each `vecs` vectors of `vec`
+/// elements; the row fits when `cols <= group * vecs * vec` (and `cols % vec == 0`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RowTier {
+    pub vec: u32,
+    pub vecs: u32,
+    pub group: u32,
+}
+
+impl RowTier {
+    /// The longest row this shape holds.
+    pub const fn capacity(&self) -> u64 {
+        (self.vec * self.vecs * self.group) as u64
+    }
+    /// Threads per CTA (several rows share a 128-thread CTA when the group is small).
+    pub const fn threads(&self) -> u32 {
+        if self.group > 32 {
+            self.group
+        } else {
+            128
+        }
+    }
+    /// Rows one CTA normalises at a time.
+    pub const fn rows_per_cta(&self) -> u32 {
+        self.threads() / self.group
+    }
+}
+
+/// Which pass a tier table is for: the backward keeps more per element in registers
+/// (x, dy, g and two accumulators), so its register tiers stop earlier.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pass {
+    Forward,
+    Backward,
+}
+
+const SUB_WARP_GROUPS: [u32; 5] = [1, 2, 4, 8, 16];
+
+/// The register tiers compiled for a pass and a vector width, in increasing capacity.
+pub fn row_tiers(pass: Pass, vec: u32) -> Vec<RowTier> {
+    let mut tiers: Vec<RowTier> = SUB_WARP_GROUPS
+        .iter()
+        .map(|&group| RowTier { vec, vecs: 1, group })
+        .collect();
+    let (warp_vecs, cta): (&[u32], &[(u32, u32)]) = match (pass, vec) {
+        // Scalar path (unaligned slices): a warp per row up to 32 elements a thread.
+        (Pass::Forward, 1) => (&[1, 2, 4, 8, 16, 32], &[]),
+        (Pass::Backward, 1) => (&[1, 2, 4, 8, 16], &[]),
+        (Pass::Forward, _) => (
+            &[1, 2, 4, 8],
+            &[(128, 2), (256, 2), (128, 4), (512, 2), (256, 4), (1024, 2), (512, 4)],
+        ),
+        (Pass::Backward, _) => (&[1, 2, 4], &[(128, 2), (256, 2), (512, 2)]),
+    };
+    tiers.extend(warp_vecs.iter().map(|&vecs| RowTier { vec, vecs, group: 32 }));
+    tiers.extend(cta.iter().map(|&(group, vecs)| RowTier { vec, vecs, group }));
+    tiers.sort_by_key(|t| (t.capacity(), std::cmp::Reverse(t.group)));
+    tiers
+}
+
+/// The smallest register tier that holds a row of `cols`, or None (then the CTA tier).
+pub fn pick_row_tier(pass: Pass, vec: u32, cols: u64) -> Option<RowTier> {
+    row_tiers(pass, vec).into_iter().find(|t| t.capacity() >= cols)
+}
+
+/// The element types as the kernels spell them, and their sizes.
+pub const CUDA_TYPES: [(&str, &str, u32); 3] = [
+    ("f32", "float", 4),
+    ("f16", "__half", 2),
+    ("bf16", "__nv_bfloat16", 2),
+];
+
+/// C++ spelling of a dtype short name (`f32`, `f16`, `bf16`).
+pub fn cuda_type(short: &str) -> &'static str {
+    CUDA_TYPES
+        .iter()
+        .find(|(s, _, _)| *s == short)
+        .map(|(_, c, _)| *c)
+        .unwrap_or("float")
+}
+
+/// Widest vector (16 bytes) for an element size.
+pub const fn max_vec(elem_bytes: u32) -> u32 {
+    16 / elem_bytes
+}
+
+/// Every (x, param, out) dtype combination compiled: params and output are either x's
+/// dtype or f32 (flax: bf16 x with f32 params gives f32 y).
+pub fn dtype_combos() -> Vec<(&'static str, &'static str, &'static str)> {
+    let mut combos = vec![("f32", "f32", "f32")];
+    for x in ["f16", "bf16"] {
+        for p in [x, "f32"] {
+            for o in [x, "f32"] {
+                combos.push((x, p, o));
+            }
+        }
+    }
+    combos
+}
+
+/// Name expressions (what NVRTC instantiates and the launch layer looks up).
+pub mod expr {
+    use super::{cuda_type, RowTier};
+
+    pub fn fwd_rows(x: &str, p: &str, o: &str, t: RowTier) -> String {
+        format!(
+            "warpnorm::layer_norm_fwd<{}, {}, {}, {}, {}, {}>",
+            cuda_type(x),
+            cuda_type(p),
+            cuda_type(o),
+            t.vec,
+            t.vecs,
+            t.group
+        )
+    }
+    pub fn fwd_cta(x: &str, p: &str, o: &str, vec: u32, cache: bool) -> String {
+        format!(
+            "warpnorm::layer_norm_fwd_cta<{}, {}, {}, {}, {}>",
+            cuda_type(x),
+            cuda_type(p),
+            cuda_type(o),
+            vec,
+            cache
+        )
+    }
+    pub fn fwd_strided(x: &str, p: &str, o: &str) -> String {
+        format!(
+            "warpnorm::layer_norm_fwd_strided<{}, {}, {}>",
+            cuda_type(x),
+            cuda_type(p),
+            cuda_type(o)
+        )
+    }
+    pub fn bwd_rows(x: &str, p: &str, o: &str, t: RowTier) -> String {
+        format!(
+            "warpnorm::layer_norm_bwd<{}, {}, {}, {}, {}, {}>",
+            cuda_type(x),
+            cuda_type(p),
+            cuda_type(o),
+            t.vec,
+            t.vecs,
+            t.group
+        )
+    }
+    pub fn bwd_cta(x: &str, p: &str, o: &str, vec: u32, smem_acc: bool) -> String {
+        format!(
+            "warpnorm::layer_norm_bwd_cta<{}, {}, {}, {}, {}>",
+            cuda_type(x),
+            cuda_type(p),
+            cuda_type(o),
+            vec,
+            smem_acc
+        )
+    }
+    pub fn bwd_strided(x: &str, p: &str, o: &str) -> String {
+        format!(
+            "warpnorm::layer_norm_bwd_strided<{}, {}, {}>",
+            cuda_type(x),
+            cuda_type(p),
+            cuda_type(o)
+        )
+    }
+    pub fn finalize(p: &str) -> String {
+        format!("warpnorm::finalize_partials<{}>", cuda_type(p))
+    }
+}
+
+/// Every name expression a kernel source file instantiates.
+pub fn instantiations(source: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let (pass, rows, cta, strided): (Pass, fn(&str, &str, &str, RowTier) -> String, fn(&str, &str, &str, u32, bool) -> String, fn(&str, &str, &str) -> String) =
+        match source {
+            "layernorm_fwd.cu" => (Pass::Forward, expr::fwd_rows, expr::fwd_cta, expr::fwd_strided),
+            "layernorm_bwd.cu" => (Pass::Backward, expr::bwd_rows, expr::bwd_cta, expr::bwd_strided),
+            _ => return out,
+        };
+    for (x, p, o) in dtype_combos() {
+        let bytes = CUDA_TYPES.iter().find(|(s, _, _)| *s == x).map_or(4, |t| t.2);
+        for vec in [max_vec(bytes), 1] {
+            out.extend(row_tiers(pass, vec).into_iter().map(|t| rows(x, p, o, t)));
+            out.extend([false, true].map(|flag| cta(x, p, o, vec, flag)));
+        }
+        out.push(strided(x, p, o));
+    }
+    if pass == Pass::Backward {
+        out.extend(["f32", "f16", "bf16"].map(expr::finalize));
+    }
+    out
+}
