@@ -1,5 +1,224 @@
-//! The CUDA backend: embedded kernels, their selection and the (only) `unsafe` launches.
+//! The CUDA backend: device discovery, the embedded kernels, and the (only) `unsafe`
+//! launches in [`launch`].
+//!
+//! [`CudaBackend`] owns a context, a stream and the loaded kernel modules of one GPU. The
+//! safe operations on caller-owned buffers live in [`crate::ops`].
 
 pub mod kernels;
+mod launch;
 pub mod params;
+mod select;
 pub mod tiers;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::sys::CUdevice_attribute;
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream};
+use cudarc::nvrtc::Ptx;
+
+use crate::{Error, Result};
+use kernels::{Image, ImageKind, IMAGES};
+
+pub(crate) use launch::{backward_rows, backward_strided, forward_rows, forward_strided, BwdBuffers, Dtypes, FwdBuffers};
+pub use select::backward_workspace_len;
+
+/// Why no GPU can be used, or `Ok` with the number of devices. Never panics: cudarc panics
+/// when the driver library is missing, so its presence is checked first.
+pub fn device_count() -> Result<usize> {
+    // SAFETY: only tries to dlopen the driver library; no CUDA call is made.
+    let present = unsafe { cudarc::driver::sys::is_culib_present() };
+    if !present {
+        return Err(Error::NoDevice(
+            "the CUDA driver library (libcuda.so) was not found; is an NVIDIA driver installed?".into(),
+        ));
+    }
+    let n = CudaContext::device_count().map_err(|e| Error::NoDevice(format!("cuInit failed: {e}")))?;
+    if n <= 0 {
+        return Err(Error::NoDevice("the CUDA driver reports no devices".into()));
+    }
+    Ok(n as usize)
+}
+
+/// Static facts about a device that kernel selection needs.
+#[derive(Clone, Debug)]
+pub struct DeviceInfo {
+    pub ordinal: usize,
+    pub name: String,
+    pub compute_capability: (i32, i32),
+    pub sm_count: u32,
+    pub total_mem: usize,
+    /// Opt-in shared memory per CTA (bytes), the ceiling for the row caches.
+    pub max_smem_per_cta: u32,
+}
+
+/// One GPU: its context, a stream, and the warpnorm kernels loaded into it.
+pub struct CudaBackend {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    info: DeviceInfo,
+    modules: HashMap<&'static str, (Arc<CudaModule>, &'static Image)>,
+    functions: Mutex<HashMap<String, CudaFunction>>,
+}
+
+impl std::fmt::Debug for CudaBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CudaBackend").field("info", &self.info).finish()
+    }
+}
+
+impl CudaBackend {
+    /// Opens device `ordinal` (its primary context) and loads the kernels for it.
+    pub fn new(ordinal: usize) -> Result<Arc<Self>> {
+        let count = device_count()?;
+        if ordinal >= count {
+            return Err(Error::NoDevice(format!(
+                "device cuda:{ordinal} does not exist ({count} device(s) found)"
+            )));
+        }
+        let ctx = CudaContext::new(ordinal)?;
+        let stream = ctx.default_stream();
+        Self::with_stream(stream)
+    }
+
+    /// Uses an existing stream (and its context): warpnorm's launches go on that stream.
+    pub fn with_stream(stream: Arc<CudaStream>) -> Result<Arc<Self>> {
+        let ctx = stream.context().clone();
+        let attr = |a| ctx.attribute(a).map_err(Error::from);
+        let info = DeviceInfo {
+            ordinal: ctx.ordinal(),
+            name: ctx.name()?,
+            compute_capability: ctx.compute_capability()?,
+            sm_count: attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as u32,
+            total_mem: ctx.total_mem()?,
+            max_smem_per_cta: attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)? as u32,
+        };
+        let mut modules = HashMap::new();
+        for source in ["layernorm_fwd", "layernorm_bwd"] {
+            let image = pick_image(source, info.compute_capability)?;
+            let ptx = match image.kind {
+                ImageKind::Cubin => Ptx::from_binary(image.data.to_vec()),
+                ImageKind::Ptx => {
+                    let text = image.data.strip_suffix(&[0]).unwrap_or(image.data);
+                    Ptx::from_src(String::from_utf8_lossy(text).into_owned())
+                }
+            };
+            modules.insert(source, (ctx.load_module(ptx)?, image));
+        }
+        Ok(Arc::new(Self {
+            ctx,
+            stream,
+            info,
+            modules,
+            functions: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    pub fn context(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+    /// The stream the modules (LayerNorm, RmsNorm) launch on.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+    pub fn info(&self) -> &DeviceInfo {
+        &self.info
+    }
+    /// `sm_90 (CUBIN)` or `compute_80 (PTX, JIT)`: what was loaded for this device.
+    pub fn loaded_image(&self) -> String {
+        let (_, image) = &self.modules["layernorm_fwd"];
+        match image.kind {
+            ImageKind::Cubin => format!("{} (CUBIN)", image.arch),
+            ImageKind::Ptx => format!("{} (PTX, JIT-compiled by the driver)", image.arch),
+        }
+    }
+
+    /// The kernel for a template name expression of `tiers::expr`, loaded once.
+    pub(crate) fn function(&self, source: &'static str, expr: &str) -> Result<CudaFunction> {
+        let mut cache = self.functions.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = cache.get(expr) {
+            return Ok(f.clone());
+        }
+        let (module, image) = &self.modules[source];
+        let lowered = image
+            .names
+            .iter()
+            .find(|(e, _)| *e == expr)
+            .map(|(_, l)| *l)
+            .ok_or_else(|| Error::Unsupported(format!("kernel `{expr}` was not compiled into this build")))?;
+        let f = module.load_function(lowered)?;
+        cache.insert(expr.to_string(), f.clone());
+        Ok(f)
+    }
+
+    /// Errors unless `stream` belongs to this backend's context (a launch on another
+    /// device's stream would fault).
+    pub(crate) fn check_stream(&self, stream: &CudaStream) -> Result<()> {
+        if Arc::ptr_eq(stream.context(), &self.ctx) {
+            Ok(())
+        } else {
+            Err(Error::Unsupported(format!(
+                "the stream belongs to another CUDA context than cuda:{}",
+                self.info.ordinal
+            )))
+        }
+    }
+}
+
+/// The best embedded image for a compute capability: a CUBIN of the same major version and
+/// the highest minor not above the device's (binary compatible), else the PTX (JIT).
+fn pick_image(source: &str, (major, minor): (i32, i32)) -> Result<&'static Image> {
+    let sm = |arch: &str| -> Option<(i32, i32)> {
+        let digits = arch.strip_prefix("sm_").or_else(|| arch.strip_prefix("compute_"))?;
+        let v: i32 = digits.trim_end_matches(|c: char| c.is_alphabetic()).parse().ok()?;
+        Some((v / 10, v % 10))
+    };
+    let of_source = || IMAGES.iter().filter(move |i| i.source == source);
+    let cubin = of_source()
+        .filter(|i| i.kind == ImageKind::Cubin)
+        .filter_map(|i| sm(i.arch).map(|v| (v, i)))
+        .filter(|((ma, mi), _)| *ma == major && *mi <= minor)
+        .max_by_key(|(v, _)| *v)
+        .map(|(_, i)| i);
+    if let Some(image) = cubin {
+        return Ok(image);
+    }
+    of_source()
+        .filter(|i| i.kind == ImageKind::Ptx)
+        .find(|i| sm(i.arch).is_some_and(|v| v <= (major, minor)))
+        .ok_or_else(|| {
+            Error::Unsupported(format!(
+                "compute capability {major}.{minor} is below the oldest supported (8.0), or this build has no kernels \
+                 (built with DOCS_RS)"
+            ))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn images_exist_for_every_default_arch() {
+        for source in ["layernorm_fwd", "layernorm_bwd"] {
+            assert_eq!(pick_image(source, (8, 0)).unwrap().arch, "sm_80");
+            assert_eq!(pick_image(source, (8, 9)).unwrap().arch, "sm_80");
+            assert_eq!(pick_image(source, (9, 0)).unwrap().arch, "sm_90");
+            let jit = pick_image(source, (12, 0)).unwrap();
+            assert_eq!((jit.arch, jit.kind), ("compute_80", ImageKind::Ptx));
+            assert!(pick_image(source, (7, 5)).is_err());
+        }
+    }
+
+    #[test]
+    fn every_instantiation_has_a_lowered_name() {
+        for image in IMAGES {
+            let expected = tiers::instantiations(&format!("{}.cu", image.source));
+            assert_eq!(image.names.len(), expected.len(), "{} {}", image.source, image.arch);
+            for (expr, lowered) in image.names {
+                assert!(expected.iter().any(|e| e == expr));
+                assert!(lowered.starts_with("_Z"), "{expr} -> {lowered}");
+            }
+        }
+    }
+}

@@ -1,0 +1,171 @@
+//! Which kernel and launch shape a problem gets. Pure arithmetic, so it is tested without
+//! a GPU; the launches in `launch.rs` follow these plans exactly.
+
+use super::tiers::{pick_row_tier, Pass, RowTier};
+
+/// Scratch floats of the CTA kernels' reductions (must match kCtaScratchFloats and the
+/// `kWarpSize * 3` offset in the kernels).
+pub(crate) const CTA_SCRATCH_FLOATS: u32 = 3 * 1024 / 32;
+
+/// Shared memory every kernel may use without opting in.
+pub(crate) const DEFAULT_SMEM: u32 = 48 * 1024;
+
+/// CTAs per SM for the backward's persistent grid: each CTA writes one partial row of
+/// dscale/dbias, so fewer CTAs means less to finalize; 4 keeps every SM busy.
+const BWD_CTAS_PER_SM: u64 = 4;
+/// CTAs per SM the forward's grid-stride loop is capped at.
+const FWD_CTAS_PER_SM: u64 = 16;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Plan {
+    /// Register tier: `layer_norm_{fwd,bwd}<.., vec, vecs, group>`.
+    Rows(RowTier),
+    /// CTA per row, any length. `cached`: forward row cache / backward accumulators in
+    /// shared memory.
+    Cta { vec: u32, threads: u32, cached: bool, smem_bytes: u32 },
+}
+
+impl Plan {
+    pub(crate) fn threads(&self) -> u32 {
+        match self {
+            Plan::Rows(t) => t.threads(),
+            Plan::Cta { threads, .. } => *threads,
+        }
+    }
+    pub(crate) fn rows_per_cta(&self) -> u64 {
+        match self {
+            Plan::Rows(t) => t.rows_per_cta() as u64,
+            Plan::Cta { .. } => 1,
+        }
+    }
+}
+
+fn cta_threads(cols: u64, vec: u32) -> u32 {
+    if cols / vec as u64 >= 8192 {
+        1024
+    } else {
+        512
+    }
+}
+
+/// Forward plan for rows of `cols` elements of `elem_bytes`, loaded `vec` at a time.
+pub(crate) fn forward_plan(cols: u64, vec: u32, elem_bytes: u32, max_smem: u32) -> Plan {
+    if let Some(tier) = pick_row_tier(Pass::Forward, vec, cols) {
+        return Plan::Rows(tier);
+    }
+    let threads = cta_threads(cols, vec);
+    let scratch = CTA_SCRATCH_FLOATS * 4;
+    let cache = cols * elem_bytes as u64;
+    let cached = scratch as u64 + cache <= max_smem as u64;
+    let smem_bytes = if cached { scratch + cache as u32 } else { scratch };
+    Plan::Cta { vec, threads, cached, smem_bytes }
+}
+
+/// Backward plan; `cached` means the dscale/dbias sums fit in shared memory.
+pub(crate) fn backward_plan(cols: u64, vec: u32, max_smem: u32) -> Plan {
+    if let Some(tier) = pick_row_tier(Pass::Backward, vec, cols) {
+        return Plan::Rows(tier);
+    }
+    let threads = cta_threads(cols, vec);
+    let scratch = 32 * 3 * 4;
+    let acc = 2 * cols * 4;
+    let cached = scratch as u64 + acc <= max_smem as u64;
+    let smem_bytes = if cached { scratch + acc as u32 } else { scratch };
+    Plan::Cta { vec, threads, cached, smem_bytes }
+}
+
+/// Dynamic shared memory of the backward register tier: the reduction scratch, plus the
+/// row slots' column sums when a CTA holds several rows.
+pub(crate) fn backward_rows_smem(tier: RowTier, cols: u64) -> u32 {
+    let scratch = 3 * tier.threads() / 32 * 4;
+    let slots = if tier.rows_per_cta() > 1 {
+        2 * tier.rows_per_cta() as u64 * cols * 4
+    } else {
+        0
+    };
+    scratch + slots as u32
+}
+
+pub(crate) fn forward_grid(rows: u64, plan: Plan, sm_count: u32) -> u32 {
+    let needed = rows.div_ceil(plan.rows_per_cta()).max(1);
+    needed.min(sm_count as u64 * FWD_CTAS_PER_SM) as u32
+}
+
+/// The most partial rows any backward launch writes for `rows` rows: the size of the
+/// workspace a caller provides (times 2 x cols).
+pub(crate) fn max_parts(rows: u64, sm_count: u32) -> u64 {
+    rows.min(sm_count as u64 * BWD_CTAS_PER_SM).max(STRIDED_WARPS)
+}
+
+pub(crate) fn backward_grid(rows: u64, plan: Plan, sm_count: u32) -> u32 {
+    let needed = rows.div_ceil(plan.rows_per_cta()).max(1);
+    needed.min(sm_count as u64 * BWD_CTAS_PER_SM) as u32
+}
+
+/// Threads and warps per CTA of the strided kernels.
+pub(crate) const STRIDED_THREADS: u32 = 256;
+pub(crate) const STRIDED_WARPS: u64 = STRIDED_THREADS as u64 / 32;
+
+pub(crate) fn strided_forward_grid(rows: u64, sm_count: u32) -> u32 {
+    rows.div_ceil(STRIDED_THREADS as u64)
+        .clamp(1, sm_count as u64 * FWD_CTAS_PER_SM) as u32
+}
+
+/// The strided backward writes a partial row per warp, so its grid is bounded by
+/// `max_parts / STRIDED_WARPS`.
+pub(crate) fn strided_backward_grid(rows: u64, sm_count: u32) -> u32 {
+    let cap = (max_parts(rows, sm_count) / STRIDED_WARPS).max(1);
+    rows.div_ceil(STRIDED_THREADS as u64).clamp(1, cap) as u32
+}
+
+/// f32 elements of the workspace the backward needs for `rows` x `cols` on a device with
+/// `sm_count` SMs: per-CTA partial sums of dscale and dbias, summed in a fixed order by a
+/// finalize kernel (what makes the gradients bitwise reproducible).
+pub fn backward_workspace_len(rows: usize, cols: usize, sm_count: u32) -> usize {
+    2 * cols * max_parts(rows as u64, sm_count) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_length_up_to_2_pow_20_has_a_plan() {
+        for &vec in &[1u32, 4, 8] {
+            for cols in (1..=70_000u64).chain([1 << 20, (1 << 20) + 8]) {
+                if cols % vec as u64 != 0 {
+                    continue;
+                }
+                for plan in [forward_plan(cols, vec, 2, 227 * 1024), backward_plan(cols, vec, 227 * 1024)] {
+                    match plan {
+                        Plan::Rows(t) => assert!(t.capacity() >= cols && t.vec == vec),
+                        Plan::Cta { smem_bytes, .. } => assert!(smem_bytes <= 227 * 1024),
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn grids_fit_the_workspace() {
+        for rows in [1u64, 3, 7, 100, 10_000, 1 << 24] {
+            for cols in [1u64, 8, 1000, 4096, 70_000] {
+                let parts = max_parts(rows, 132);
+                for vec in [1, 8] {
+                    let plan = backward_plan(cols, vec, 227 * 1024);
+                    assert!(backward_grid(rows, plan, 132) as u64 <= parts);
+                }
+                assert!(strided_backward_grid(rows, 132) as u64 * STRIDED_WARPS <= parts);
+            }
+        }
+    }
+
+    #[test]
+    fn backward_row_slots_fit_default_shared_memory() {
+        for vec in [1, 4, 8] {
+            for t in super::super::tiers::row_tiers(Pass::Backward, vec) {
+                assert!(backward_rows_smem(t, t.capacity()) <= DEFAULT_SMEM, "{t:?}");
+            }
+        }
+    }
+}

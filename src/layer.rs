@@ -1,0 +1,433 @@
+//! The [`LayerNorm`] module (also RMSNorm and keras' rms_scaling, by config): parameters
+//! on the device, initialised by the config's initializers; `forward`, `forward_train`,
+//! `backward`, on a GPU or on the CPU reference backend.
+//!
+//! ```no_run
+//! use warpnorm::{Array, Device, LayerNorm, NormConfig, Tensor, DType};
+//! # fn main() -> warpnorm::Result<()> {
+//! let (dev, _why_not_gpu) = Device::best();
+//! let cfg = NormConfig::flax().epsilon(1e-5);
+//! let ln = LayerNorm::new(&dev, &cfg, &[8, 1024], 0)?;
+//! let x = Array::from_tensor(&dev, &Tensor::full([8, 1024], DType::BF16, 0.5)?)?;
+//! let (y, saved) = ln.forward_train(&x)?;
+//! let dy = Array::from_tensor(&dev, &Tensor::full([8, 1024], y.dtype(), 1.0)?)?;
+//! let grads = ln.backward(&x, &dy, &saved)?;
+//! # let _ = grads.dx; Ok(()) }
+//! ```
+
+use cudarc::driver::CudaSlice;
+use half::{bf16, f16};
+
+use crate::array::{Array, DeviceElement, Storage};
+use crate::cuda::CudaBackend;
+use crate::ops::{self, Layout, NormSpec};
+use crate::reference::{self, Params};
+use crate::rng::Rng;
+use crate::{Axes, DType, Device, Error, NormConfig, NormKind, Result, Tensor};
+
+/// What `forward_train` keeps for `backward`.
+#[derive(Debug)]
+pub struct Saved {
+    /// Per-row mean (f32 on a GPU), and 1/sqrt(var + eps).
+    pub mean: Array,
+    pub rstd: Array,
+    mask: Option<Vec<bool>>,
+}
+
+/// Gradients: dx in x's dtype, dscale / dbias in the parameter dtype (absent when the
+/// config has no such parameter).
+#[derive(Debug)]
+pub struct Gradients {
+    pub dx: Array,
+    pub dscale: Option<Array>,
+    pub dbias: Option<Array>,
+}
+
+/// A LayerNorm / RMSNorm layer for any [`NormConfig`].
+#[derive(Debug)]
+pub struct LayerNorm {
+    cfg: NormConfig,
+    device: Device,
+    axes: Axes,
+    rank: usize,
+    scale: Option<Array>,
+    bias: Option<Array>,
+}
+
+/// RMSNorm is a [`LayerNorm`] whose config computes no mean ([`NormConfig::rms`]).
+pub type RmsNorm = LayerNorm;
+
+impl LayerNorm {
+    /// A layer for inputs shaped like `x_shape` (batch axes may differ later), with
+    /// parameters drawn from the config's initializers with `seed`.
+    pub fn new(device: &Device, cfg: &NormConfig, x_shape: &[usize], seed: u64) -> Result<LayerNorm> {
+        cfg.validate()?;
+        let axes = cfg.resolve(x_shape)?;
+        let mut rng = Rng::new(seed);
+        let mut param = |on: bool, options: &crate::config::ParamOptions| -> Result<Option<Array>> {
+            if !on {
+                return Ok(None);
+            }
+            let data = options.init.init(&axes.param_shape, &mut rng)?;
+            let t = Tensor::new(axes.param_shape.clone(), cfg.param_dtype(), data)?;
+            Array::from_tensor(device, &t).map(Some)
+        };
+        let scale = param(cfg.has_scale(), cfg.scale_options())?;
+        let bias = param(cfg.has_bias(), cfg.bias_options())?;
+        Ok(LayerNorm {
+            cfg: cfg.clone(),
+            device: device.clone(),
+            axes,
+            rank: x_shape.len(),
+            scale,
+            bias,
+        })
+    }
+
+    pub fn config(&self) -> &NormConfig {
+        &self.cfg
+    }
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+    pub fn scale(&self) -> Option<&Array> {
+        self.scale.as_ref()
+    }
+    pub fn bias(&self) -> Option<&Array> {
+        self.bias.as_ref()
+    }
+
+    /// Replaces the scale (e.g. loaded weights): shape and dtype must match.
+    pub fn set_scale(&mut self, t: &Tensor) -> Result<()> {
+        self.check_param("scale", self.cfg.has_scale(), t)?;
+        self.scale = Some(Array::from_tensor(&self.device, t)?);
+        Ok(())
+    }
+
+    /// Replaces the bias: shape and dtype must match.
+    pub fn set_bias(&mut self, t: &Tensor) -> Result<()> {
+        self.check_param("bias", self.cfg.has_bias(), t)?;
+        self.bias = Some(Array::from_tensor(&self.device, t)?);
+        Ok(())
+    }
+
+    fn check_param(&self, what: &'static str, used: bool, t: &Tensor) -> Result<()> {
+        if !used {
+            return Err(Error::InvalidConfig(format!("the config has no {what}")));
+        }
+        if t.shape() != self.axes.param_shape.as_slice() {
+            return Err(Error::Shape {
+                what,
+                expected: format!("{:?}", self.axes.param_shape),
+                got: format!("{:?}", t.shape()),
+            });
+        }
+        if t.dtype() != self.cfg.param_dtype() {
+            return Err(Error::DType {
+                what,
+                expected: self.cfg.param_dtype(),
+                got: t.dtype(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Inference: y only.
+    pub fn forward(&self, x: &Array) -> Result<Array> {
+        self.run_forward(x, None, false).map(|(y, _)| y)
+    }
+
+    /// Training: y and what backward needs.
+    pub fn forward_train(&self, x: &Array) -> Result<(Array, Saved)> {
+        self.run_forward(x, None, true)
+    }
+
+    /// Training with flax's mask (`true` = the element takes part in the statistics;
+    /// every element is still normalised). `mask` has one entry per element of x.
+    pub fn forward_train_masked(&self, x: &Array, mask: &[bool]) -> Result<(Array, Saved)> {
+        self.run_forward(x, Some(mask), true)
+    }
+
+    /// Gradients for cotangent `dy` (shape of x, dtype of y).
+    pub fn backward(&self, x: &Array, dy: &Array, saved: &Saved) -> Result<Gradients> {
+        self.check_input(x)?;
+        let y_dtype = self.cfg.output_dtype(x.dtype());
+        if dy.shape() != x.shape() {
+            return Err(Error::Shape {
+                what: "dy",
+                expected: format!("{:?}", x.shape()),
+                got: format!("{:?}", dy.shape()),
+            });
+        }
+        if dy.dtype() != y_dtype {
+            return Err(Error::DType {
+                what: "dy",
+                expected: y_dtype,
+                got: dy.dtype(),
+            });
+        }
+        match &self.device {
+            Device::Cpu => {
+                let (scale, bias) = (self.host_param(&self.scale)?, self.host_param(&self.bias)?);
+                let g = reference::backward(
+                    &self.cfg,
+                    &x.host("x")?,
+                    Params::new(scale.as_ref(), bias.as_ref()),
+                    saved.mask.as_deref(),
+                    &dy.host("dy")?,
+                )?;
+                let cpu = |t: Tensor| Array::from_tensor(&Device::Cpu, &t);
+                Ok(Gradients {
+                    dx: cpu(g.dx)?,
+                    dscale: g.dscale.map(cpu).transpose()?,
+                    dbias: g.dbias.map(cpu).transpose()?,
+                })
+            }
+            Device::Cuda(be) => {
+                let layout = self.gpu_layout(x.shape())?;
+                dispatch!(self, x.dtype(), gpu_backward(be, layout, x, dy, saved))
+            }
+        }
+    }
+
+    fn host_param(&self, p: &Option<Array>) -> Result<Option<Tensor>> {
+        p.as_ref().map(|a| a.host("parameter")).transpose()
+    }
+
+    fn check_input(&self, x: &Array) -> Result<()> {
+        if x.shape().len() != self.rank {
+            return Err(Error::Shape {
+                what: "x",
+                expected: format!("rank {}", self.rank),
+                got: format!("{:?}", x.shape()),
+            });
+        }
+        let axes = self.cfg.resolve(x.shape())?;
+        if axes.param_shape != self.axes.param_shape || axes.reduction != self.axes.reduction {
+            return Err(Error::Shape {
+                what: "x",
+                expected: format!("sizes {:?} at the feature axes {:?}", self.axes.param_shape, self.axes.features),
+                got: format!("{:?}", x.shape()),
+            });
+        }
+        if x.is_cuda() != self.device.is_cuda() {
+            return Err(Error::Unsupported(format!(
+                "x is on {} but the layer is on {}",
+                if x.is_cuda() { "a GPU" } else { "the CPU" },
+                self.device.describe()
+            )));
+        }
+        Ok(())
+    }
+
+    fn run_forward(&self, x: &Array, mask: Option<&[bool]>, train: bool) -> Result<(Array, Saved)> {
+        self.check_input(x)?;
+        if let Some(m) = mask {
+            if m.len() != x.numel() {
+                return Err(Error::Shape {
+                    what: "mask",
+                    expected: format!("{} elements (one per element of x)", x.numel()),
+                    got: format!("{} elements", m.len()),
+                });
+            }
+        }
+        match &self.device {
+            Device::Cpu => {
+                let (scale, bias) = (self.host_param(&self.scale)?, self.host_param(&self.bias)?);
+                let f = reference::forward(
+                    &self.cfg,
+                    &x.host("x")?,
+                    Params::new(scale.as_ref(), bias.as_ref()),
+                    mask,
+                )?;
+                let stats = |v: Vec<f64>| Array::from_parts(vec![v.len()], DType::F32, Storage::Host(v));
+                Ok((
+                    Array::from_tensor(&Device::Cpu, &f.y)?,
+                    Saved {
+                        mean: stats(f.mean),
+                        rstd: stats(f.rstd),
+                        mask: mask.map(<[bool]>::to_vec),
+                    },
+                ))
+            }
+            Device::Cuda(be) => {
+                let layout = self.gpu_layout(x.shape())?;
+                let mask_dev = match mask {
+                    Some(m) => Some(be.stream().clone_htod(&m.iter().map(|&b| b as u8).collect::<Vec<u8>>())?),
+                    None => None,
+                };
+                let (y, mean, rstd) = dispatch!(self, x.dtype(), gpu_forward(be, layout, x, mask_dev.as_ref(), train))?;
+                let rows = layout.num_rows();
+                let stats = |s: CudaSlice<f32>| Array::from_parts(vec![rows], DType::F32, Storage::F32(s));
+                Ok((
+                    y,
+                    Saved {
+                        mean: stats(mean),
+                        rstd: stats(rstd),
+                        mask: mask.map(<[bool]>::to_vec),
+                    },
+                ))
+            }
+        }
+    }
+
+    /// How x's reduction axes map onto the kernels' layouts: a contiguous run of axes,
+    /// innermost (rows) or not (channels-first), with parameters along exactly those axes.
+    fn gpu_layout(&self, shape: &[usize]) -> Result<Layout> {
+        let red = &self.axes.reduction;
+        let (first, last) = (red[0], red[red.len() - 1]);
+        if last - first + 1 != red.len() {
+            return Err(Error::Unsupported(format!(
+                "reduction axes {red:?} are not adjacent; the GPU kernels need one contiguous run (use Device::cpu())"
+            )));
+        }
+        let params = self.scale.is_some() || self.bias.is_some();
+        if params && self.axes.features != *red {
+            return Err(Error::Unsupported(format!(
+                "feature axes {:?} differ from the reduction axes {red:?}; the GPU kernels take parameters along the \
+                 normalised axes (use Device::cpu())",
+                self.axes.features
+            )));
+        }
+        let outer: usize = shape[..first].iter().product();
+        let cols: usize = shape[first..=last].iter().product();
+        let inner: usize = shape[last + 1..].iter().product();
+        Ok(if inner == 1 {
+            Layout::rows(outer, cols)
+        } else {
+            Layout::ChannelsFirst { outer, cols, inner }
+        })
+    }
+}
+
+/// Calls `$f::<T, P, O>` for the layer's dtypes (x dtype given, params and output from the
+/// config), or returns an error for a combination the kernels do not take.
+macro_rules! dispatch {
+    ($layer:expr, $x:expr, $f:ident($($arg:expr),*)) => {{
+        let x_dtype: DType = $x;
+        let p_dtype = $layer.cfg.param_dtype();
+        let o_dtype = $layer.cfg.output_dtype(x_dtype);
+        use DType::*;
+        match (x_dtype, p_dtype, o_dtype) {
+            (F32, F32, F32) => $layer.$f::<f32, f32, f32>($($arg),*),
+            (F16, F16, F16) => $layer.$f::<f16, f16, f16>($($arg),*),
+            (F16, F16, F32) => $layer.$f::<f16, f16, f32>($($arg),*),
+            (F16, F32, F16) => $layer.$f::<f16, f32, f16>($($arg),*),
+            (F16, F32, F32) => $layer.$f::<f16, f32, f32>($($arg),*),
+            (BF16, BF16, BF16) => $layer.$f::<bf16, bf16, bf16>($($arg),*),
+            (BF16, BF16, F32) => $layer.$f::<bf16, bf16, f32>($($arg),*),
+            (BF16, F32, BF16) => $layer.$f::<bf16, f32, bf16>($($arg),*),
+            (BF16, F32, F32) => $layer.$f::<bf16, f32, f32>($($arg),*),
+            (x, p, o) => Err(Error::Unsupported(format!(
+                "x {x} with parameters {p} and output {o} on the GPU: parameters and output must each be {x} or \
+                 float32 (use Device::cpu())"
+            ))),
+        }
+    }};
+}
+use dispatch;
+
+impl LayerNorm {
+    fn gpu_forward<T: DeviceElement, P: DeviceElement, O: DeviceElement>(
+        &self,
+        be: &CudaBackend,
+        layout: Layout,
+        x: &Array,
+        mask: Option<&CudaSlice<u8>>,
+        train: bool,
+    ) -> Result<(Array, CudaSlice<f32>, CudaSlice<f32>)> {
+        let stream = be.stream();
+        let rows = layout.num_rows();
+        let mut y = stream.alloc_zeros::<O>(x.numel())?;
+        let mut mean = stream.alloc_zeros::<f32>(if train { rows } else { 0 })?;
+        let mut rstd = stream.alloc_zeros::<f32>(if train { rows } else { 0 })?;
+        let scale = self.scale.as_ref().map(|a| a.cuda::<P>("scale")).transpose()?;
+        let bias = self.bias.as_ref().map(|a| a.cuda::<P>("bias")).transpose()?;
+        ops::forward::<T, P, O>(
+            be,
+            stream,
+            &NormSpec::from_config(&self.cfg),
+            layout,
+            ops::Forward {
+                x: x.cuda::<T>("x")?,
+                scale: scale.map(|s| s as _),
+                bias: bias.map(|s| s as _),
+                mask: mask.map(|m| m as _),
+                y: &mut y,
+                stats: train.then_some(ops::Stats {
+                    mean: &mut mean,
+                    rstd: &mut rstd,
+                }),
+            },
+        )?;
+        let y = Array::from_parts(x.shape().to_vec(), O::DTYPE, O::wrap(y));
+        Ok((y, mean, rstd))
+    }
+
+    fn gpu_backward<T: DeviceElement, P: DeviceElement, O: DeviceElement>(
+        &self,
+        be: &CudaBackend,
+        layout: Layout,
+        x: &Array,
+        dy: &Array,
+        saved: &Saved,
+    ) -> Result<Gradients> {
+        let stream = be.stream();
+        let cols = layout.cols();
+        let rows = layout.num_rows();
+        for (what, s) in [("saved mean", &saved.mean), ("saved rstd", &saved.rstd)] {
+            if s.numel() != rows {
+                return Err(Error::Shape {
+                    what,
+                    expected: format!("{rows} rows (from forward_train of this x)"),
+                    got: format!("{}", s.numel()),
+                });
+            }
+        }
+        let mask = match &saved.mask {
+            Some(m) => Some(stream.clone_htod(&m.iter().map(|&b| b as u8).collect::<Vec<u8>>())?),
+            None => None,
+        };
+        let mut dx = stream.alloc_zeros::<T>(x.numel())?;
+        let mut dscale = self.scale.as_ref().map(|_| stream.alloc_zeros::<P>(cols)).transpose()?;
+        let mut dbias = self.bias.as_ref().map(|_| stream.alloc_zeros::<P>(cols)).transpose()?;
+        let mut workspace = stream.alloc_zeros::<f32>(ops::backward_workspace_len(be, &layout))?;
+        let scale = self.scale.as_ref().map(|a| a.cuda::<P>("scale")).transpose()?;
+        ops::backward::<T, P, O>(
+            be,
+            stream,
+            &NormSpec::from_config(&self.cfg),
+            layout,
+            ops::Backward {
+                x: x.cuda::<T>("x")?,
+                dy: dy.cuda::<O>("dy")?,
+                scale: scale.map(|s| s as _),
+                mask: mask.as_ref().map(|m| m as _),
+                mean: saved.mean.cuda::<f32>("saved mean")?,
+                rstd: saved.rstd.cuda::<f32>("saved rstd")?,
+                dx: &mut dx,
+                dscale: dscale.as_mut().map(|d| d as _),
+                dbias: dbias.as_mut().map(|d| d as _),
+                workspace: &mut workspace,
+            },
+        )?;
+        let param_shape = self.axes.param_shape.clone();
+        let wrap = |d: CudaSlice<P>| Array::from_parts(param_shape.clone(), P::DTYPE, P::wrap(d));
+        Ok(Gradients {
+            dx: Array::from_parts(x.shape().to_vec(), T::DTYPE, T::wrap(dx)),
+            dscale: dscale.map(wrap),
+            dbias: dbias.map(wrap),
+        })
+    }
+}
+
+impl NormKind {
+    /// `LayerNorm`, `RMSNorm` or `rms_scaling`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            NormKind::LayerNorm => "LayerNorm",
+            NormKind::RmsNorm => "RMSNorm",
+            NormKind::RmsScaling => "rms_scaling",
+        }
+    }
+}

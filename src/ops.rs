@@ -1,0 +1,455 @@
+//! Low-level operations on caller-owned device buffers: what a framework calls.
+//!
+//! Nothing here allocates or synchronises with the host: every call checks its arguments,
+//! then enqueues kernels on the given stream and returns, so the calls can be captured in a
+//! CUDA graph. A call that returns an error has launched nothing and written nothing.
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use warpnorm::cuda::CudaBackend;
+//! use warpnorm::ops::{self, Forward, Layout, NormSpec};
+//! # fn main() -> warpnorm::Result<()> {
+//! let be = CudaBackend::new(0)?;
+//! let stream = be.stream().clone();
+//! let (rows, cols) = (4096, 1024);
+//! let x = stream.clone_htod(&vec![half::bf16::ONE; rows * cols])?;
+//! let scale = stream.clone_htod(&vec![1.0f32; cols])?;
+//! let mut y = stream.alloc_zeros::<f32>(rows * cols)?;
+//! let spec = NormSpec::from_config(&warpnorm::NormConfig::flax());
+//! ops::forward(&be, &stream, &spec, Layout::rows(rows, cols), Forward {
+//!     x: &x, scale: Some(&scale), bias: None, mask: None, y: &mut y, stats: None,
+//! })?;
+//! # Ok(()) }
+//! ```
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut};
+
+use crate::cuda::params::{WarpnormBwdParams, WarpnormFwdParams, WarpnormStridedBwdParams, WarpnormStridedFwdParams};
+use crate::cuda::{self, CudaBackend};
+use crate::{DType, Element, Error, NormConfig, NormKind, Result};
+
+/// What the kernels compute: the part of a [`NormConfig`] that reaches the GPU.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct NormSpec {
+    pub kind: NormKind,
+    pub eps: f32,
+    /// flax `use_fast_variance`: E[x^2] - E[x]^2 (clamped at 0) instead of the two-pass form.
+    pub fast_variance: bool,
+}
+
+impl NormSpec {
+    pub fn from_config(cfg: &NormConfig) -> Self {
+        Self {
+            kind: cfg.kind(),
+            eps: cfg.eps() as f32,
+            fast_variance: cfg.fast_variance(),
+        }
+    }
+
+    fn kind_code(&self) -> i32 {
+        match self.kind {
+            NormKind::LayerNorm => 0,
+            NormKind::RmsNorm => 1,
+            NormKind::RmsScaling => 2,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        if !(self.eps.is_finite() && self.eps > 0.0) {
+            return Err(Error::InvalidConfig(format!(
+                "epsilon must be finite and > 0 in f32, got {}",
+                self.eps
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// How the normalised axis sits in memory (in elements, not bytes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// `rows` rows of `cols` elements; row r of x (and dx) starts at `r * x_stride`, of y
+    /// (and dy) at `r * y_stride`. A mask, when given, is a contiguous `[rows, cols]`.
+    Rows {
+        rows: usize,
+        cols: usize,
+        x_stride: usize,
+        y_stride: usize,
+    },
+    /// A contiguous `[outer, cols, inner]` normalised over `cols` (channels-first, e.g.
+    /// `[N, C, H*W]` over C), without a transpose. Statistics are `[outer, inner]`.
+    ChannelsFirst { outer: usize, cols: usize, inner: usize },
+}
+
+impl Layout {
+    /// Contiguous rows.
+    pub fn rows(rows: usize, cols: usize) -> Self {
+        Layout::Rows {
+            rows,
+            cols,
+            x_stride: cols,
+            y_stride: cols,
+        }
+    }
+
+    /// Number of normalised rows (= entries of mean and rstd).
+    pub fn num_rows(&self) -> usize {
+        match *self {
+            Layout::Rows { rows, .. } => rows,
+            Layout::ChannelsFirst { outer, inner, .. } => outer * inner,
+        }
+    }
+
+    /// Length of the normalised axis.
+    pub fn cols(&self) -> usize {
+        match *self {
+            Layout::Rows { cols, .. } | Layout::ChannelsFirst { cols, .. } => cols,
+        }
+    }
+
+    fn validate(&self) -> Result<()> {
+        let bad = |msg: String| Err(Error::Shape { what: "layout", expected: msg, got: format!("{self:?}") });
+        match *self {
+            Layout::Rows { cols, x_stride, y_stride, .. } => {
+                if cols == 0 {
+                    return bad("cols >= 1".into());
+                }
+                if x_stride < cols || y_stride < cols {
+                    return bad(format!("row strides >= cols ({cols})"));
+                }
+            }
+            Layout::ChannelsFirst { cols, .. } => {
+                if cols == 0 {
+                    return bad("cols >= 1".into());
+                }
+            }
+        }
+        if self.cols() > i32::MAX as usize {
+            return bad("cols < 2^31".into());
+        }
+        Ok(())
+    }
+
+    /// Elements a buffer with `stride` must hold.
+    fn span(&self, stride: usize) -> usize {
+        match *self {
+            Layout::Rows { rows, cols, .. } if rows > 0 => (rows - 1) * stride + cols,
+            Layout::Rows { .. } => 0,
+            Layout::ChannelsFirst { outer, cols, inner } => outer * cols * inner,
+        }
+    }
+}
+
+/// Mean and rstd (f32, one per row) written by a training forward and read by backward.
+pub struct Stats<'a> {
+    pub mean: &'a mut dyn DevicePtrMut<f32>,
+    pub rstd: &'a mut dyn DevicePtrMut<f32>,
+}
+
+/// Buffers of a forward pass. `T` = x, `P` = scale/bias, `O` = y. P and O are each either
+/// T or f32.
+pub struct Forward<'a, T, P, O> {
+    pub x: &'a dyn DevicePtr<T>,
+    pub scale: Option<&'a dyn DevicePtr<P>>,
+    pub bias: Option<&'a dyn DevicePtr<P>>,
+    /// flax's mask: non-zero elements take part in the statistics (Rows layout only).
+    pub mask: Option<&'a dyn DevicePtr<u8>>,
+    pub y: &'a mut dyn DevicePtrMut<O>,
+    /// Written when given (training); skipped for inference.
+    pub stats: Option<Stats<'a>>,
+}
+
+/// Buffers of a backward pass; dy has y's dtype `O`, dx has x's dtype `T`.
+pub struct Backward<'a, T, P, O> {
+    pub x: &'a dyn DevicePtr<T>,
+    pub dy: &'a dyn DevicePtr<O>,
+    pub scale: Option<&'a dyn DevicePtr<P>>,
+    pub mask: Option<&'a dyn DevicePtr<u8>>,
+    pub mean: &'a dyn DevicePtr<f32>,
+    pub rstd: &'a dyn DevicePtr<f32>,
+    pub dx: &'a mut dyn DevicePtrMut<T>,
+    pub dscale: Option<&'a mut dyn DevicePtrMut<P>>,
+    pub dbias: Option<&'a mut dyn DevicePtrMut<P>>,
+    /// At least [`backward_workspace_len`] f32: per-CTA partial sums of dscale / dbias.
+    pub workspace: &'a mut dyn DevicePtrMut<f32>,
+}
+
+/// f32 elements of workspace a [`backward`] call needs on this device.
+pub fn backward_workspace_len(be: &CudaBackend, layout: &Layout) -> usize {
+    cuda::backward_workspace_len(layout.num_rows(), layout.cols(), be.info().sm_count)
+}
+
+fn short(d: DType) -> &'static str {
+    match d {
+        DType::F32 => "f32",
+        DType::F16 => "f16",
+        DType::BF16 => "bf16",
+    }
+}
+
+fn dtypes<T: Element, P: Element, O: Element>() -> Result<cuda::Dtypes> {
+    let (x, p, o) = (T::DTYPE, P::DTYPE, O::DTYPE);
+    if !(p == x || p == DType::F32) || !(o == x || o == DType::F32) {
+        return Err(Error::Unsupported(format!(
+            "x {x} with parameters {p} and output {o}: parameters and output must each be {x} or float32"
+        )));
+    }
+    Ok(cuda::Dtypes {
+        x: short(x),
+        param: short(p),
+        out: short(o),
+    })
+}
+
+/// Checks one buffer: same CUDA context, long enough; returns its address.
+fn addr<T>(be: &CudaBackend, stream: &CudaStream, what: &'static str, buf: &dyn DevicePtr<T>, need: usize) -> Result<u64> {
+    check_buffer(be, what, buf.stream(), buf.len(), need)?;
+    let (ptr, _sync) = buf.device_ptr(stream);
+    Ok(ptr)
+}
+
+fn addr_mut<T>(
+    be: &CudaBackend,
+    stream: &CudaStream,
+    what: &'static str,
+    buf: &mut dyn DevicePtrMut<T>,
+    need: usize,
+) -> Result<u64> {
+    check_buffer(be, what, buf.stream(), buf.len(), need)?;
+    let (ptr, _sync) = buf.device_ptr_mut(stream);
+    Ok(ptr)
+}
+
+fn check_buffer(be: &CudaBackend, what: &'static str, owner: &Arc<CudaStream>, len: usize, need: usize) -> Result<()> {
+    if !Arc::ptr_eq(owner.context(), be.context()) {
+        return Err(Error::Unsupported(format!(
+            "`{what}` lives on another device than cuda:{}",
+            be.info().ordinal
+        )));
+    }
+    if len < need {
+        return Err(Error::Shape {
+            what,
+            expected: format!("at least {need} elements"),
+            got: format!("{len} elements"),
+        });
+    }
+    Ok(())
+}
+
+/// The widest vector (elements) every address and stride allows: 16 bytes of x's dtype
+/// when all are 16-byte aligned and the row length divides evenly, else 1.
+fn vector_width(elem_bytes: usize, cols: usize, strides: &[usize], addrs: &[u64]) -> u32 {
+    let vec = 16 / elem_bytes;
+    let aligned = cols % vec == 0 && strides.iter().all(|s| s % vec == 0) && addrs.iter().all(|a| a % 16 == 0);
+    if aligned {
+        vec as u32
+    } else {
+        1
+    }
+}
+
+/// Normalises x into y (and writes the statistics when `args.stats` is given).
+pub fn forward<T: Element, P: Element, O: Element>(
+    be: &CudaBackend,
+    stream: &CudaStream,
+    spec: &NormSpec,
+    layout: Layout,
+    args: Forward<'_, T, P, O>,
+) -> Result<()> {
+    spec.validate()?;
+    layout.validate()?;
+    be.check_stream(stream)?;
+    let d = dtypes::<T, P, O>()?;
+    let rows = layout.num_rows();
+    let cols = layout.cols();
+    let (x_stride, y_stride) = match layout {
+        Layout::Rows { x_stride, y_stride, .. } => (x_stride, y_stride),
+        Layout::ChannelsFirst { .. } => (cols, cols),
+    };
+    let x = addr(be, stream, "x", args.x, layout.span(x_stride))?;
+    let y = addr_mut(be, stream, "y", args.y, layout.span(y_stride))?;
+    let param = |what, b: Option<&dyn DevicePtr<P>>| -> Result<u64> {
+        b.map_or(Ok(0), |b| addr(be, stream, what, b, cols))
+    };
+    let scale = param("scale", args.scale)?;
+    let bias = param("bias", args.bias)?;
+    let mask = match (args.mask, layout) {
+        (None, _) => 0,
+        (Some(m), Layout::Rows { .. }) => addr(be, stream, "mask", m, rows * cols)?,
+        (Some(_), Layout::ChannelsFirst { .. }) => {
+            return Err(Error::Unsupported("a mask with the channels-first layout".into()))
+        }
+    };
+    let (mean, rstd) = match args.stats {
+        Some(s) => (
+            addr_mut(be, stream, "mean", s.mean, rows)?,
+            addr_mut(be, stream, "rstd", s.rstd, rows)?,
+        ),
+        None => (0, 0),
+    };
+    if rows == 0 {
+        return Ok(());
+    }
+    match layout {
+        Layout::Rows { .. } => {
+            // Param pointers are read with the same vector width as x.
+            let vec = vector_width(
+                T::DTYPE.size(),
+                cols,
+                &[x_stride, y_stride],
+                &[x, y, scale, bias],
+            );
+            let params = WarpnormFwdParams {
+                x: x as *const _,
+                y: y as *mut _,
+                scale: scale as *const _,
+                bias: bias as *const _,
+                mask: mask as *const u8,
+                mean: mean as *mut f32,
+                rstd: rstd as *mut f32,
+                rows: rows as _,
+                cols: cols as _,
+                x_stride: x_stride as _,
+                y_stride: y_stride as _,
+                mask_stride: cols as _,
+                eps: spec.eps,
+                kind: spec.kind_code(),
+                fast_variance: spec.fast_variance as i32,
+            };
+            let b = cuda::FwdBuffers {
+                params,
+                dtypes: d,
+                vec,
+                elem_bytes: T::DTYPE.size() as u32,
+            };
+            cuda::forward_rows(be, stream, &b)
+        }
+        Layout::ChannelsFirst { outer, inner, .. } => {
+            let params = WarpnormStridedFwdParams {
+                x: x as *const _,
+                y: y as *mut _,
+                scale: scale as *const _,
+                bias: bias as *const _,
+                mean: mean as *mut f32,
+                rstd: rstd as *mut f32,
+                outer: outer as _,
+                cols: cols as _,
+                inner: inner as _,
+                eps: spec.eps,
+                kind: spec.kind_code(),
+                fast_variance: spec.fast_variance as i32,
+            };
+            cuda::forward_strided(be, stream, &params, d)
+        }
+    }
+}
+
+/// Gradients of [`forward`]: dx always; dscale / dbias when their buffers are given.
+/// Results are bitwise identical from run to run on the same device.
+pub fn backward<T: Element, P: Element, O: Element>(
+    be: &CudaBackend,
+    stream: &CudaStream,
+    spec: &NormSpec,
+    layout: Layout,
+    args: Backward<'_, T, P, O>,
+) -> Result<()> {
+    layout.validate()?;
+    be.check_stream(stream)?;
+    let d = dtypes::<T, P, O>()?;
+    let rows = layout.num_rows();
+    let cols = layout.cols();
+    let (x_stride, y_stride) = match layout {
+        Layout::Rows { x_stride, y_stride, .. } => (x_stride, y_stride),
+        Layout::ChannelsFirst { .. } => (cols, cols),
+    };
+    let x = addr(be, stream, "x", args.x, layout.span(x_stride))?;
+    let dy = addr(be, stream, "dy", args.dy, layout.span(y_stride))?;
+    let dx = addr_mut(be, stream, "dx", args.dx, layout.span(x_stride))?;
+    let scale = args.scale.map_or(Ok(0), |s| addr(be, stream, "scale", s, cols))?;
+    let mask = match (args.mask, layout) {
+        (None, _) => 0,
+        (Some(m), Layout::Rows { .. }) => addr(be, stream, "mask", m, rows * cols)?,
+        (Some(_), Layout::ChannelsFirst { .. }) => {
+            return Err(Error::Unsupported("a mask with the channels-first layout".into()))
+        }
+    };
+    let mean = addr(be, stream, "mean", args.mean, rows)?;
+    let rstd = addr(be, stream, "rstd", args.rstd, rows)?;
+    let dscale = match args.dscale {
+        Some(b) => Some(addr_mut(be, stream, "dscale", b, cols)?),
+        None => None,
+    };
+    let dbias = match args.dbias {
+        Some(b) => Some(addr_mut(be, stream, "dbias", b, cols)?),
+        None => None,
+    };
+    let need = cuda::backward_workspace_len(rows, cols, be.info().sm_count);
+    let workspace = addr_mut(be, stream, "workspace", args.workspace, need)?;
+    if rows == 0 {
+        return Ok(());
+    }
+    let half = (need / 2) as u64 * 4;
+    let (partial_dscale, partial_dbias) = (workspace, workspace + half);
+    let kind = spec.kind_code();
+    match layout {
+        Layout::Rows { .. } => {
+            let vec = vector_width(T::DTYPE.size(), cols, &[x_stride, y_stride], &[x, dy, dx, scale]);
+            let params = WarpnormBwdParams {
+                x: x as *const _,
+                dy: dy as *const _,
+                scale: scale as *const _,
+                mask: mask as *const u8,
+                mean: mean as *const f32,
+                rstd: rstd as *const f32,
+                dx: dx as *mut _,
+                partial_dscale: partial_dscale as *mut f32,
+                partial_dbias: partial_dbias as *mut f32,
+                rows: rows as _,
+                cols: cols as _,
+                x_stride: x_stride as _,
+                dy_stride: y_stride as _,
+                dx_stride: x_stride as _,
+                mask_stride: cols as _,
+                kind,
+            };
+            let b = cuda::BwdBuffers {
+                params,
+                dtypes: d,
+                vec,
+                dscale,
+                dbias,
+            };
+            cuda::backward_rows(be, stream, &b)
+        }
+        Layout::ChannelsFirst { outer, inner, .. } => {
+            let params = WarpnormStridedBwdParams {
+                x: x as *const _,
+                dy: dy as *const _,
+                scale: scale as *const _,
+                mean: mean as *const f32,
+                rstd: rstd as *const f32,
+                dx: dx as *mut _,
+                partial_dscale: partial_dscale as *mut f32,
+                partial_dbias: partial_dbias as *mut f32,
+                outer: outer as _,
+                cols: cols as _,
+                inner: inner as _,
+                kind,
+            };
+            let b = cuda::BwdBuffers {
+                params: WarpnormBwdParams {
+                    cols: cols as _,
+                    ..Default::default()
+                },
+                dtypes: d,
+                vec: 1,
+                dscale,
+                dbias,
+            };
+            cuda::backward_strided(be, stream, &params, &b)
+        }
+    }
+}
