@@ -1,7 +1,24 @@
 //! warpnorm: fused LayerNorm / RMSNorm CUDA kernels with flax and keras semantics.
 
+pub mod array;
+pub mod config;
+pub mod cuda;
+pub mod device;
+pub mod dist;
 pub mod dtype;
 pub mod error;
+pub mod fixture;
+pub mod layer;
+pub mod ops;
+pub mod reference;
+pub mod rng;
+pub mod tensor;
+pub mod verify;
 
 pub use dtype::{DType, Element};
 pub use error::{Error, Result};
+pub use array::Array;
+pub use config::{Api, Axes, NormConfig, NormKind};
+pub use device::Device;
+pub use layer::{Gradients, LayerNorm, RmsNorm, Saved};
+pub use tensor::Tensor;

@@ -1,0 +1,109 @@
+//! The mathematics of one row, in f64, for every kind and both variance forms.
+//!
+//! Everything is written with per-element weights `w_i >= 0` summing to 1, the
+//! weight each element has in the mean. That one form covers
+//! * a plain row: `w_i = 1/n`;
+//! * flax's `mask`: `w_i = m_i / sum(m)` (`mean(..., where=mask)`);
+//! * sharded rows under `lax.pmean` over `k` ranks: `w_i = m_i / (k * n_r)`, where
+//!   `n_r` is the (selected) count on element i's rank, because flax averages the
+//!   per-rank means.
+//!
+//! Forward (c: the centre subtracted in y; v: the centre of the variance):
+//! ```text
+//!   mu   = sum_i w_i x_i
+//!   var  = sum_i w_i (x_i - mu)^2                 LayerNorm, exact; RmsScaling
+//!        = max(0, sum_i w_i x_i^2 - mu^2)         LayerNorm, fast variance
+//!        = sum_i w_i x_i^2                        RmsNorm (mu := 0)
+//!   rstd = 1 / sqrt(var + eps)
+//!   c    = mu (LayerNorm) or 0 (RmsNorm, RmsScaling);   v = mu (0 for RmsNorm)
+//!   xhat_i = (x_i - c) * rstd;   y_i = xhat_i * g_i + b_i
+//! ```
+//! Backward, with `gy_i = dy_i * g_i`, `A = sum_i gy_i`, `B = sum_i gy_i * xhat_i`:
+//! ```text
+//!   dL/dx_j = gy_j rstd - rstd (dc/dx_j) A + (drstd/dx_j) sum_i gy_i (x_i - c)
+//!   dc/dx_j = w_j (LayerNorm) or 0;   sum_i gy_i (x_i - c) = B / rstd
+//!   drstd/dx_j = -1/2 rstd^3 dvar/dx_j;   dvar/dx_j = 2 f w_j (x_j - v)
+//! ```
+//! (`dvar/dx_j` is the same for the exact and the fast form because the weights sum
+//! to 1; `f` is 1, except for the fast form's clamp: 0 when `E[x^2] - mu^2 < 0`,
+//! 1/2 when it is exactly 0, as JAX differentiates `maximum` at a tie), so
+//! ```text
+//!   dx_j = rstd * (gy_j - [LayerNorm] w_j A - f w_j (x_j - v) rstd B)
+//!   dscale_p += dy_i xhat_i,   dbias_p += dy_i     over elements i with parameter p
+//! ```
+//! For LayerNorm `(x_j - v) rstd = xhat_j`, giving the familiar
+//! `rstd (gy_j - w_j (A + xhat_j B))`. Elements a mask leaves out have `w_j = 0`:
+//! their gradient flows through y only.
+
+use crate::config::NormKind;
+
+/// The statistics of one row.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RowStats {
+    /// Centre of the variance: the (weighted) mean; 0 for RmsNorm.
+    pub mean: f64,
+    /// Centre subtracted in y: `mean` for LayerNorm, 0 for RmsNorm and RmsScaling.
+    pub centre: f64,
+    pub rstd: f64,
+    /// d var / d (raw variance): 1, or the fast form's clamp factor.
+    pub clamp: f64,
+}
+
+impl RowStats {
+    /// Statistics of elements `x` with weights `w`.
+    pub fn new(kind: NormKind, fast: bool, eps: f64, x: &[f64], w: &[f64]) -> RowStats {
+        let wsum =
+            |f: &dyn Fn(f64) -> f64| -> f64 { x.iter().zip(w).map(|(&x, &w)| w * f(x)).sum() };
+        let (mean, var, clamp) = match kind {
+            NormKind::RmsNorm => (0.0, wsum(&|x| x * x), 1.0),
+            NormKind::LayerNorm if fast => {
+                let mu = wsum(&|x| x);
+                let raw = wsum(&|x| x * x) - mu * mu;
+                let clamp = if raw > 0.0 {
+                    1.0
+                } else if raw == 0.0 {
+                    0.5
+                } else {
+                    0.0
+                };
+                // `raw.max(0.0)` would turn NaN into 0; a NaN row must stay NaN.
+                (mu, if raw < 0.0 { 0.0 } else { raw }, clamp)
+            }
+            NormKind::LayerNorm | NormKind::RmsScaling => {
+                let mu = wsum(&|x| x);
+                (mu, wsum(&|x| (x - mu) * (x - mu)), 1.0)
+            }
+        };
+        let centre = if kind == NormKind::LayerNorm {
+            mean
+        } else {
+            0.0
+        };
+        RowStats {
+            mean,
+            centre,
+            rstd: 1.0 / (var + eps).sqrt(),
+            clamp,
+        }
+    }
+
+    /// The normalized value of `x` (before scale and bias).
+    pub fn xhat(&self, x: f64) -> f64 {
+        (x - self.centre) * self.rstd
+    }
+
+    /// `dL/dx` for every element, given `gy_i = dy_i * g_i` (see the module docs).
+    pub fn dx(&self, kind: NormKind, x: &[f64], w: &[f64], gy: &[f64]) -> Vec<f64> {
+        let a: f64 = gy.iter().sum();
+        let b: f64 = gy.iter().zip(x).map(|(&g, &x)| g * self.xhat(x)).sum();
+        let mean_term = if kind == NormKind::LayerNorm { a } else { 0.0 };
+        x.iter()
+            .zip(w)
+            .zip(gy)
+            .map(|((&x, &w), &g)| {
+                let var_term = self.clamp * (x - self.mean) * self.rstd * b;
+                self.rstd * (g - w * (mean_term + var_term))
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,519 @@
+//! Checking a backend against fixtures: run, compare with tolerances, report.
+//!
+//! A [`Backend`] turns a fixture's inputs into outputs; [`Cpu`] is the f64
+//! reference. Another backend (a GPU) plugs in by implementing the trait.
+//!
+//! # Tolerances
+//!
+//! The frameworks compute in f32 and round to the output dtype; the reference
+//! computes in f64 and rounds the same way. An output element passes when
+//! `|got - want| <= rtol * |want| + atol`, with `u` the unit roundoff of the
+//! coarsest dtype the framework rounds that output to, `u32 = 2^-24`, `S` the
+//! largest `|want|` in the tensor and `c >= 1` the conditioning of the fixture's
+//! rows (below):
+//!
+//! * `rtol = 4 u + 16 u32`. Both sides round once to the output dtype; two nearly
+//!   equal values can land on neighbouring representable numbers (1 ulp = 2u), and
+//!   keras rounds twice (to x's dtype, then to its compute dtype), hence 4u. The
+//!   coarsest dtype is x's when keras' intermediate rounding is coarser than the
+//!   output (f16 x under a float32 policy gives f32 y holding f16 values).
+//! * `atol = (32 + 32 c) u32 * S`, plus `4 u * S` for dx in a dtype coarser than f32.
+//!   Means, variances and gradient sums in f32 carry errors of a few u32 relative to
+//!   the magnitudes summed, which show at the scale of the whole tensor (a dx
+//!   element that cancels to near zero still carries the error of its terms). The
+//!   cancellation in `x - mean` amplifies the error of the mean by
+//!   `kappa = rms(x) / sqrt(var + eps)`, and the one-pass `E[x^2] - E[x]^2` amplifies
+//!   it by `kappa^2`: `c` is `kappa^2` for flax's fast variance, `kappa` for the
+//!   exact form, 1 for RMSNorm, taken as the worst row. For dx, JAX's VJP rounds
+//!   each partial cotangent (through the statistics, and directly through y) to
+//!   x's dtype and adds them in that dtype, so a dx that cancels carries roughly
+//!   one rounding of its terms: `4 u * S`.
+//!
+//! The constants are a few times the largest errors observed against the
+//! committed fixtures (see the tests), so they absorb other inputs of the same
+//! kind without hiding a wrong formula: an epsilon off by 10x or an uncentred
+//! variance fails by orders of magnitude.
+//!
+//! A NaN never passes (on either side); infinities pass only when equal.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::fixture::Fixture;
+use crate::reference::{self, Params};
+use crate::{DType, Error, Result, Tensor};
+
+/// The outputs a backend produced for a fixture, in the fixture's layout (sharded
+/// results stacked along the leading rank axis).
+#[derive(Clone, Debug)]
+pub struct Outputs {
+    pub y: Tensor,
+    pub dx: Option<Tensor>,
+    pub dscale: Option<Tensor>,
+    pub dbias: Option<Tensor>,
+}
+
+/// Something that can compute a fixture's outputs.
+pub trait Backend {
+    /// Short name for reports (`cpu`, `cuda:0`).
+    fn name(&self) -> String;
+    /// Runs the fixture's config on its inputs: forward, and backward when the
+    /// fixture has a cotangent.
+    fn run(&self, fixture: &Fixture) -> Result<Outputs>;
+}
+
+/// The CPU reference backend.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Cpu;
+
+impl Backend for Cpu {
+    fn name(&self) -> String {
+        "cpu".into()
+    }
+
+    fn run(&self, fx: &Fixture) -> Result<Outputs> {
+        let cfg = &fx.config;
+        let ranks = fx.ranks()?;
+        let params: Vec<Params> = ranks
+            .iter()
+            .map(|r| Params::new(r.scale.as_ref(), r.bias.as_ref()))
+            .collect();
+        let Some(world) = fx.world else {
+            let r = &ranks[0];
+            let mask = r.mask.as_deref();
+            let y = reference::forward(cfg, &r.x, params[0], mask)?.y;
+            let grads = match &r.dy {
+                Some(dy) => Some(reference::backward(cfg, &r.x, params[0], mask, dy)?),
+                None => None,
+            };
+            return Ok(Outputs {
+                y,
+                dx: grads.as_ref().map(|g| g.dx.clone()),
+                dscale: grads.as_ref().and_then(|g| g.dscale.clone()),
+                dbias: grads.and_then(|g| g.dbias),
+            });
+        };
+        let groups = cfg.groups_for(world)?;
+        let xs: Vec<Tensor> = ranks.iter().map(|r| r.x.clone()).collect();
+        let masks: Option<Vec<Vec<bool>>> = ranks.iter().map(|r| r.mask.clone()).collect();
+        let fwd = reference::sharded_forward(cfg, &xs, &params, masks.as_deref(), &groups)?;
+        let y = Tensor::stack(&fwd.into_iter().map(|f| f.y).collect::<Vec<_>>())?;
+        let dys: Option<Vec<Tensor>> = ranks.iter().map(|r| r.dy.clone()).collect();
+        let Some(dys) = dys else {
+            return Ok(Outputs {
+                y,
+                dx: None,
+                dscale: None,
+                dbias: None,
+            });
+        };
+        let grads =
+            reference::sharded_backward(cfg, &xs, &params, masks.as_deref(), &dys, &groups)?;
+        let stack = |f: &dyn Fn(&reference::Grads) -> Option<Tensor>| -> Result<Option<Tensor>> {
+            let parts: Option<Vec<Tensor>> = grads.iter().map(f).collect();
+            parts.map(|p| Tensor::stack(&p)).transpose()
+        };
+        Ok(Outputs {
+            y,
+            dx: stack(&|g| Some(g.dx.clone()))?,
+            dscale: stack(&|g| g.dscale.clone())?,
+            dbias: stack(&|g| g.dbias.clone())?,
+        })
+    }
+}
+
+/// Per-element tolerance for one output tensor (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Tolerance {
+    pub rtol: f64,
+    pub atol: f64,
+}
+
+/// f32's unit roundoff: the precision the frameworks compute in.
+const U32: f64 = 5.960_464_477_539_063e-8;
+
+/// How an output was produced, for choosing its tolerance.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Rounding {
+    /// The coarsest dtype the framework rounded the output to.
+    pub dtype: DType,
+    /// Whether the framework adds separately rounded partial results in `dtype`
+    /// (JAX's dx for x coarser than f32).
+    pub partial_sums: bool,
+}
+
+impl Tolerance {
+    /// The tolerance for an output rounded as `rounding`, from rows of conditioning
+    /// `cond` (see the module docs), whose expected values are `want`.
+    pub fn new(rounding: Rounding, cond: f64, want: &[f64]) -> Tolerance {
+        let scale = want
+            .iter()
+            .filter(|v| v.is_finite())
+            .fold(0.0f64, |m, v| m.max(v.abs()));
+        let u = rounding.dtype.unit_roundoff();
+        let partial = if rounding.partial_sums && rounding.dtype != DType::F32 {
+            4.0 * u
+        } else {
+            0.0
+        };
+        Tolerance {
+            rtol: 4.0 * u + 16.0 * U32,
+            atol: ((32.0 + 32.0 * cond.max(1.0)) * U32 + partial) * scale,
+        }
+    }
+
+    /// `|got - want| / allowed`: <= 1 passes; infinite for NaN or unequal infinities.
+    pub fn ratio(&self, got: f64, want: f64) -> f64 {
+        if got.is_nan() || want.is_nan() {
+            return f64::INFINITY;
+        }
+        if got == want {
+            return 0.0;
+        }
+        let err = (got - want).abs();
+        if !err.is_finite() {
+            return f64::INFINITY;
+        }
+        let allowed = self.rtol * want.abs() + self.atol;
+        if allowed == 0.0 {
+            f64::INFINITY
+        } else {
+            err / allowed
+        }
+    }
+}
+
+/// How one output compared.
+#[derive(Clone, Debug)]
+pub struct OutputCheck {
+    /// `y`, `dx`, `dscale` or `dbias`.
+    pub name: &'static str,
+    pub dtype: DType,
+    /// Largest `|got - want|` (NaN if any element is NaN on either side).
+    pub max_abs_err: f64,
+    /// Largest error divided by its allowed error (<= 1 passes).
+    pub worst_ratio: f64,
+    /// Flat index of the worst element.
+    pub worst_index: usize,
+    pub tolerance: Tolerance,
+    /// Set when the output is missing, extra, or of the wrong shape or dtype.
+    pub problem: Option<String>,
+}
+
+impl OutputCheck {
+    pub fn passed(&self) -> bool {
+        self.problem.is_none() && self.worst_ratio <= 1.0
+    }
+}
+
+/// Compares one output against the fixture's expected tensor.
+pub fn compare(
+    name: &'static str,
+    got: Option<&Tensor>,
+    want: Option<&Tensor>,
+    rounding: Rounding,
+    cond: f64,
+) -> Option<OutputCheck> {
+    let problem = |dtype: DType, msg: String| OutputCheck {
+        name,
+        dtype,
+        max_abs_err: f64::NAN,
+        worst_ratio: f64::INFINITY,
+        worst_index: 0,
+        tolerance: Tolerance {
+            rtol: 0.0,
+            atol: 0.0,
+        },
+        problem: Some(msg),
+    };
+    let (got, want) = match (got, want) {
+        (None, None) => return None,
+        (Some(g), None) => {
+            return Some(problem(g.dtype(), "produced but not in the fixture".into()))
+        }
+        (None, Some(w)) => {
+            return Some(problem(w.dtype(), "in the fixture but not produced".into()))
+        }
+        (Some(g), Some(w)) => (g, w),
+    };
+    if got.shape() != want.shape() || got.dtype() != want.dtype() {
+        return Some(problem(
+            want.dtype(),
+            format!(
+                "got {:?} {}, expected {:?} {}",
+                got.shape(),
+                got.dtype(),
+                want.shape(),
+                want.dtype()
+            ),
+        ));
+    }
+    let tolerance = Tolerance::new(rounding, cond, want.data());
+    let mut check = OutputCheck {
+        name,
+        dtype: want.dtype(),
+        max_abs_err: 0.0,
+        worst_ratio: 0.0,
+        worst_index: 0,
+        tolerance,
+        problem: None,
+    };
+    for (i, (&g, &w)) in got.data().iter().zip(want.data()).enumerate() {
+        let err = (g - w).abs();
+        if err.is_nan() || g.is_nan() || w.is_nan() {
+            check.max_abs_err = f64::NAN;
+        } else if !check.max_abs_err.is_nan() && g != w {
+            check.max_abs_err = check.max_abs_err.max(err);
+        }
+        let r = tolerance.ratio(g, w);
+        if r > check.worst_ratio || (i == 0 && r.is_infinite()) {
+            check.worst_ratio = r;
+            check.worst_index = i;
+        }
+    }
+    Some(check)
+}
+
+/// The result of verifying one fixture file.
+#[derive(Clone, Debug)]
+pub struct FixtureReport {
+    pub path: PathBuf,
+    /// The fixture's name, when it could be loaded.
+    pub name: Option<String>,
+    pub outputs: Vec<OutputCheck>,
+    /// Why the fixture could not be loaded or run.
+    pub error: Option<String>,
+}
+
+impl FixtureReport {
+    pub fn passed(&self) -> bool {
+        self.error.is_none()
+            && !self.outputs.is_empty()
+            && self.outputs.iter().all(OutputCheck::passed)
+    }
+}
+
+/// Loads, runs and compares one fixture file; never fails, errors go in the report.
+pub fn verify_file(path: &Path, backend: &dyn Backend) -> FixtureReport {
+    let mut report = FixtureReport {
+        path: path.to_path_buf(),
+        name: None,
+        outputs: Vec::new(),
+        error: None,
+    };
+    let result = Fixture::load(path).and_then(|fx| {
+        report.name = Some(fx.name.clone());
+        let out = backend.run(&fx)?;
+        check_outputs(&fx, &out)
+    });
+    match result {
+        Ok(outputs) => report.outputs = outputs,
+        Err(e) => report.error = Some(e.to_string()),
+    }
+    report
+}
+
+/// Compares every output a fixture records.
+pub fn check_outputs(fx: &Fixture, out: &Outputs) -> Result<Vec<OutputCheck>> {
+    let cfg = &fx.config;
+    let x_dtype = fx.x.dtype();
+    let y_dtype = cfg.output_dtype(x_dtype);
+    let y_round = match cfg.intermediate_dtype(x_dtype) {
+        Some(d) if d.unit_roundoff() > y_dtype.unit_roundoff() => d,
+        _ => y_dtype,
+    };
+    let plain = |dtype| Rounding {
+        dtype,
+        partial_sums: false,
+    };
+    let dx_round = Rounding {
+        dtype: x_dtype,
+        partial_sums: true,
+    };
+    let p_round = plain(cfg.param_dtype());
+    let cond = condition(fx)?;
+    let b = fx.backward.as_ref();
+    Ok([
+        compare("y", Some(&out.y), Some(&fx.y), plain(y_round), cond),
+        compare("dx", out.dx.as_ref(), b.map(|b| &b.dx), dx_round, cond),
+        compare(
+            "dscale",
+            out.dscale.as_ref(),
+            b.and_then(|b| b.dscale.as_ref()),
+            p_round,
+            cond,
+        ),
+        compare(
+            "dbias",
+            out.dbias.as_ref(),
+            b.and_then(|b| b.dbias.as_ref()),
+            p_round,
+            cond,
+        ),
+    ]
+    .into_iter()
+    .flatten()
+    .collect())
+}
+
+/// The worst row's error amplification in f32 (see the module docs): with
+/// `kappa^2 = E[x^2] / (var + eps) = 1 + (mean * rstd)^2`, `kappa^2` for the fast
+/// variance, `kappa` for the exact one (1 for RMSNorm, whose mean is 0).
+pub fn condition(fx: &Fixture) -> Result<f64> {
+    let cfg = &fx.config;
+    let ranks = fx.ranks()?;
+    let params: Vec<Params> = ranks
+        .iter()
+        .map(|r| Params::new(r.scale.as_ref(), r.bias.as_ref()))
+        .collect();
+    let stats: Vec<(Vec<f64>, Vec<f64>)> = match fx.world {
+        None => {
+            let f = reference::forward(cfg, &ranks[0].x, params[0], ranks[0].mask.as_deref())?;
+            vec![(f.mean, f.rstd)]
+        }
+        Some(world) => {
+            let xs: Vec<Tensor> = ranks.iter().map(|r| r.x.clone()).collect();
+            let masks: Option<Vec<Vec<bool>>> = ranks.iter().map(|r| r.mask.clone()).collect();
+            let groups = cfg.groups_for(world)?;
+            reference::sharded_forward(cfg, &xs, &params, masks.as_deref(), &groups)?
+                .into_iter()
+                .map(|f| (f.mean, f.rstd))
+                .collect()
+        }
+    };
+    let kappa2 = stats
+        .iter()
+        .flat_map(|(m, r)| m.iter().zip(r).map(|(m, r)| 1.0 + (m * r).powi(2)))
+        .filter(|k| k.is_finite())
+        .fold(1.0f64, f64::max);
+    let fast = cfg.fast_variance() && cfg.kind() == crate::NormKind::LayerNorm;
+    Ok(if fast { kappa2 } else { kappa2.sqrt() })
+}
+
+/// Fixture files under `paths`: files as given, folders searched recursively for
+/// `*.json`, each folder's entries in name order. A path that does not exist is an
+/// error naming it.
+pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for p in paths {
+        let meta = std::fs::metadata(p).map_err(|e| Error::Fixture {
+            path: p.clone(),
+            msg: format!("cannot open: {e}"),
+        })?;
+        if meta.is_dir() {
+            walk(p, &mut files)?;
+        } else {
+            files.push(p.clone());
+        }
+    }
+    Ok(files)
+}
+
+fn walk(dir: &Path, files: &mut Vec<PathBuf>) -> Result<()> {
+    let io = |e: std::io::Error| Error::Fixture {
+        path: dir.to_path_buf(),
+        msg: format!("cannot list folder: {e}"),
+    };
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(io)?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<std::io::Result<_>>()
+        .map_err(io)?;
+    entries.sort();
+    for p in entries {
+        if p.is_dir() {
+            walk(&p, files)?;
+        } else if p.extension().is_some_and(|e| e == "json") {
+            files.push(p);
+        }
+    }
+    Ok(())
+}
+
+/// Totals over a run.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub passed: usize,
+    pub failed: usize,
+}
+
+impl Summary {
+    /// True when something was checked and nothing failed.
+    pub fn ok(&self) -> bool {
+        self.failed == 0 && self.passed > 0
+    }
+}
+
+/// Verifies every fixture under `paths`, writing one line per fixture and a summary
+/// line "N passed, M failed" to `out`. A path that cannot be opened counts as a
+/// failure.
+pub fn run(
+    paths: &[PathBuf],
+    backend: &dyn Backend,
+    out: &mut dyn Write,
+) -> std::io::Result<Summary> {
+    let mut summary = Summary::default();
+    let mut files = Vec::new();
+    for p in paths {
+        match collect_files(std::slice::from_ref(p)) {
+            Ok(f) => files.extend(f),
+            Err(e) => {
+                writeln!(out, "FAIL {}: {e}", p.display())?;
+                summary.failed += 1;
+            }
+        }
+    }
+    if files.is_empty() && summary.failed == 0 {
+        writeln!(out, "FAIL: no fixture files found under the given paths")?;
+        summary.failed += 1;
+    }
+    for f in &files {
+        let report = verify_file(f, backend);
+        writeln!(out, "{}", format_report(&report))?;
+        if report.passed() {
+            summary.passed += 1;
+        } else {
+            summary.failed += 1;
+        }
+    }
+    writeln!(
+        out,
+        "{} passed, {} failed ({} backend)",
+        summary.passed,
+        summary.failed,
+        backend.name()
+    )?;
+    Ok(summary)
+}
+
+/// One line: status, name, path, then per output `name err/allowed-ratio`.
+pub fn format_report(r: &FixtureReport) -> String {
+    let status = if r.passed() { "PASS" } else { "FAIL" };
+    let name = r.name.as_deref().unwrap_or("?");
+    let mut line = format!("{status} {name} ({})", r.path.display());
+    if let Some(e) = &r.error {
+        line.push_str(&format!(": {e}"));
+        return line;
+    }
+    for o in &r.outputs {
+        match &o.problem {
+            Some(p) => line.push_str(&format!("  {}: {p}", o.name)),
+            None => line.push_str(&format!(
+                "  {} {} max_err={:.3e} worst={:.3}{}",
+                o.name,
+                o.dtype,
+                o.max_abs_err,
+                o.worst_ratio,
+                if o.passed() {
+                    String::new()
+                } else {
+                    format!(
+                        " (at element {}, tol rtol={:.1e} atol={:.1e})",
+                        o.worst_index, o.tolerance.rtol, o.tolerance.atol
+                    )
+                }
+            )),
+        }
+    }
+    line
+}
