@@ -1,0 +1,75 @@
+//! Helpers shared by the GPU test files.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+
+use warpnorm::cuda::CudaBackend;
+use warpnorm::rng::Rng;
+use warpnorm::{DType, Tensor};
+
+/// The first GPU, or `None` after printing `SKIP: <reason>` (no driver, no device).
+pub fn gpu_or_skip(test: &str) -> Option<Arc<CudaBackend>> {
+    match CudaBackend::new(0) {
+        Ok(be) => Some(be),
+        Err(e) => {
+            println!("SKIP: {test}: {e}");
+            None
+        }
+    }
+}
+
+/// Fresh random values (different every run unless WARPNORM_TEST_SEED is set), with an
+/// offset so that centring matters, rounded to `dtype`.
+pub fn random_tensor(shape: &[usize], dtype: DType, offset: f64, spread: f64, salt: u64) -> Tensor {
+    let mut rng = Rng::new(seed() ^ salt.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    Tensor::from_fn(shape.to_vec(), dtype, |_| offset + spread * rng.normal()).unwrap()
+}
+
+/// The run's seed: printed so a failure can be replayed with WARPNORM_TEST_SEED.
+pub fn seed() -> u64 {
+    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *SEED.get_or_init(|| {
+        let s = std::env::var("WARPNORM_TEST_SEED")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(1)
+            });
+        println!("test seed: WARPNORM_TEST_SEED={s}");
+        s
+    })
+}
+
+/// Largest error of `got` against `want`, in units of the allowed error
+/// `rel * |want| + abs`; infinite when a value is NaN or inf where `want` is finite.
+pub fn error_ratio(got: &[f64], want: &[f64], rel: f64, abs: f64) -> (f64, usize) {
+    assert_eq!(got.len(), want.len());
+    let mut worst = (0.0f64, 0usize);
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let ratio = if !g.is_finite() {
+            f64::INFINITY
+        } else {
+            (g - w).abs() / (rel * w.abs() + abs)
+        };
+        // `!(ratio <= worst)` also catches NaN ratios.
+        if !(ratio <= worst.0) {
+            worst = (ratio, i);
+        }
+    }
+    worst
+}
+
+/// Tolerance of a result rounded to `dtype` from an f32 computation over rows of `cols`:
+/// one rounding of the output (an ulp is at most 2u relative) plus f32 accumulation error,
+/// which grows slowly with the row length for tree-shaped sums.
+pub fn tolerance(dtype: DType, scale: f64, cols: usize) -> (f64, f64) {
+    let accumulation = 4e-6 * (1.0 + (cols as f64).log2() / 4.0);
+    (2.0 * dtype.unit_roundoff() + accumulation, accumulation * scale.max(1.0))
+}
+
+pub fn max_abs(v: &[f64]) -> f64 {
+    v.iter().fold(0.0, |m, x| m.max(x.abs()))
+}
