@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Builds everything a GPU machine without a Rust toolchain needs and packs it into
+# .device/bundle.tar.xz: the release test binaries, the warpnorm CLI, the criterion bench,
+# the fixtures and the scripts that run them (scripts/gpu_checks.sh, scripts/sanitize.sh).
+# Copy the bundle over, unpack it in a checkout and run `bash scripts/gpu_checks.sh`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+
+stage=.device/stage
+rm -rf .device && mkdir -p "$stage/bin"
+cargo build --release --bin warpnorm
+cp target/release/warpnorm "$stage/bin/"
+# Test and bench executables, located through cargo's JSON messages.
+cargo test --release --no-run --all-targets --message-format=json 2>/dev/null \
+    | python3 -c '
+import json, sys
+for line in sys.stdin:
+    try:
+        msg = json.loads(line)
+    except ValueError:
+        continue
+    exe = msg.get("executable")
+    if msg.get("reason") == "compiler-artifact" and exe and msg["profile"]["test"]:
+        kind = msg["target"]["kind"][0]
+        print(f"{kind}\t{msg[\"target\"][\"name\"]}\t{exe}")
+' | while IFS=$'\t' read -r kind name exe; do
+        cp "$exe" "$stage/bin/${kind}-${name}"
+    done
+strip --strip-debug "$stage"/bin/* 2>/dev/null || true
+tar -C "$stage" -cJf .device/bundle.tar.xz bin
+rm -rf "$stage"
+ls -la .device
