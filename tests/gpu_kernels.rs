@@ -508,7 +508,7 @@ fn a_tensor_over_2_pow_31_elements_is_normalised_everywhere() {
     assert!(n > 1 << 31);
     let need = n * (2 + 2 + 2 + 2) + (1 << 30);
     if be.info().total_mem < need {
-        println!("SKIP: 2^31 elements: needs {need} bytes of GPU memory");
+        common::skip(&format!("2^31 elements: needs {need} bytes of GPU memory"));
         return;
     }
     let s = be.stream();

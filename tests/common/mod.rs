@@ -12,10 +12,17 @@ pub fn gpu_or_skip(test: &str) -> Option<Arc<CudaBackend>> {
     match CudaBackend::new(0) {
         Ok(be) => Some(be),
         Err(e) => {
-            println!("SKIP: {test}: {e}");
+            skip(&format!("{test}: {e}"));
             None
         }
     }
+}
+
+/// Prints `SKIP: <reason>` straight to stderr, past the test harness' output capture, so
+/// that a skipped GPU test is visible in every log.
+pub fn skip(reason: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "SKIP: {reason}");
 }
 
 /// Fresh random values (different every run unless WARPNORM_TEST_SEED is set), with an
