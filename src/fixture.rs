@@ -344,6 +344,7 @@ fn data_of<'a>(
     key: &str,
     n: usize,
     shape: &[usize],
+    noun: &str,
 ) -> FieldResult<&'a [Value]> {
     let data = field(t, "data")
         .map_err(|_| format!("missing field `{key}.data`"))?
@@ -351,7 +352,7 @@ fn data_of<'a>(
         .ok_or_else(|| format!("field `{key}.data`: expected a list"))?;
     if data.len() != n {
         return Err(format!(
-            "field `{key}.data`: expected {n} values for shape {shape:?}, got {}",
+            "field `{key}.data`: expected {n} {noun} for shape {shape:?}, got {}",
             data.len()
         ));
     }
@@ -370,7 +371,7 @@ fn tensor(obj: &Map<String, Value>, key: &str) -> FieldResult<Tensor> {
         format!("field `{key}.dtype`: unknown dtype `{dtype_name}` (expected float32, float16 or bfloat16)")
     })?;
     let n = numel(&shape).map_err(|e| format!("field `{key}.shape`: {e}"))?;
-    let data = data_of(t, key, n, &shape)?;
+    let data = data_of(t, key, n, &shape, "numbers")?;
     let values = data
         .iter()
         .enumerate()
@@ -408,7 +409,7 @@ fn mask(m: &Value, x_shape: &[usize]) -> FieldResult<Vec<bool>> {
         }
     }
     let n = numel(&shape).map_err(|e| format!("field `mask.shape`: {e}"))?;
-    let flags = data_of(t, key, n, &shape)?
+    let flags = data_of(t, key, n, &shape, "booleans")?
         .iter()
         .enumerate()
         .map(|(i, v)| {

@@ -25,13 +25,13 @@ impl AxisGroups {
     /// hold every rank in `0..world` exactly once.
     pub fn new(world: usize, groups: Option<Vec<Vec<usize>>>) -> Result<AxisGroups> {
         let bad = |msg: String| Err(Error::InvalidGroups(msg));
+        if groups.as_ref().is_some_and(Vec::is_empty) {
+            return bad("no groups given (use None for one group of all ranks)".into());
+        }
         if world == 0 {
             return bad("the world has no ranks".into());
         }
         let groups = groups.unwrap_or_else(|| vec![(0..world).collect()]);
-        if groups.is_empty() {
-            return bad("no groups given (use None for one group of all ranks)".into());
-        }
         if let Some(g) = groups.iter().position(Vec::is_empty) {
             return bad(format!("group {g} is empty"));
         }
