@@ -225,11 +225,12 @@ __global__ void __launch_bounds__(1024, 1) layer_norm_fwd_cta(const WarpnormFwdP
         Moments m = {0.f, 0.f, 0.f};
         float sums[3] = {0.f, 0.f, 0.f};  // n, sum x, sum x^2 (sum-of-squares forms)
         for (long long col = (long long)threadIdx.x * VEC; col < p.cols; col += step) {
+            // One 16-byte load: kept raw in the row cache, widened to f32 for the sums.
+            const Pack<T, VEC> raw = *reinterpret_cast<const Pack<T, VEC>*>(x_row + col);
+            if constexpr (CACHE) *reinterpret_cast<Pack<T, VEC>*>(cached_row + col) = raw;
             float x[VEC], w[VEC];
-            load_vec<T, VEC>(x_row + col, x);
-            if constexpr (CACHE) {
-                *reinterpret_cast<Pack<T, VEC>*>(cached_row + col) = *reinterpret_cast<const Pack<T, VEC>*>(x_row + col);
-            }
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) x[i] = to_float(raw.v[i]);
             load_weights<VEC>(p, row, col, w);
             if (sum_of_squares) {
 #pragma unroll

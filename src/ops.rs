@@ -24,7 +24,7 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut};
+use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, SyncOnDrop};
 
 use crate::cuda::params::{WarpnormBwdParams, WarpnormFwdParams, WarpnormStridedBwdParams, WarpnormStridedFwdParams};
 use crate::cuda::{self, CudaBackend};
@@ -203,23 +203,66 @@ fn dtypes<T: Element, P: Element, O: Element>() -> Result<cuda::Dtypes> {
     })
 }
 
-/// Checks one buffer: same CUDA context, long enough; returns its address.
-fn addr<T>(be: &CudaBackend, stream: &CudaStream, what: &'static str, buf: &dyn DevicePtr<T>, need: usize) -> Result<u64> {
-    check_buffer(be, what, buf.stream(), buf.len(), need)?;
-    let (ptr, _sync) = buf.device_ptr(stream);
-    Ok(ptr)
+/// Device addresses of one call's buffers, with cudarc's stream-ordering guards kept
+/// alive until the launch has been enqueued (dropping a guard records the buffer's use on
+/// the stream, which must come after the kernel that uses it).
+struct Buffers<'a> {
+    be: &'a CudaBackend,
+    stream: &'a CudaStream,
+    guards: Vec<SyncOnDrop<'a>>,
 }
 
-fn addr_mut<T>(
-    be: &CudaBackend,
-    stream: &CudaStream,
-    what: &'static str,
-    buf: &mut dyn DevicePtrMut<T>,
-    need: usize,
-) -> Result<u64> {
-    check_buffer(be, what, buf.stream(), buf.len(), need)?;
-    let (ptr, _sync) = buf.device_ptr_mut(stream);
-    Ok(ptr)
+impl<'a> Buffers<'a> {
+    fn new(be: &'a CudaBackend, stream: &'a CudaStream) -> Self {
+        Buffers {
+            be,
+            stream,
+            guards: Vec::new(),
+        }
+    }
+
+    /// Checks a read-only buffer (same CUDA context, at least `need` elements).
+    fn read<T>(&mut self, what: &'static str, buf: &'a dyn DevicePtr<T>, need: usize) -> Result<u64> {
+        check_buffer(self.be, what, buf.stream(), buf.len(), need)?;
+        let (ptr, guard) = buf.device_ptr(self.stream);
+        self.guards.push(guard);
+        Ok(ptr)
+    }
+
+    /// Checks a buffer the call writes.
+    fn write<'b: 'a, T>(
+        &mut self,
+        what: &'static str,
+        buf: &'a mut (dyn DevicePtrMut<T> + 'b),
+        need: usize,
+    ) -> Result<u64> {
+        check_buffer(self.be, what, buf.stream(), buf.len(), need)?;
+        let (ptr, guard) = buf.device_ptr_mut(self.stream);
+        self.guards.push(guard);
+        Ok(ptr)
+    }
+
+    fn read_opt<T>(&mut self, what: &'static str, buf: Option<&'a dyn DevicePtr<T>>, need: usize) -> Result<u64> {
+        buf.map_or(Ok(0), |b| self.read(what, b, need))
+    }
+
+    fn write_opt<'b: 'a, T>(
+        &mut self,
+        what: &'static str,
+        buf: Option<&'a mut (dyn DevicePtrMut<T> + 'b)>,
+        need: usize,
+    ) -> Result<Option<u64>> {
+        buf.map(|b| self.write(what, b, need)).transpose()
+    }
+}
+
+fn check_mask_layout(has_mask: bool, layout: &Layout) -> Result<()> {
+    if has_mask && matches!(layout, Layout::ChannelsFirst { .. }) {
+        return Err(Error::Unsupported(
+            "a mask with the channels-first layout (the strided kernels take none)".into(),
+        ));
+    }
+    Ok(())
 }
 
 fn check_buffer(be: &CudaBackend, what: &'static str, owner: &Arc<CudaStream>, len: usize, need: usize) -> Result<()> {
@@ -269,25 +312,15 @@ pub fn forward<T: Element, P: Element, O: Element>(
         Layout::Rows { x_stride, y_stride, .. } => (x_stride, y_stride),
         Layout::ChannelsFirst { .. } => (cols, cols),
     };
-    let x = addr(be, stream, "x", args.x, layout.span(x_stride))?;
-    let y = addr_mut(be, stream, "y", args.y, layout.span(y_stride))?;
-    let param = |what, b: Option<&dyn DevicePtr<P>>| -> Result<u64> {
-        b.map_or(Ok(0), |b| addr(be, stream, what, b, cols))
-    };
-    let scale = param("scale", args.scale)?;
-    let bias = param("bias", args.bias)?;
-    let mask = match (args.mask, layout) {
-        (None, _) => 0,
-        (Some(m), Layout::Rows { .. }) => addr(be, stream, "mask", m, rows * cols)?,
-        (Some(_), Layout::ChannelsFirst { .. }) => {
-            return Err(Error::Unsupported("a mask with the channels-first layout".into()))
-        }
-    };
+    check_mask_layout(args.mask.is_some(), &layout)?;
+    let mut bufs = Buffers::new(be, stream);
+    let x = bufs.read("x", args.x, layout.span(x_stride))?;
+    let y = bufs.write("y", args.y, layout.span(y_stride))?;
+    let scale = bufs.read_opt("scale", args.scale, cols)?;
+    let bias = bufs.read_opt("bias", args.bias, cols)?;
+    let mask = bufs.read_opt("mask", args.mask, rows * cols)?;
     let (mean, rstd) = match args.stats {
-        Some(s) => (
-            addr_mut(be, stream, "mean", s.mean, rows)?,
-            addr_mut(be, stream, "rstd", s.rstd, rows)?,
-        ),
+        Some(s) => (bufs.write("mean", s.mean, rows)?, bufs.write("rstd", s.rstd, rows)?),
         None => (0, 0),
     };
     if rows == 0 {
@@ -365,29 +398,19 @@ pub fn backward<T: Element, P: Element, O: Element>(
         Layout::Rows { x_stride, y_stride, .. } => (x_stride, y_stride),
         Layout::ChannelsFirst { .. } => (cols, cols),
     };
-    let x = addr(be, stream, "x", args.x, layout.span(x_stride))?;
-    let dy = addr(be, stream, "dy", args.dy, layout.span(y_stride))?;
-    let dx = addr_mut(be, stream, "dx", args.dx, layout.span(x_stride))?;
-    let scale = args.scale.map_or(Ok(0), |s| addr(be, stream, "scale", s, cols))?;
-    let mask = match (args.mask, layout) {
-        (None, _) => 0,
-        (Some(m), Layout::Rows { .. }) => addr(be, stream, "mask", m, rows * cols)?,
-        (Some(_), Layout::ChannelsFirst { .. }) => {
-            return Err(Error::Unsupported("a mask with the channels-first layout".into()))
-        }
-    };
-    let mean = addr(be, stream, "mean", args.mean, rows)?;
-    let rstd = addr(be, stream, "rstd", args.rstd, rows)?;
-    let dscale = match args.dscale {
-        Some(b) => Some(addr_mut(be, stream, "dscale", b, cols)?),
-        None => None,
-    };
-    let dbias = match args.dbias {
-        Some(b) => Some(addr_mut(be, stream, "dbias", b, cols)?),
-        None => None,
-    };
+    check_mask_layout(args.mask.is_some(), &layout)?;
+    let mut bufs = Buffers::new(be, stream);
+    let x = bufs.read("x", args.x, layout.span(x_stride))?;
+    let dy = bufs.read("dy", args.dy, layout.span(y_stride))?;
+    let dx = bufs.write("dx", args.dx, layout.span(x_stride))?;
+    let scale = bufs.read_opt("scale", args.scale, cols)?;
+    let mask = bufs.read_opt("mask", args.mask, rows * cols)?;
+    let mean = bufs.read("mean", args.mean, rows)?;
+    let rstd = bufs.read("rstd", args.rstd, rows)?;
+    let dscale = bufs.write_opt("dscale", args.dscale, cols)?;
+    let dbias = bufs.write_opt("dbias", args.dbias, cols)?;
     let need = cuda::backward_workspace_len(rows, cols, be.info().sm_count);
-    let workspace = addr_mut(be, stream, "workspace", args.workspace, need)?;
+    let workspace = bufs.write("workspace", args.workspace, need)?;
     if rows == 0 {
         return Ok(());
     }
