@@ -1,0 +1,240 @@
+//! The self-test behind `warpnorm check`: every kernel variant on a device against the CPU
+//! reference, on fresh random inputs, with the largest error per variant.
+
+use crate::rng::Rng;
+use crate::{Array, DType, Device, LayerNorm, NormConfig, Result, Tensor};
+
+/// One kernel variant to exercise.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variant {
+    LayerNorm,
+    FastVariance,
+    NoScale,
+    NoBias,
+    RmsNorm,
+    RmsScaling,
+    Masked,
+    ChannelsFirst,
+}
+
+impl Variant {
+    pub const ALL: [Variant; 8] = [
+        Variant::LayerNorm,
+        Variant::FastVariance,
+        Variant::NoScale,
+        Variant::NoBias,
+        Variant::RmsNorm,
+        Variant::RmsScaling,
+        Variant::Masked,
+        Variant::ChannelsFirst,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Variant::LayerNorm => "layernorm",
+            Variant::FastVariance => "fast-variance",
+            Variant::NoScale => "no-scale",
+            Variant::NoBias => "no-bias",
+            Variant::RmsNorm => "rmsnorm",
+            Variant::RmsScaling => "rms-scaling",
+            Variant::Masked => "masked",
+            Variant::ChannelsFirst => "channels-first",
+        }
+    }
+
+    fn config(self, param: DType, out: DType) -> NormConfig {
+        let flax = NormConfig::flax()
+            .epsilon(1e-5)
+            .use_fast_variance(false)
+            .dtype(out)
+            .with_param_dtype(param);
+        match self {
+            Variant::LayerNorm | Variant::Masked => flax,
+            Variant::FastVariance => flax.use_fast_variance(true),
+            Variant::NoScale => flax.use_scale(false),
+            Variant::NoBias => flax.use_bias(false),
+            Variant::RmsNorm => NormConfig::rms().epsilon(1e-5).dtype(out).with_param_dtype(param),
+            Variant::RmsScaling => NormConfig::keras()
+                .rms_scaling(true)
+                .epsilon(1e-5)
+                .dtype(out)
+                .with_param_dtype(param),
+            Variant::ChannelsFirst => flax.reduction_axes(1).feature_axes(1),
+        }
+    }
+
+    /// Input shape for a normalised length `cols`.
+    fn shape(self, cols: usize) -> Vec<usize> {
+        let rows = (65_536 / cols).clamp(3, 33);
+        match self {
+            Variant::ChannelsFirst => vec![2, cols, rows],
+            _ => vec![rows, cols],
+        }
+    }
+}
+
+/// x, parameter and output dtypes of one run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dtypes {
+    pub x: DType,
+    pub param: DType,
+    pub out: DType,
+}
+
+/// Every combination the kernels take: parameters and output each in x's dtype or f32.
+pub fn dtype_combinations() -> Vec<Dtypes> {
+    let mut all = vec![Dtypes {
+        x: DType::F32,
+        param: DType::F32,
+        out: DType::F32,
+    }];
+    for x in [DType::F16, DType::BF16] {
+        for param in [x, DType::F32] {
+            for out in [x, DType::F32] {
+                all.push(Dtypes { x, param, out });
+            }
+        }
+    }
+    all
+}
+
+/// The outcome of one variant / dtype / length.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct CheckResult {
+    pub variant: &'static str,
+    pub x: DType,
+    pub param: DType,
+    pub out: DType,
+    pub cols: usize,
+    /// Largest error over y, dx, dscale and dbias, in units of its tolerance (<= 1 passes).
+    pub worst_ratio: f64,
+    /// Which output that was, and its largest absolute error.
+    pub worst_output: &'static str,
+    pub max_abs_error: f64,
+    /// Set when the run itself failed (an error from the device).
+    pub error: Option<String>,
+}
+
+impl CheckResult {
+    pub fn passed(&self) -> bool {
+        self.error.is_none() && self.worst_ratio <= 1.0
+    }
+}
+
+/// Runs one variant on `device` and on the CPU reference with the same inputs.
+pub fn check(device: &Device, variant: Variant, d: Dtypes, cols: usize, seed: u64) -> CheckResult {
+    let mut result = CheckResult {
+        variant: variant.name(),
+        x: d.x,
+        param: d.param,
+        out: d.out,
+        cols,
+        worst_ratio: 0.0,
+        worst_output: "",
+        max_abs_error: 0.0,
+        error: None,
+    };
+    if let Err(e) = compare(device, variant, d, cols, seed, &mut result) {
+        result.error = Some(e.to_string());
+    }
+    result
+}
+
+fn compare(device: &Device, variant: Variant, d: Dtypes, cols: usize, seed: u64, r: &mut CheckResult) -> Result<()> {
+    let cfg = variant.config(d.param, d.out);
+    let shape = variant.shape(cols);
+    let mut rng = Rng::new(seed);
+    let mut random = |shape: &[usize], dtype: DType, mean: f64, std: f64| {
+        let n: usize = shape.iter().product();
+        Tensor::new(shape.to_vec(), dtype, (0..n).map(|_| rng.normal_with(mean, std)).collect())
+    };
+    let x = random(&shape, d.x, 2.0, 1.5)?;
+    let dy = random(&shape, cfg.output_dtype(d.x), 0.0, 1.0)?;
+    let mask: Vec<bool> = (0..x.numel()).map(|i| i % cols == 0 || (i * 7919) % 10 < 7).collect();
+    let param_shape = cfg.resolve(&shape)?.param_shape;
+    let scale = random(&param_shape, d.param, 1.0, 0.5)?;
+    let bias = random(&param_shape, d.param, 0.0, 0.5)?;
+
+    let mut results = Vec::new();
+    for dev in [device, &Device::Cpu] {
+        let mut ln = LayerNorm::new(dev, &cfg, &shape, seed)?;
+        if cfg.has_scale() {
+            ln.set_scale(&scale)?;
+        }
+        if cfg.has_bias() {
+            ln.set_bias(&bias)?;
+        }
+        let xa = Array::from_tensor(dev, &x)?;
+        let (y, saved) = if variant == Variant::Masked {
+            ln.forward_train_masked(&xa, &mask)?
+        } else {
+            ln.forward_train(&xa)?
+        };
+        let g = ln.backward(&xa, &Array::from_tensor(dev, &dy)?, &saved)?;
+        let host = |a: Option<Array>| a.map(|a| a.to_tensor()).transpose();
+        results.push([Some(y.to_tensor()?), Some(g.dx.to_tensor()?), host(g.dscale)?, host(g.dbias)?]);
+    }
+    let (cpu, gpu) = (results.pop().unwrap_or_default(), results.pop().unwrap_or_default());
+    for ((name, got), want) in ["y", "dx", "dscale", "dbias"].into_iter().zip(gpu).zip(cpu) {
+        let (Some(got), Some(want)) = (got, want) else { continue };
+        let reduced = if name.starts_with('d') && name != "dx" { shape[0] } else { cols };
+        let (ratio, abs_err) = error_ratio(got.data(), want.data(), got.dtype(), reduced);
+        if !(ratio <= r.worst_ratio) {
+            r.worst_ratio = ratio;
+            r.worst_output = name;
+            r.max_abs_error = abs_err;
+        }
+    }
+    Ok(())
+}
+
+/// Largest error relative to the tolerance of a result rounded to `dtype` from an f32
+/// computation over `n` terms (one rounding of the output plus f32 accumulation, scaled
+/// by the largest reference value); infinite for a NaN or inf where the reference is finite.
+pub fn error_ratio(got: &[f64], want: &[f64], dtype: DType, n: usize) -> (f64, f64) {
+    let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+    let accumulation = 4e-6 * (1.0 + (n.max(1) as f64).log2() / 4.0);
+    let (rel, abs) = (2.0 * dtype.unit_roundoff() + accumulation, accumulation * scale);
+    let mut worst = (0.0f64, 0.0f64);
+    for (&g, &w) in got.iter().zip(want) {
+        let err = (g - w).abs();
+        let ratio = if g.is_finite() || !w.is_finite() {
+            err / (rel * w.abs() + abs)
+        } else {
+            f64::INFINITY
+        };
+        if !(ratio <= worst.0) {
+            worst = (ratio, err);
+        }
+    }
+    if got.len() != want.len() {
+        worst.0 = f64::INFINITY;
+    }
+    worst
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cpu_agrees_with_itself_for_every_variant() {
+        for v in Variant::ALL {
+            let d = Dtypes {
+                x: DType::BF16,
+                param: DType::F32,
+                out: DType::BF16,
+            };
+            let r = check(&Device::Cpu, v, d, 96, 1);
+            assert!(r.passed(), "{r:?}");
+            assert_eq!(r.worst_ratio, 0.0, "{r:?}");
+        }
+    }
+
+    #[test]
+    fn error_ratio_fails_nan_and_large_errors() {
+        assert!(error_ratio(&[f64::NAN], &[1.0], DType::F32, 8).0.is_infinite());
+        assert!(error_ratio(&[1.1], &[1.0], DType::BF16, 8).0 > 1.0);
+        assert!(error_ratio(&[1.0 + 1e-3], &[1.0], DType::BF16, 8).0 <= 1.0);
+    }
+}
