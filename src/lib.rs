@@ -12,6 +12,7 @@ pub mod layer;
 pub mod ops;
 pub mod reference;
 pub mod rng;
+pub mod selftest;
 pub mod tensor;
 pub mod verify;
 
