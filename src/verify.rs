@@ -17,7 +17,7 @@
 //!   keras rounds twice (to x's dtype, then to its compute dtype), hence 4u. The
 //!   coarsest dtype is x's when keras' intermediate rounding is coarser than the
 //!   output (f16 x under a float32 policy gives f32 y holding f16 values).
-//! * `atol = (32 + 32 c) u32 * S`, plus `4 u * S` for dx in a dtype coarser than f32.
+//! * `atol = (16 + 16 c) u32 * S`, plus `4 u * S` for dx in a dtype coarser than f32.
 //!   Means, variances and gradient sums in f32 carry errors of a few u32 relative to
 //!   the magnitudes summed, which show at the scale of the whole tensor (a dx
 //!   element that cancels to near zero still carries the error of its terms). The
@@ -158,7 +158,7 @@ impl Tolerance {
         };
         Tolerance {
             rtol: 4.0 * u + 16.0 * U32,
-            atol: ((32.0 + 32.0 * cond.max(1.0)) * U32 + partial) * scale,
+            atol: ((16.0 + 16.0 * cond.max(1.0)) * U32 + partial) * scale,
         }
     }
 
