@@ -259,14 +259,15 @@ pub fn compare(
         problem: None,
     };
     for (i, (&g, &w)) in got.data().iter().zip(want.data()).enumerate() {
-        let err = (g - w).abs();
-        if err.is_nan() || g.is_nan() || w.is_nan() {
+        // NaN is sticky here (f64::max would drop it); equal infinities differ by 0.
+        let err = if g == w { 0.0 } else { (g - w).abs() };
+        if err.is_nan() || check.max_abs_err.is_nan() {
             check.max_abs_err = f64::NAN;
-        } else if !check.max_abs_err.is_nan() && g != w {
+        } else {
             check.max_abs_err = check.max_abs_err.max(err);
         }
         let r = tolerance.ratio(g, w);
-        if r > check.worst_ratio || (i == 0 && r.is_infinite()) {
+        if r > check.worst_ratio {
             check.worst_ratio = r;
             check.worst_index = i;
         }
@@ -308,6 +309,8 @@ pub fn verify_file(path: &Path, backend: &dyn Backend) -> FixtureReport {
     });
     match result {
         Ok(outputs) => report.outputs = outputs,
+        // The report carries the path already.
+        Err(Error::Fixture { msg, .. }) => report.error = Some(msg),
         Err(e) => report.error = Some(e.to_string()),
     }
     report
@@ -458,7 +461,11 @@ pub fn run(
         match collect_files(std::slice::from_ref(p)) {
             Ok(f) => files.extend(f),
             Err(e) => {
-                writeln!(out, "FAIL {}: {e}", p.display())?;
+                let msg = match e {
+                    Error::Fixture { msg, .. } => msg,
+                    other => other.to_string(),
+                };
+                writeln!(out, "FAIL {}: {msg}", p.display())?;
                 summary.failed += 1;
             }
         }
@@ -489,7 +496,7 @@ pub fn run(
 /// One line: status, name, path, then per output `name err/allowed-ratio`.
 pub fn format_report(r: &FixtureReport) -> String {
     let status = if r.passed() { "PASS" } else { "FAIL" };
-    let name = r.name.as_deref().unwrap_or("?");
+    let name = r.name.as_deref().unwrap_or("-");
     let mut line = format!("{status} {name} ({})", r.path.display());
     if let Some(e) = &r.error {
         line.push_str(&format!(": {e}"));

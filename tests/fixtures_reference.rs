@@ -166,3 +166,76 @@ fn unreadable_files_are_named() {
         other => panic!("expected a fixture error, got {other:?}"),
     }
 }
+
+// ----- comparison rules -------------------------------------------------------------------
+
+use warpnorm::verify::{compare, Rounding};
+use warpnorm::Tensor;
+
+fn exact(dtype: DType) -> Rounding {
+    Rounding {
+        dtype,
+        partial_sums: false,
+    }
+}
+
+#[test]
+fn nan_never_passes() {
+    let want = Tensor::new(vec![3], DType::F32, vec![1.0, 2.0, 3.0]).unwrap();
+    let got = Tensor::new(vec![3], DType::F32, vec![1.0, f64::NAN, 3.0]).unwrap();
+    let c = compare("y", Some(&got), Some(&want), exact(DType::F32), 1.0).unwrap();
+    assert!(!c.passed());
+    assert!(c.max_abs_err.is_nan());
+    assert_eq!(c.worst_index, 1);
+    let c = compare("y", Some(&got), Some(&got), exact(DType::F32), 1.0).unwrap();
+    assert!(!c.passed(), "NaN == NaN must not pass either");
+    let inf = Tensor::new(vec![2], DType::F32, vec![f64::INFINITY, 1.0]).unwrap();
+    assert!(compare("y", Some(&inf), Some(&inf), exact(DType::F32), 1.0)
+        .unwrap()
+        .passed());
+    let other = Tensor::new(vec![2], DType::F32, vec![f64::NEG_INFINITY, 1.0]).unwrap();
+    assert!(
+        !compare("y", Some(&other), Some(&inf), exact(DType::F32), 1.0)
+            .unwrap()
+            .passed()
+    );
+}
+
+#[test]
+fn tolerance_follows_the_output_dtype() {
+    // One bf16 ulp at 1.0 is 2^-7: a rounding flip passes, three ulps do not.
+    let want = Tensor::new(vec![2], DType::BF16, vec![1.0, 0.5]).unwrap();
+    let one = Tensor::new(vec![2], DType::BF16, vec![1.0 + 2f64.powi(-7), 0.5]).unwrap();
+    let three = Tensor::new(vec![2], DType::BF16, vec![1.0 + 3.0 * 2f64.powi(-7), 0.5]).unwrap();
+    assert!(
+        compare("y", Some(&one), Some(&want), exact(DType::BF16), 1.0)
+            .unwrap()
+            .passed()
+    );
+    assert!(
+        !compare("y", Some(&three), Some(&want), exact(DType::BF16), 1.0)
+            .unwrap()
+            .passed()
+    );
+    // The same relative error in f32 is far outside its tolerance.
+    let want32 = want.cast(DType::F32);
+    let one32 = one.cast(DType::F32);
+    assert!(
+        !compare("y", Some(&one32), Some(&want32), exact(DType::F32), 1.0)
+            .unwrap()
+            .passed()
+    );
+    // Missing, extra and mismatched outputs are failures, absent on both sides is no check.
+    assert!(!compare("dx", None, Some(&want), exact(DType::BF16), 1.0)
+        .unwrap()
+        .passed());
+    assert!(!compare("dx", Some(&want), None, exact(DType::BF16), 1.0)
+        .unwrap()
+        .passed());
+    assert!(
+        !compare("dx", Some(&want32), Some(&want), exact(DType::BF16), 1.0)
+            .unwrap()
+            .passed()
+    );
+    assert!(compare("dbias", None, None, exact(DType::F32), 1.0).is_none());
+}
