@@ -63,7 +63,9 @@ fn main() {
     if let Ok(extra) = env::var("WARPNORM_CUDA_ARCHS") {
         for arch in extra.split(',').map(str::trim).filter(|a| !a.is_empty()) {
             if !arch.starts_with("sm_") {
-                fail(&format!("WARPNORM_CUDA_ARCHS: `{arch}` is not a real architecture like sm_100"));
+                fail(&format!(
+                    "WARPNORM_CUDA_ARCHS: `{arch}` is not a real architecture like sm_100"
+                ));
             }
             if !archs.iter().any(|a| a == arch) {
                 archs.push(arch.to_string());
@@ -97,7 +99,12 @@ fn main() {
         writeln!(report, "## {stem}.cu {}", target.arch()).unwrap();
         report.push_str(&artifact.log);
         report.push('\n');
-        modules.push((stem, target.clone(), file, artifact.lowered));
+        modules.push(Module {
+            stem,
+            target: target.clone(),
+            file,
+            lowered: artifact.lowered,
+        });
     }
     fs::write(out.join("resource_usage.txt"), &report).unwrap();
     fs::write(out.join("kernels.rs"), embedded_source(&modules, &archs)).unwrap();
@@ -167,7 +174,11 @@ fn find_toolchain(manifest: &Path) -> Option<Toolchain> {
         .collect();
     roots.push(PathBuf::from("/usr/local/cuda"));
     roots.push(manifest.join(".toolchain/py/nvidia/cu13"));
-    roots.extend(python_site_packages().into_iter().map(|p| p.join("nvidia/cu13")));
+    roots.extend(
+        python_site_packages()
+            .into_iter()
+            .map(|p| p.join("nvidia/cu13")),
+    );
     roots.iter().find_map(|r| toolchain_at(r))
 }
 
@@ -200,6 +211,14 @@ fn load_nvrtc(t: &Toolchain) {
     }
 }
 
+/// One compiled image on disk and the kernels it holds.
+struct Module {
+    stem: String,
+    target: Target,
+    file: PathBuf,
+    lowered: Vec<(String, String)>,
+}
+
 struct Artifact {
     binary: Vec<u8>,
     log: String,
@@ -225,9 +244,14 @@ fn compile(src: &Path, target: &Target, include_dirs: &[PathBuf]) -> Artifact {
     if matches!(target, Target::Cubin(_)) {
         options.push("--ptxas-options=--verbose".to_string());
     }
-    options.extend(include_dirs.iter().map(|d| format!("--include-path={}", d.display())));
+    options.extend(
+        include_dirs
+            .iter()
+            .map(|d| format!("--include-path={}", d.display())),
+    );
 
-    let prog = result::create_program(&code, Some(&prog_name)).unwrap_or_else(|e| fail(&format!("{name}: {e:?}")));
+    let prog = result::create_program(&code, Some(&prog_name))
+        .unwrap_or_else(|e| fail(&format!("{name}: {e:?}")));
     // SAFETY: `prog` is a live program until destroy_program below; every pointer passed
     // (expressions, options) outlives the calls that read it.
     unsafe {
@@ -239,7 +263,10 @@ fn compile(src: &Path, target: &Target, include_dirs: &[PathBuf]) -> Artifact {
         let compiled = result::compile_program(prog, &options);
         let log = c_chars_to_string(&result::get_program_log(prog).unwrap_or_default());
         if let Err(err) = compiled {
-            fail(&format!("NVRTC failed to compile {name} for {}: {err:?}\n{log}", target.arch()));
+            fail(&format!(
+                "NVRTC failed to compile {name} for {}: {err:?}\n{log}",
+                target.arch()
+            ));
         }
         let binary = match target {
             Target::Ptx(_) => {
@@ -251,7 +278,9 @@ fn compile(src: &Path, target: &Target, include_dirs: &[PathBuf]) -> Artifact {
                 let mut size = 0usize;
                 sys::nvrtcGetCUBINSize(prog, &mut size).result().unwrap();
                 let mut cubin = vec![0u8; size];
-                sys::nvrtcGetCUBIN(prog, cubin.as_mut_ptr().cast()).result().unwrap();
+                sys::nvrtcGetCUBIN(prog, cubin.as_mut_ptr().cast())
+                    .result()
+                    .unwrap();
                 cubin
             }
         };
@@ -259,24 +288,36 @@ fn compile(src: &Path, target: &Target, include_dirs: &[PathBuf]) -> Artifact {
             .iter()
             .map(|e| {
                 let mut ptr = std::ptr::null();
-                sys::nvrtcGetLoweredName(prog, e.as_ptr(), &mut ptr).result().unwrap();
+                sys::nvrtcGetLoweredName(prog, e.as_ptr(), &mut ptr)
+                    .result()
+                    .unwrap();
                 let mangled = CStr::from_ptr(ptr).to_str().unwrap().to_string();
                 (e.to_str().unwrap().to_string(), mangled)
             })
             .collect();
         result::destroy_program(prog).unwrap();
-        Artifact { binary, log, lowered }
+        Artifact {
+            binary,
+            log,
+            lowered,
+        }
     }
 }
 
 fn c_chars_to_string(chars: &[std::ffi::c_char]) -> String {
-    let bytes: Vec<u8> = chars.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+    let bytes: Vec<u8> = chars
+        .iter()
+        .take_while(|&&c| c != 0)
+        .map(|&c| c as u8)
+        .collect();
     String::from_utf8_lossy(&bytes).into_owned()
 }
 
 /// Runs `f` over `jobs` on all cores, keeping the results in job order.
 fn run_parallel<J: Sync, R: Send>(jobs: &[J], f: impl Fn(&J) -> R + Sync) -> Vec<R> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(jobs.len().max(1));
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(jobs.len().max(1));
     let next = std::sync::atomic::AtomicUsize::new(0);
     let mut results: Vec<Option<R>> = (0..jobs.len()).map(|_| None).collect();
     let slots = std::sync::Mutex::new(&mut results);
@@ -296,15 +337,27 @@ fn run_parallel<J: Sync, R: Send>(jobs: &[J], f: impl Fn(&J) -> R + Sync) -> Vec
 }
 
 /// Rust source that embeds the compiled modules (see src/cuda/kernels.rs for the types).
-fn embedded_source(modules: &[(String, Target, PathBuf, Vec<(String, String)>)], archs: &[String]) -> String {
+fn embedded_source(modules: &[Module], archs: &[String]) -> String {
     let mut s = String::new();
     writeln!(s, "pub const CUBIN_ARCHS: &[&str] = &{archs:?};").unwrap();
     writeln!(s, "pub const PTX_ARCH: &str = {PTX_ARCH:?};").unwrap();
     writeln!(s, "pub static IMAGES: &[Image] = &[").unwrap();
-    for (stem, target, file, lowered) in modules {
+    for Module {
+        stem,
+        target,
+        file,
+        lowered,
+    } in modules
+    {
         let (kind, data) = match target {
-            Target::Cubin(_) => ("ImageKind::Cubin", format!("include_bytes!({:?})", file.display().to_string())),
-            Target::Ptx(_) => ("ImageKind::Ptx", format!("include_bytes!({:?})", file.display().to_string())),
+            Target::Cubin(_) => (
+                "ImageKind::Cubin",
+                format!("include_bytes!({:?})", file.display().to_string()),
+            ),
+            Target::Ptx(_) => (
+                "ImageKind::Ptx",
+                format!("include_bytes!({:?})", file.display().to_string()),
+            ),
         };
         writeln!(
             s,

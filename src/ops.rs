@@ -26,7 +26,9 @@ use std::sync::Arc;
 
 use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, SyncOnDrop};
 
-use crate::cuda::params::{WarpnormBwdParams, WarpnormFwdParams, WarpnormStridedBwdParams, WarpnormStridedFwdParams};
+use crate::cuda::params::{
+    WarpnormBwdParams, WarpnormFwdParams, WarpnormStridedBwdParams, WarpnormStridedFwdParams,
+};
 use crate::cuda::{self, CudaBackend};
 use crate::{DType, Element, Error, NormConfig, NormKind, Result};
 
@@ -80,7 +82,11 @@ pub enum Layout {
     },
     /// A contiguous `[outer, cols, inner]` normalised over `cols` (channels-first, e.g.
     /// `[N, C, H*W]` over C), without a transpose. Statistics are `[outer, inner]`.
-    ChannelsFirst { outer: usize, cols: usize, inner: usize },
+    ChannelsFirst {
+        outer: usize,
+        cols: usize,
+        inner: usize,
+    },
 }
 
 impl Layout {
@@ -110,9 +116,20 @@ impl Layout {
     }
 
     fn validate(&self) -> Result<()> {
-        let bad = |msg: String| Err(Error::Shape { what: "layout", expected: msg, got: format!("{self:?}") });
+        let bad = |msg: String| {
+            Err(Error::Shape {
+                what: "layout",
+                expected: msg,
+                got: format!("{self:?}"),
+            })
+        };
         match *self {
-            Layout::Rows { cols, x_stride, y_stride, .. } => {
+            Layout::Rows {
+                cols,
+                x_stride,
+                y_stride,
+                ..
+            } => {
                 if cols == 0 {
                     return bad("cols >= 1".into());
                 }
@@ -222,7 +239,12 @@ impl<'a> Buffers<'a> {
     }
 
     /// Checks a read-only buffer (same CUDA context, at least `need` elements).
-    fn read<T>(&mut self, what: &'static str, buf: &'a dyn DevicePtr<T>, need: usize) -> Result<u64> {
+    fn read<T>(
+        &mut self,
+        what: &'static str,
+        buf: &'a dyn DevicePtr<T>,
+        need: usize,
+    ) -> Result<u64> {
         check_buffer(self.be, what, buf.stream(), buf.len(), need)?;
         let (ptr, guard) = buf.device_ptr(self.stream);
         self.guards.push(guard);
@@ -242,7 +264,12 @@ impl<'a> Buffers<'a> {
         Ok(ptr)
     }
 
-    fn read_opt<T>(&mut self, what: &'static str, buf: Option<&'a dyn DevicePtr<T>>, need: usize) -> Result<u64> {
+    fn read_opt<T>(
+        &mut self,
+        what: &'static str,
+        buf: Option<&'a dyn DevicePtr<T>>,
+        need: usize,
+    ) -> Result<u64> {
         buf.map_or(Ok(0), |b| self.read(what, b, need))
     }
 
@@ -265,7 +292,13 @@ fn check_mask_layout(has_mask: bool, layout: &Layout) -> Result<()> {
     Ok(())
 }
 
-fn check_buffer(be: &CudaBackend, what: &'static str, owner: &Arc<CudaStream>, len: usize, need: usize) -> Result<()> {
+fn check_buffer(
+    be: &CudaBackend,
+    what: &'static str,
+    owner: &Arc<CudaStream>,
+    len: usize,
+    need: usize,
+) -> Result<()> {
     if !Arc::ptr_eq(owner.context(), be.context()) {
         return Err(Error::Unsupported(format!(
             "`{what}` lives on another device than cuda:{}",
@@ -286,7 +319,9 @@ fn check_buffer(be: &CudaBackend, what: &'static str, owner: &Arc<CudaStream>, l
 /// when all are 16-byte aligned and the row length divides evenly, else 1.
 fn vector_width(elem_bytes: usize, cols: usize, strides: &[usize], addrs: &[u64]) -> u32 {
     let vec = 16 / elem_bytes;
-    let aligned = cols % vec == 0 && strides.iter().all(|s| s % vec == 0) && addrs.iter().all(|a| a % 16 == 0);
+    let aligned = cols % vec == 0
+        && strides.iter().all(|s| s % vec == 0)
+        && addrs.iter().all(|a| a % 16 == 0);
     if aligned {
         vec as u32
     } else {
@@ -309,7 +344,9 @@ pub fn forward<T: Element, P: Element, O: Element>(
     let rows = layout.num_rows();
     let cols = layout.cols();
     let (x_stride, y_stride) = match layout {
-        Layout::Rows { x_stride, y_stride, .. } => (x_stride, y_stride),
+        Layout::Rows {
+            x_stride, y_stride, ..
+        } => (x_stride, y_stride),
         Layout::ChannelsFirst { .. } => (cols, cols),
     };
     check_mask_layout(args.mask.is_some(), &layout)?;
@@ -320,7 +357,10 @@ pub fn forward<T: Element, P: Element, O: Element>(
     let bias = bufs.read_opt("bias", args.bias, cols)?;
     let mask = bufs.read_opt("mask", args.mask, rows * cols)?;
     let (mean, rstd) = match args.stats {
-        Some(s) => (bufs.write("mean", s.mean, rows)?, bufs.write("rstd", s.rstd, rows)?),
+        Some(s) => (
+            bufs.write("mean", s.mean, rows)?,
+            bufs.write("rstd", s.rstd, rows)?,
+        ),
         None => (0, 0),
     };
     if rows == 0 {
@@ -395,7 +435,9 @@ pub fn backward<T: Element, P: Element, O: Element>(
     let rows = layout.num_rows();
     let cols = layout.cols();
     let (x_stride, y_stride) = match layout {
-        Layout::Rows { x_stride, y_stride, .. } => (x_stride, y_stride),
+        Layout::Rows {
+            x_stride, y_stride, ..
+        } => (x_stride, y_stride),
         Layout::ChannelsFirst { .. } => (cols, cols),
     };
     check_mask_layout(args.mask.is_some(), &layout)?;
@@ -411,15 +453,31 @@ pub fn backward<T: Element, P: Element, O: Element>(
     let dbias = bufs.write_opt("dbias", args.dbias, cols)?;
     let need = cuda::backward_workspace_len(rows, cols, be.info().sm_count);
     let workspace = bufs.write("workspace", args.workspace, need)?;
-    if rows == 0 {
-        return Ok(());
-    }
     let half = (need / 2) as u64 * 4;
     let (partial_dscale, partial_dbias) = (workspace, workspace + half);
     let kind = spec.kind_code();
     match layout {
+        // No rows (either layout): backward_rows only zeroes dscale / dbias.
+        _ if rows == 0 => {
+            let b = cuda::BwdBuffers {
+                params: WarpnormBwdParams {
+                    cols: cols as _,
+                    ..Default::default()
+                },
+                dtypes: d,
+                vec: 1,
+                dscale,
+                dbias,
+            };
+            cuda::backward_rows(be, stream, &b)
+        }
         Layout::Rows { .. } => {
-            let vec = vector_width(T::DTYPE.size(), cols, &[x_stride, y_stride], &[x, dy, dx, scale]);
+            let vec = vector_width(
+                T::DTYPE.size(),
+                cols,
+                &[x_stride, y_stride],
+                &[x, dy, dx, scale],
+            );
             let params = WarpnormBwdParams {
                 x: x as *const _,
                 dy: dy as *const _,

@@ -9,7 +9,8 @@ use cudarc::driver::sys::CUfunction_attribute;
 use cudarc::driver::{CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
 
 use super::params::{
-    WarpnormBwdParams, WarpnormFinalizeParams, WarpnormFwdParams, WarpnormStridedBwdParams, WarpnormStridedFwdParams,
+    WarpnormBwdParams, WarpnormFinalizeParams, WarpnormFwdParams, WarpnormStridedBwdParams,
+    WarpnormStridedFwdParams,
 };
 use super::select::{self, Plan, DEFAULT_SMEM, STRIDED_THREADS};
 use super::tiers::expr;
@@ -65,7 +66,12 @@ pub(crate) fn forward_rows(be: &CudaBackend, stream: &CudaStream, b: &FwdBuffers
     let plan = select::forward_plan(p.cols as u64, b.vec, b.elem_bytes, be.info.max_smem_per_cta);
     let (name, smem) = match plan {
         Plan::Rows(t) => (expr::fwd_rows(d.x, d.param, d.out, t), 0),
-        Plan::Cta { vec, cached, smem_bytes, .. } => (expr::fwd_cta(d.x, d.param, d.out, vec, cached), smem_bytes),
+        Plan::Cta {
+            vec,
+            cached,
+            smem_bytes,
+            ..
+        } => (expr::fwd_cta(d.x, d.param, d.out, vec, cached), smem_bytes),
     };
     let f = be.function("layernorm_fwd", &name)?;
     allow_smem(&f, smem)?;
@@ -74,7 +80,12 @@ pub(crate) fn forward_rows(be: &CudaBackend, stream: &CudaStream, b: &FwdBuffers
     // checked that x / y / mask cover `rows` rows of `cols` at their strides, that scale /
     // bias hold `cols` elements and mean / rstd `rows`, and that every pointer and stride
     // is aligned for `vec`; the kernel touches nothing else.
-    unsafe { stream.launch_builder(&f).arg(p).launch(config(grid, plan.threads(), smem)) }?;
+    unsafe {
+        stream
+            .launch_builder(&f)
+            .arg(p)
+            .launch(config(grid, plan.threads(), smem))
+    }?;
     Ok(())
 }
 
@@ -88,7 +99,12 @@ pub(crate) fn forward_strided(
     let grid = select::strided_forward_grid((p.outer * p.inner) as u64, be.info.sm_count);
     // SAFETY: ops checked that x and y hold outer * cols * inner elements, scale / bias
     // `cols` and mean / rstd outer * inner; the kernel indexes only within those.
-    unsafe { stream.launch_builder(&f).arg(p).launch(config(grid, STRIDED_THREADS, 0)) }?;
+    unsafe {
+        stream
+            .launch_builder(&f)
+            .arg(p)
+            .launch(config(grid, STRIDED_THREADS, 0))
+    }?;
     Ok(())
 }
 
@@ -111,18 +127,35 @@ fn finalize(
     let grid = (cols as u64).div_ceil(256).clamp(1, 65_535) as u32;
     // SAFETY: `partial` holds `parts` rows of `cols` f32 written by the backward kernel just
     // before on the same stream; `out` holds `cols` elements of the param dtype (ops).
-    unsafe { stream.launch_builder(&f).arg(&p).launch(config(grid, 256, 0)) }?;
+    unsafe {
+        stream
+            .launch_builder(&f)
+            .arg(&p)
+            .launch(config(grid, 256, 0))
+    }?;
     Ok(())
 }
 
 pub(crate) fn backward_rows(be: &CudaBackend, stream: &CudaStream, b: &BwdBuffers) -> Result<()> {
     let p = &b.params;
     let d = b.dtypes;
+    if p.rows == 0 {
+        // No rows: the parameter gradients are sums of nothing.
+        return finalize_both(be, stream, d.param, 0, 0, b, 0);
+    }
     let cols = p.cols as u64;
     let plan = select::backward_plan(cols, b.vec, be.info.max_smem_per_cta);
     let (name, smem) = match plan {
-        Plan::Rows(t) => (expr::bwd_rows(d.x, d.param, d.out, t), select::backward_rows_smem(t, cols)),
-        Plan::Cta { vec, cached, smem_bytes, .. } => (expr::bwd_cta(d.x, d.param, d.out, vec, cached), smem_bytes),
+        Plan::Rows(t) => (
+            expr::bwd_rows(d.x, d.param, d.out, t),
+            select::backward_rows_smem(t, cols),
+        ),
+        Plan::Cta {
+            vec,
+            cached,
+            smem_bytes,
+            ..
+        } => (expr::bwd_cta(d.x, d.param, d.out, vec, cached), smem_bytes),
     };
     let f = be.function("layernorm_bwd", &name)?;
     allow_smem(&f, smem)?;
@@ -130,8 +163,21 @@ pub(crate) fn backward_rows(be: &CudaBackend, stream: &CudaStream, b: &BwdBuffer
     // SAFETY: as in forward_rows for x / dy / dx / scale / mask / mean / rstd; the partial
     // buffers hold at least `max_parts(rows) >= grid` rows of `cols` f32 (ops checked the
     // workspace length), and each CTA writes only its own row.
-    unsafe { stream.launch_builder(&f).arg(p).launch(config(grid, plan.threads(), smem)) }?;
-    finalize_both(be, stream, d.param, p.partial_dscale as u64, p.partial_dbias as u64, b, grid as i32)
+    unsafe {
+        stream
+            .launch_builder(&f)
+            .arg(p)
+            .launch(config(grid, plan.threads(), smem))
+    }?;
+    finalize_both(
+        be,
+        stream,
+        d.param,
+        p.partial_dscale as u64,
+        p.partial_dbias as u64,
+        b,
+        grid as i32,
+    )
 }
 
 fn finalize_both(
@@ -165,7 +211,20 @@ pub(crate) fn backward_strided(
     // SAFETY: ops checked x / dy / dx (outer * cols * inner), scale (cols), mean / rstd
     // (outer * inner) and the workspace (>= grid * warps partial rows of cols f32); each
     // warp writes only its own partial row.
-    unsafe { stream.launch_builder(&f).arg(p).launch(config(grid, STRIDED_THREADS, 0)) }?;
+    unsafe {
+        stream
+            .launch_builder(&f)
+            .arg(p)
+            .launch(config(grid, STRIDED_THREADS, 0))
+    }?;
     let parts = grid as i32 * (STRIDED_THREADS as i32 / 32);
-    finalize_both(be, stream, d.param, p.partial_dscale as u64, p.partial_dbias as u64, b, parts)
+    finalize_both(
+        be,
+        stream,
+        d.param,
+        p.partial_dscale as u64,
+        p.partial_dbias as u64,
+        b,
+        parts,
+    )
 }

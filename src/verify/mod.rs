@@ -5,9 +5,11 @@
 //! outputs are compared is described in [`tolerance`].
 
 mod files;
+mod gpu;
 pub mod tolerance;
 
 pub use files::collect_files;
+pub use gpu::DeviceBackend;
 pub use tolerance::{check_outputs, compare, condition, OutputCheck, Rounding, Tolerance};
 
 use std::io::Write;
@@ -105,6 +107,9 @@ pub struct FixtureReport {
     pub outputs: Vec<OutputCheck>,
     /// Why the fixture could not be loaded or run.
     pub error: Option<String>,
+    /// Why the backend does not run this fixture at all (e.g. a layout the GPU kernels
+    /// leave to the CPU): neither a pass nor a failure.
+    pub skipped: Option<String>,
 }
 
 impl FixtureReport {
@@ -122,6 +127,7 @@ pub fn verify_file(path: &Path, backend: &dyn Backend) -> FixtureReport {
         name: None,
         outputs: Vec::new(),
         error: None,
+        skipped: None,
     };
     let result = Fixture::load(path).and_then(|fx| {
         report.name = Some(fx.name.clone());
@@ -132,6 +138,7 @@ pub fn verify_file(path: &Path, backend: &dyn Backend) -> FixtureReport {
         Ok(outputs) => report.outputs = outputs,
         // The report carries the path already.
         Err(Error::Fixture { msg, .. }) => report.error = Some(msg),
+        Err(Error::Unsupported(why)) => report.skipped = Some(why),
         Err(e) => report.error = Some(e.to_string()),
     }
     report
@@ -142,6 +149,7 @@ pub fn verify_file(path: &Path, backend: &dyn Backend) -> FixtureReport {
 pub struct Summary {
     pub passed: usize,
     pub failed: usize,
+    pub skipped: usize,
 }
 
 impl Summary {
@@ -181,26 +189,30 @@ pub fn run(
     for f in &files {
         let report = verify_file(f, backend);
         writeln!(out, "{}", format_report(&report))?;
-        if report.passed() {
+        if report.skipped.is_some() {
+            summary.skipped += 1;
+        } else if report.passed() {
             summary.passed += 1;
         } else {
             summary.failed += 1;
         }
     }
+    writeln!(out, "backend: {}", backend.name())?;
     writeln!(
         out,
-        "{} passed, {} failed ({} backend)",
-        summary.passed,
-        summary.failed,
-        backend.name()
+        "{} passed, {} failed, {} skipped",
+        summary.passed, summary.failed, summary.skipped
     )?;
     Ok(summary)
 }
 
 /// One line: status, name, path, then per output `name err/allowed-ratio`.
 pub fn format_report(r: &FixtureReport) -> String {
-    let status = if r.passed() { "PASS" } else { "FAIL" };
     let name = r.name.as_deref().unwrap_or("-");
+    if let Some(why) = &r.skipped {
+        return format!("SKIP {name} ({}): {why}", r.path.display());
+    }
+    let status = if r.passed() { "PASS" } else { "FAIL" };
     let mut line = format!("{status} {name} ({})", r.path.display());
     if let Some(e) = &r.error {
         line.push_str(&format!(": {e}"));
