@@ -98,7 +98,11 @@ impl Array {
     }
 
     pub(crate) fn from_parts(shape: Vec<usize>, dtype: DType, storage: Storage) -> Array {
-        Array { shape, dtype, storage }
+        Array {
+            shape,
+            dtype,
+            storage,
+        }
     }
 
     /// The device buffer as `CudaSlice<T>`, or an error naming `what` if the array is on
@@ -120,7 +124,9 @@ impl Array {
     pub(crate) fn host(&self, what: &'static str) -> Result<Tensor> {
         match &self.storage {
             Storage::Host(v) => Tensor::new(self.shape.clone(), self.dtype, v.clone()),
-            _ => Err(Error::Unsupported(format!("`{what}` is on a GPU but the layer is on the CPU"))),
+            _ => Err(Error::Unsupported(format!(
+                "`{what}` is on a GPU but the layer is on the CPU"
+            ))),
         }
     }
 }

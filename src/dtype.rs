@@ -89,7 +89,13 @@ impl std::str::FromStr for DType {
 
 /// A host element type warpnorm moves to and from the device.
 pub trait Element:
-    Copy + Default + Send + Sync + cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits + 'static
+    Copy
+    + Default
+    + Send
+    + Sync
+    + cudarc::driver::DeviceRepr
+    + cudarc::driver::ValidAsZeroBits
+    + 'static
 {
     /// The [`DType`] tag of this type.
     const DTYPE: DType;

@@ -60,18 +60,24 @@ pub type RmsNorm = LayerNorm;
 impl LayerNorm {
     /// A layer for inputs shaped like `x_shape` (batch axes may differ later), with
     /// parameters drawn from the config's initializers with `seed`.
-    pub fn new(device: &Device, cfg: &NormConfig, x_shape: &[usize], seed: u64) -> Result<LayerNorm> {
+    pub fn new(
+        device: &Device,
+        cfg: &NormConfig,
+        x_shape: &[usize],
+        seed: u64,
+    ) -> Result<LayerNorm> {
         cfg.validate()?;
         let axes = cfg.resolve(x_shape)?;
         let mut rng = Rng::new(seed);
-        let mut param = |on: bool, options: &crate::config::ParamOptions| -> Result<Option<Array>> {
-            if !on {
-                return Ok(None);
-            }
-            let data = options.init.init(&axes.param_shape, &mut rng)?;
-            let t = Tensor::new(axes.param_shape.clone(), cfg.param_dtype(), data)?;
-            Array::from_tensor(device, &t).map(Some)
-        };
+        let mut param =
+            |on: bool, options: &crate::config::ParamOptions| -> Result<Option<Array>> {
+                if !on {
+                    return Ok(None);
+                }
+                let data = options.init.init(&axes.param_shape, &mut rng)?;
+                let t = Tensor::new(axes.param_shape.clone(), cfg.param_dtype(), data)?;
+                Array::from_tensor(device, &t).map(Some)
+            };
         let scale = param(cfg.has_scale(), cfg.scale_options())?;
         let bias = param(cfg.has_bias(), cfg.bias_options())?;
         Ok(LayerNorm {
@@ -206,7 +212,10 @@ impl LayerNorm {
         if axes.param_shape != self.axes.param_shape || axes.reduction != self.axes.reduction {
             return Err(Error::Shape {
                 what: "x",
-                expected: format!("sizes {:?} at the feature axes {:?}", self.axes.param_shape, self.axes.features),
+                expected: format!(
+                    "sizes {:?} at the feature axes {:?}",
+                    self.axes.param_shape, self.axes.features
+                ),
                 got: format!("{:?}", x.shape()),
             });
         }
@@ -240,7 +249,8 @@ impl LayerNorm {
                     Params::new(scale.as_ref(), bias.as_ref()),
                     mask,
                 )?;
-                let stats = |v: Vec<f64>| Array::from_parts(vec![v.len()], DType::F32, Storage::Host(v));
+                let stats =
+                    |v: Vec<f64>| Array::from_parts(vec![v.len()], DType::F32, Storage::Host(v));
                 Ok((
                     Array::from_tensor(&Device::Cpu, &f.y)?,
                     Saved {
@@ -253,12 +263,20 @@ impl LayerNorm {
             Device::Cuda(be) => {
                 let layout = self.gpu_layout(x.shape())?;
                 let mask_dev = match mask {
-                    Some(m) => Some(be.stream().clone_htod(&m.iter().map(|&b| b as u8).collect::<Vec<u8>>())?),
+                    Some(m) => Some(
+                        be.stream()
+                            .clone_htod(&m.iter().map(|&b| b as u8).collect::<Vec<u8>>())?,
+                    ),
                     None => None,
                 };
-                let (y, mean, rstd) = dispatch!(self, x.dtype(), gpu_forward(be, layout, x, mask_dev.as_ref(), train))?;
+                let (y, mean, rstd) = dispatch!(
+                    self,
+                    x.dtype(),
+                    gpu_forward(be, layout, x, mask_dev.as_ref(), train)
+                )?;
                 let rows = layout.num_rows();
-                let stats = |s: CudaSlice<f32>| Array::from_parts(vec![rows], DType::F32, Storage::F32(s));
+                let stats =
+                    |s: CudaSlice<f32>| Array::from_parts(vec![rows], DType::F32, Storage::F32(s));
                 Ok((
                     y,
                     Saved {
@@ -341,8 +359,16 @@ impl LayerNorm {
         let mut y = stream.alloc_zeros::<O>(x.numel())?;
         let mut mean = stream.alloc_zeros::<f32>(if train { rows } else { 0 })?;
         let mut rstd = stream.alloc_zeros::<f32>(if train { rows } else { 0 })?;
-        let scale = self.scale.as_ref().map(|a| a.cuda::<P>("scale")).transpose()?;
-        let bias = self.bias.as_ref().map(|a| a.cuda::<P>("bias")).transpose()?;
+        let scale = self
+            .scale
+            .as_ref()
+            .map(|a| a.cuda::<P>("scale"))
+            .transpose()?;
+        let bias = self
+            .bias
+            .as_ref()
+            .map(|a| a.cuda::<P>("bias"))
+            .transpose()?;
         ops::forward::<T, P, O>(
             be,
             stream,
@@ -389,10 +415,22 @@ impl LayerNorm {
             None => None,
         };
         let mut dx = stream.alloc_zeros::<T>(x.numel())?;
-        let mut dscale = self.scale.as_ref().map(|_| stream.alloc_zeros::<P>(cols)).transpose()?;
-        let mut dbias = self.bias.as_ref().map(|_| stream.alloc_zeros::<P>(cols)).transpose()?;
+        let mut dscale = self
+            .scale
+            .as_ref()
+            .map(|_| stream.alloc_zeros::<P>(cols))
+            .transpose()?;
+        let mut dbias = self
+            .bias
+            .as_ref()
+            .map(|_| stream.alloc_zeros::<P>(cols))
+            .transpose()?;
         let mut workspace = stream.alloc_zeros::<f32>(ops::backward_workspace_len(be, &layout))?;
-        let scale = self.scale.as_ref().map(|a| a.cuda::<P>("scale")).transpose()?;
+        let scale = self
+            .scale
+            .as_ref()
+            .map(|a| a.cuda::<P>("scale"))
+            .transpose()?;
         ops::backward::<T, P, O>(
             be,
             stream,

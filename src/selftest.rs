@@ -53,7 +53,10 @@ impl Variant {
             Variant::FastVariance => flax.use_fast_variance(true),
             Variant::NoScale => flax.use_scale(false),
             Variant::NoBias => flax.use_bias(false),
-            Variant::RmsNorm => NormConfig::rms().epsilon(1e-5).dtype(out).with_param_dtype(param),
+            Variant::RmsNorm => NormConfig::rms()
+                .epsilon(1e-5)
+                .dtype(out)
+                .with_param_dtype(param),
             Variant::RmsScaling => NormConfig::keras()
                 .rms_scaling(true)
                 .epsilon(1e-5)
@@ -140,17 +143,30 @@ pub fn check(device: &Device, variant: Variant, d: Dtypes, cols: usize, seed: u6
     result
 }
 
-fn compare(device: &Device, variant: Variant, d: Dtypes, cols: usize, seed: u64, r: &mut CheckResult) -> Result<()> {
+fn compare(
+    device: &Device,
+    variant: Variant,
+    d: Dtypes,
+    cols: usize,
+    seed: u64,
+    r: &mut CheckResult,
+) -> Result<()> {
     let cfg = variant.config(d.param, d.out);
     let shape = variant.shape(cols);
     let mut rng = Rng::new(seed);
     let mut random = |shape: &[usize], dtype: DType, mean: f64, std: f64| {
         let n: usize = shape.iter().product();
-        Tensor::new(shape.to_vec(), dtype, (0..n).map(|_| rng.normal_with(mean, std)).collect())
+        Tensor::new(
+            shape.to_vec(),
+            dtype,
+            (0..n).map(|_| rng.normal_with(mean, std)).collect(),
+        )
     };
     let x = random(&shape, d.x, 2.0, 1.5)?;
     let dy = random(&shape, cfg.output_dtype(d.x), 0.0, 1.0)?;
-    let mask: Vec<bool> = (0..x.numel()).map(|i| i % cols == 0 || (i * 7919) % 10 < 7).collect();
+    let mask: Vec<bool> = (0..x.numel())
+        .map(|i| i % cols == 0 || (i * 7919) % 10 < 7)
+        .collect();
     let param_shape = cfg.resolve(&shape)?.param_shape;
     let scale = random(&param_shape, d.param, 1.0, 0.5)?;
     let bias = random(&param_shape, d.param, 0.0, 0.5)?;
@@ -172,12 +188,26 @@ fn compare(device: &Device, variant: Variant, d: Dtypes, cols: usize, seed: u64,
         };
         let g = ln.backward(&xa, &Array::from_tensor(dev, &dy)?, &saved)?;
         let host = |a: Option<Array>| a.map(|a| a.to_tensor()).transpose();
-        results.push([Some(y.to_tensor()?), Some(g.dx.to_tensor()?), host(g.dscale)?, host(g.dbias)?]);
+        results.push([
+            Some(y.to_tensor()?),
+            Some(g.dx.to_tensor()?),
+            host(g.dscale)?,
+            host(g.dbias)?,
+        ]);
     }
-    let (cpu, gpu) = (results.pop().unwrap_or_default(), results.pop().unwrap_or_default());
+    let (cpu, gpu) = (
+        results.pop().unwrap_or_default(),
+        results.pop().unwrap_or_default(),
+    );
     for ((name, got), want) in ["y", "dx", "dscale", "dbias"].into_iter().zip(gpu).zip(cpu) {
-        let (Some(got), Some(want)) = (got, want) else { continue };
-        let reduced = if name.starts_with('d') && name != "dx" { shape[0] } else { cols };
+        let (Some(got), Some(want)) = (got, want) else {
+            continue;
+        };
+        let reduced = if name.starts_with('d') && name != "dx" {
+            shape[0]
+        } else {
+            cols
+        };
         let (ratio, abs_err) = error_ratio(got.data(), want.data(), got.dtype(), reduced);
         if !(ratio <= r.worst_ratio) {
             r.worst_ratio = ratio;
@@ -194,7 +224,10 @@ fn compare(device: &Device, variant: Variant, d: Dtypes, cols: usize, seed: u64,
 pub fn error_ratio(got: &[f64], want: &[f64], dtype: DType, n: usize) -> (f64, f64) {
     let scale = want.iter().fold(1.0f64, |m, v| m.max(v.abs()));
     let accumulation = 4e-6 * (1.0 + (n.max(1) as f64).log2() / 4.0);
-    let (rel, abs) = (2.0 * dtype.unit_roundoff() + accumulation, accumulation * scale);
+    let (rel, abs) = (
+        2.0 * dtype.unit_roundoff() + accumulation,
+        accumulation * scale,
+    );
     let mut worst = (0.0f64, 0.0f64);
     for (&g, &w) in got.iter().zip(want) {
         let err = (g - w).abs();
@@ -233,7 +266,9 @@ mod tests {
 
     #[test]
     fn error_ratio_fails_nan_and_large_errors() {
-        assert!(error_ratio(&[f64::NAN], &[1.0], DType::F32, 8).0.is_infinite());
+        assert!(error_ratio(&[f64::NAN], &[1.0], DType::F32, 8)
+            .0
+            .is_infinite());
         assert!(error_ratio(&[1.1], &[1.0], DType::BF16, 8).0 > 1.0);
         assert!(error_ratio(&[1.0 + 1e-3], &[1.0], DType::BF16, 8).0 <= 1.0);
     }

@@ -75,7 +75,10 @@ fn config(v: Variant, p: DType, o: DType) -> NormConfig {
         Variant::NoScale => flax.use_scale(false),
         Variant::NoBias => flax.use_bias(false),
         Variant::NoParams => flax.use_scale(false).use_bias(false),
-        Variant::RmsNorm => NormConfig::flax_rms().epsilon(1e-5).dtype(o).with_param_dtype(p),
+        Variant::RmsNorm => NormConfig::flax_rms()
+            .epsilon(1e-5)
+            .dtype(o)
+            .with_param_dtype(p),
         Variant::RmsScaling => NormConfig::keras()
             .rms_scaling(true)
             .epsilon(1e-5)
@@ -99,11 +102,22 @@ struct Problem {
 }
 
 impl Problem {
-    fn new(cfg: NormConfig, rows: usize, cols: usize, x_dtype: DType, masked: bool, salt: u64) -> Problem {
+    fn new(
+        cfg: NormConfig,
+        rows: usize,
+        cols: usize,
+        x_dtype: DType,
+        masked: bool,
+        salt: u64,
+    ) -> Problem {
         let p = cfg.param_dtype();
         let x = random_tensor(&[rows, cols], x_dtype, 2.0, 1.5, salt);
-        let scale = cfg.has_scale().then(|| random_tensor(&[cols], p, 1.0, 0.5, salt + 1));
-        let bias = cfg.has_bias().then(|| random_tensor(&[cols], p, 0.0, 0.5, salt + 2));
+        let scale = cfg
+            .has_scale()
+            .then(|| random_tensor(&[cols], p, 1.0, 0.5, salt + 1));
+        let bias = cfg
+            .has_bias()
+            .then(|| random_tensor(&[cols], p, 0.0, 0.5, salt + 2));
         let dy = random_tensor(&[rows, cols], cfg.output_dtype(x_dtype), 0.0, 1.0, salt + 3);
         // About 70% of the elements selected, and never an empty row.
         let mask = masked.then(|| {
@@ -143,7 +157,11 @@ fn poisoned<T: Element>(s: &Arc<CudaStream>, n: usize) -> CudaSlice<T> {
 }
 
 fn download<T: Element>(s: &Arc<CudaStream>, b: &CudaSlice<T>) -> Vec<f64> {
-    s.clone_dtoh(b).unwrap().iter().map(|v| v.to_f64()).collect()
+    s.clone_dtoh(b)
+        .unwrap()
+        .iter()
+        .map(|v| v.to_f64())
+        .collect()
 }
 
 /// Device results of one forward + backward.
@@ -156,20 +174,28 @@ struct Outputs {
     dbias: Option<Vec<f64>>,
 }
 
-fn run_device<T: Element, P: Element, O: Element>(be: &CudaBackend, pb: &Problem, layout: Layout) -> Outputs {
+fn run_device<T: Element, P: Element, O: Element>(
+    be: &CudaBackend,
+    pb: &Problem,
+    layout: Layout,
+) -> Outputs {
     let s = be.stream();
     let spec = NormSpec::from_config(&pb.cfg);
     let n = pb.rows * pb.cols;
     let x = upload::<T>(s, &pb.x);
     let scale = pb.scale.as_ref().map(|t| upload::<P>(s, t));
     let bias = pb.bias.as_ref().map(|t| upload::<P>(s, t));
-    let mask = pb
-        .mask
-        .as_ref()
-        .map(|m| s.clone_htod(&m.iter().map(|&b| b as u8).collect::<Vec<u8>>()).unwrap());
+    let mask = pb.mask.as_ref().map(|m| {
+        s.clone_htod(&m.iter().map(|&b| b as u8).collect::<Vec<u8>>())
+            .unwrap()
+    });
     let dy = upload::<O>(s, &pb.dy);
     let rows = layout.num_rows();
-    let (mut y, mut mean, mut rstd) = (poisoned::<O>(s, n), poisoned::<f32>(s, rows), poisoned::<f32>(s, rows));
+    let (mut y, mut mean, mut rstd) = (
+        poisoned::<O>(s, n),
+        poisoned::<f32>(s, rows),
+        poisoned::<f32>(s, rows),
+    );
     ops::forward::<T, P, O>(
         be,
         s,
@@ -235,17 +261,41 @@ fn check(pb: &Problem, out: &Outputs, o: DType, t: DType, p: DType) -> Vec<Strin
         }
     };
     expect("y", &out.y, pb.fwd.y.data(), o, max_abs(pb.fwd.y.data()));
-    expect("mean", &out.mean, &pb.fwd.mean, DType::F32, max_abs(&pb.fwd.mean));
-    expect("rstd", &out.rstd, &pb.fwd.rstd, DType::F32, max_abs(&pb.fwd.rstd));
+    expect(
+        "mean",
+        &out.mean,
+        &pb.fwd.mean,
+        DType::F32,
+        max_abs(&pb.fwd.mean),
+    );
+    expect(
+        "rstd",
+        &out.rstd,
+        &pb.fwd.rstd,
+        DType::F32,
+        max_abs(&pb.fwd.rstd),
+    );
     // dx is a difference of terms as large as rstd * |dy * scale|: scale its absolute
     // tolerance by the largest reference value.
-    expect("dx", &out.dx, pb.grads.dx.data(), t, max_abs(pb.grads.dx.data()));
+    expect(
+        "dx",
+        &out.dx,
+        pb.grads.dx.data(),
+        t,
+        max_abs(pb.grads.dx.data()),
+    );
     for (name, got, want) in [
         ("dscale", &out.dscale, &pb.grads.dscale),
         ("dbias", &out.dbias, &pb.grads.dbias),
     ] {
         match (got, want) {
-            (Some(g), Some(w)) => expect(name, g, w.data(), p, max_abs(w.data()) * (pb.rows as f64).sqrt()),
+            (Some(g), Some(w)) => expect(
+                name,
+                g,
+                w.data(),
+                p,
+                max_abs(w.data()) * (pb.rows as f64).sqrt(),
+            ),
             (None, None) => {}
             _ => expect(name, &[f64::NAN], &[0.0], p, 1.0), // present on one side only
         }
@@ -275,13 +325,23 @@ fn rows_for(cols: usize) -> usize {
     ((1usize << 16) / cols).clamp(3, 67) | 1
 }
 
-fn matrix_for<T: Element, P: Element, O: Element>(be: &CudaBackend, lengths: &[usize]) -> Vec<String> {
+fn matrix_for<T: Element, P: Element, O: Element>(
+    be: &CudaBackend,
+    lengths: &[usize],
+) -> Vec<String> {
     let mut failures = Vec::new();
     for &cols in lengths {
         for (vi, &variant) in VARIANTS.iter().enumerate() {
             let cfg = config(variant, P::DTYPE, O::DTYPE);
             let salt = (cols * 31 + vi) as u64;
-            let pb = Problem::new(cfg, rows_for(cols), cols, T::DTYPE, variant == Variant::Masked, salt);
+            let pb = Problem::new(
+                cfg,
+                rows_for(cols),
+                cols,
+                T::DTYPE,
+                variant == Variant::Masked,
+                salt,
+            );
             let out = run_device::<T, P, O>(be, &pb, Layout::rows(pb.rows, cols));
             for f in check(&pb, &out, O::DTYPE, T::DTYPE, P::DTYPE) {
                 failures.push(format!(
@@ -300,15 +360,25 @@ fn assert_no_failures(failures: Vec<String>) {
     for f in &failures {
         println!("FAIL {f}");
     }
-    assert!(failures.is_empty(), "{} failing cases (listed above)", failures.len());
+    assert!(
+        failures.is_empty(),
+        "{} failing cases (listed above)",
+        failures.len()
+    );
 }
 
 #[test]
 fn every_dtype_variant_and_length_matches_the_reference() {
-    let Some(be) = gpu_or_skip("kernel matrix") else { return };
+    let Some(be) = gpu_or_skip("kernel matrix") else {
+        return;
+    };
     // WARPNORM_QUICK (set by scripts/sanitize.sh) keeps one length per tier.
     let quick = [1, 33, 1000, 1025, 8192, 70_000];
-    let lengths: &[usize] = if std::env::var_os("WARPNORM_QUICK").is_some() { &quick } else { &LENGTHS };
+    let lengths: &[usize] = if std::env::var_os("WARPNORM_QUICK").is_some() {
+        &quick
+    } else {
+        &LENGTHS
+    };
     assert_no_failures(for_each_combo!(matrix_for(&be, lengths)));
 }
 
@@ -355,7 +425,10 @@ fn unaligned_for<T: Element, P: Element, O: Element>(be: &CudaBackend) -> Vec<St
         let (rel, abs) = tolerance(O::DTYPE, max_abs(pb.fwd.y.data()), cols);
         let (ratio, at) = error_ratio(&y_all[1..], pb.fwd.y.data(), rel, abs);
         if !(ratio <= 1.0) {
-            failures.push(format!("unaligned {} D={cols}: y error {ratio:.2}x at {at}", T::DTYPE));
+            failures.push(format!(
+                "unaligned {} D={cols}: y error {ratio:.2}x at {at}",
+                T::DTYPE
+            ));
         }
     }
     failures
@@ -363,13 +436,17 @@ fn unaligned_for<T: Element, P: Element, O: Element>(be: &CudaBackend) -> Vec<St
 
 #[test]
 fn unaligned_slices_take_the_scalar_path_correctly() {
-    let Some(be) = gpu_or_skip("unaligned slices") else { return };
+    let Some(be) = gpu_or_skip("unaligned slices") else {
+        return;
+    };
     assert_no_failures(for_each_combo!(unaligned_for(&be)));
 }
 
 #[test]
 fn padded_row_strides_leave_the_padding_untouched() {
-    let Some(be) = gpu_or_skip("row strides") else { return };
+    let Some(be) = gpu_or_skip("row strides") else {
+        return;
+    };
     let s = be.stream();
     let (rows, cols) = (37, 1024);
     for (x_stride, y_stride) in [(1024 + 8, 1024 + 3), (1024 + 1, 2048)] {
@@ -378,9 +455,13 @@ fn padded_row_strides_leave_the_padding_untouched() {
         // Scatter the rows into padded buffers (padding is NaN in both).
         let mut x_host = vec![f64::NAN; rows * x_stride];
         for r in 0..rows {
-            x_host[r * x_stride..r * x_stride + cols].copy_from_slice(&pb.x.data()[r * cols..(r + 1) * cols]);
+            x_host[r * x_stride..r * x_stride + cols]
+                .copy_from_slice(&pb.x.data()[r * cols..(r + 1) * cols]);
         }
-        let x = upload::<bf16>(s, &Tensor::new([rows * x_stride], DType::BF16, x_host).unwrap());
+        let x = upload::<bf16>(
+            s,
+            &Tensor::new([rows * x_stride], DType::BF16, x_host).unwrap(),
+        );
         let scale = upload::<f32>(s, pb.scale.as_ref().unwrap());
         let bias = upload::<f32>(s, pb.bias.as_ref().unwrap());
         let mut y = poisoned::<bf16>(s, rows * y_stride);
@@ -410,22 +491,36 @@ fn padded_row_strides_leave_the_padding_untouched() {
         for r in 0..rows {
             y_rows.extend_from_slice(&y_all[r * y_stride..r * y_stride + cols]);
             assert!(
-                y_all[r * y_stride + cols..(r + 1) * y_stride].iter().all(|v| v.is_nan()),
+                y_all[r * y_stride + cols..(r + 1) * y_stride]
+                    .iter()
+                    .all(|v| v.is_nan()),
                 "row {r}: the padding of y was written"
             );
         }
         let (rel, abs) = tolerance(DType::BF16, max_abs(pb.fwd.y.data()), cols);
         let (ratio, at) = error_ratio(&y_rows, pb.fwd.y.data(), rel, abs);
-        assert!(ratio <= 1.0, "strides {x_stride}/{y_stride}: error {ratio:.2}x at {at}");
+        assert!(
+            ratio <= 1.0,
+            "strides {x_stride}/{y_stride}: error {ratio:.2}x at {at}"
+        );
     }
 }
 
 #[test]
 fn channels_first_layout_matches_the_reference_without_transpose() {
-    let Some(be) = gpu_or_skip("channels-first") else { return };
+    let Some(be) = gpu_or_skip("channels-first") else {
+        return;
+    };
     for (outer, c, inner) in [(3usize, 64usize, 50usize), (2, 7, 1000), (5, 256, 33)] {
-        for variant in [Variant::LayerNorm, Variant::FastVariance, Variant::RmsNorm, Variant::RmsScaling] {
-            let cfg = config(variant, DType::F32, DType::F32).reduction_axes(1).feature_axes(1);
+        for variant in [
+            Variant::LayerNorm,
+            Variant::FastVariance,
+            Variant::RmsNorm,
+            Variant::RmsScaling,
+        ] {
+            let cfg = config(variant, DType::F32, DType::F32)
+                .reduction_axes(1)
+                .feature_axes(1);
             let cfg = if variant == Variant::RmsScaling {
                 NormConfig::keras().rms_scaling(true).epsilon(1e-5).axis(1)
             } else {
@@ -433,8 +528,12 @@ fn channels_first_layout_matches_the_reference_without_transpose() {
             };
             let shape = [outer, c, inner];
             let x = random_tensor(&shape, DType::F32, 2.0, 1.5, 11);
-            let scale = cfg.has_scale().then(|| random_tensor(&[c], DType::F32, 1.0, 0.5, 12));
-            let bias = cfg.has_bias().then(|| random_tensor(&[c], DType::F32, 0.0, 0.5, 13));
+            let scale = cfg
+                .has_scale()
+                .then(|| random_tensor(&[c], DType::F32, 1.0, 0.5, 12));
+            let bias = cfg
+                .has_bias()
+                .then(|| random_tensor(&[c], DType::F32, 0.0, 0.5, 13));
             let dy = random_tensor(&shape, DType::F32, 0.0, 1.0, 14);
             let params = Params::new(scale.as_ref(), bias.as_ref());
             let fwd = reference::forward(&cfg, &x, params, None).unwrap();
@@ -451,16 +550,29 @@ fn channels_first_layout_matches_the_reference_without_transpose() {
                 fwd,
                 grads,
             };
-            let out = run_device::<f32, f32, f32>(&be, &pb, Layout::ChannelsFirst { outer, cols: c, inner });
+            let out = run_device::<f32, f32, f32>(
+                &be,
+                &pb,
+                Layout::ChannelsFirst {
+                    outer,
+                    cols: c,
+                    inner,
+                },
+            );
             let failures = check(&pb, &out, DType::F32, DType::F32, DType::F32);
-            assert!(failures.is_empty(), "[{outer},{c},{inner}] {variant:?}: {failures:?}");
+            assert!(
+                failures.is_empty(),
+                "[{outer},{c},{inner}] {variant:?}: {failures:?}"
+            );
         }
     }
 }
 
 #[test]
 fn a_nan_or_inf_row_leaves_the_other_rows_exact() {
-    let Some(be) = gpu_or_skip("NaN isolation") else { return };
+    let Some(be) = gpu_or_skip("NaN isolation") else {
+        return;
+    };
     for cols in [33usize, 1024, 16384, 70_000] {
         let rows = 9;
         let cfg = config(Variant::LayerNorm, DType::F32, DType::F32);
@@ -474,35 +586,74 @@ fn a_nan_or_inf_row_leaves_the_other_rows_exact() {
         for r in (0..rows).filter(|r| *r != 2 && *r != 5) {
             let span = r * cols..(r + 1) * cols;
             let (rel, abs) = tolerance(DType::F32, max_abs(clean.fwd.y.data()), cols);
-            let (ratio, _) = error_ratio(&out.y[span.clone()], &clean.fwd.y.data()[span.clone()], rel, abs);
-            assert!(ratio <= 1.0, "D={cols} row {r}: y disturbed by another row ({ratio:.2}x)");
+            let (ratio, _) = error_ratio(
+                &out.y[span.clone()],
+                &clean.fwd.y.data()[span.clone()],
+                rel,
+                abs,
+            );
+            assert!(
+                ratio <= 1.0,
+                "D={cols} row {r}: y disturbed by another row ({ratio:.2}x)"
+            );
             let (rel, abs) = tolerance(DType::F32, max_abs(clean.grads.dx.data()), cols);
-            let (ratio, _) = error_ratio(&out.dx[span.clone()], &clean.grads.dx.data()[span], rel, abs);
-            assert!(ratio <= 1.0, "D={cols} row {r}: dx disturbed by another row ({ratio:.2}x)");
+            let (ratio, _) = error_ratio(
+                &out.dx[span.clone()],
+                &clean.grads.dx.data()[span],
+                rel,
+                abs,
+            );
+            assert!(
+                ratio <= 1.0,
+                "D={cols} row {r}: dx disturbed by another row ({ratio:.2}x)"
+            );
         }
     }
 }
 
 #[test]
 fn two_runs_are_bitwise_identical() {
-    let Some(be) = gpu_or_skip("determinism") else { return };
+    let Some(be) = gpu_or_skip("determinism") else {
+        return;
+    };
     for cols in [32usize, 1024, 8192, 70_000] {
         let cfg = config(Variant::LayerNorm, DType::F32, DType::BF16);
-        let pb = Problem::new(cfg, 2001.min((1 << 22) / cols).max(3), cols, DType::BF16, false, 3);
+        let pb = Problem::new(
+            cfg,
+            2001.min((1 << 22) / cols).max(3),
+            cols,
+            DType::BF16,
+            false,
+            3,
+        );
         let layout = Layout::rows(pb.rows, cols);
         let a = run_device::<bf16, f32, bf16>(&be, &pb, layout);
         let b = run_device::<bf16, f32, bf16>(&be, &pb, layout);
         let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&a.y), bits(&b.y), "D={cols}: y differs between runs");
-        assert_eq!(bits(&a.dx), bits(&b.dx), "D={cols}: dx differs between runs");
-        assert_eq!(bits(a.dscale.as_ref().unwrap()), bits(b.dscale.as_ref().unwrap()), "D={cols}: dscale");
-        assert_eq!(bits(a.dbias.as_ref().unwrap()), bits(b.dbias.as_ref().unwrap()), "D={cols}: dbias");
+        assert_eq!(
+            bits(&a.dx),
+            bits(&b.dx),
+            "D={cols}: dx differs between runs"
+        );
+        assert_eq!(
+            bits(a.dscale.as_ref().unwrap()),
+            bits(b.dscale.as_ref().unwrap()),
+            "D={cols}: dscale"
+        );
+        assert_eq!(
+            bits(a.dbias.as_ref().unwrap()),
+            bits(b.dbias.as_ref().unwrap()),
+            "D={cols}: dbias"
+        );
     }
 }
 
 #[test]
 fn a_tensor_over_2_pow_31_elements_is_normalised_everywhere() {
-    let Some(be) = gpu_or_skip("2^31 elements") else { return };
+    let Some(be) = gpu_or_skip("2^31 elements") else {
+        return;
+    };
     let (rows, cols) = ((1usize << 21) + 3, 1024usize);
     let n = rows * cols;
     assert!(n > 1 << 31);
@@ -520,7 +671,10 @@ fn a_tensor_over_2_pow_31_elements_is_normalised_everywhere() {
     let x_host: Vec<bf16> = (0..n).map(|i| bf16::from_f64(value(i))).collect();
     let x = s.clone_htod(&x_host).unwrap();
     let dy = s.clone_htod(&x_host).unwrap();
-    let cfg = NormConfig::flax().use_fast_variance(false).use_scale(false).use_bias(false);
+    let cfg = NormConfig::flax()
+        .use_fast_variance(false)
+        .use_scale(false)
+        .use_bias(false);
     let spec = NormSpec::from_config(&cfg);
     let layout = Layout::rows(rows, cols);
     let mut y = poisoned::<bf16>(s, n);
@@ -544,7 +698,9 @@ fn a_tensor_over_2_pow_31_elements_is_normalised_everywhere() {
     )
     .unwrap();
     let mut dx = poisoned::<bf16>(s, n);
-    let mut ws = s.alloc_zeros::<f32>(ops::backward_workspace_len(&be, &layout)).unwrap();
+    let mut ws = s
+        .alloc_zeros::<f32>(ops::backward_workspace_len(&be, &layout))
+        .unwrap();
     ops::backward::<bf16, bf16, bf16>(
         &be,
         s,
@@ -568,7 +724,12 @@ fn a_tensor_over_2_pow_31_elements_is_normalised_everywhere() {
     let dx_host = s.clone_dtoh(&dx).unwrap();
     for r in [0, rows / 2, rows - 2, rows - 1] {
         let span = r * cols..(r + 1) * cols;
-        let xr = Tensor::new([1, cols], DType::BF16, x_host[span.clone()].iter().map(|v| v.to_f64()).collect()).unwrap();
+        let xr = Tensor::new(
+            [1, cols],
+            DType::BF16,
+            x_host[span.clone()].iter().map(|v| v.to_f64()).collect(),
+        )
+        .unwrap();
         let fwd = reference::forward(&cfg, &xr, Params::none(), None).unwrap();
         let grads = reference::backward(&cfg, &xr, Params::none(), None, &xr).unwrap();
         let got: Vec<f64> = y_host[span.clone()].iter().map(|v| v.to_f64()).collect();
@@ -580,12 +741,17 @@ fn a_tensor_over_2_pow_31_elements_is_normalised_everywhere() {
         let (ratio, at) = error_ratio(&got, grads.dx.data(), rel, abs);
         assert!(ratio <= 1.0, "row {r}: dx error {ratio:.2}x at {at}");
     }
-    assert!(y_host.iter().all(|v| v.is_finite()), "some element of y was not written");
+    assert!(
+        y_host.iter().all(|v| v.is_finite()),
+        "some element of y was not written"
+    );
 }
 
 #[test]
 fn bad_arguments_are_errors_and_write_nothing() {
-    let Some(be) = gpu_or_skip("argument errors") else { return };
+    let Some(be) = gpu_or_skip("argument errors") else {
+        return;
+    };
     let s = be.stream();
     let (rows, cols) = (4, 64);
     let x = s.clone_htod(&vec![1.0f32; rows * cols]).unwrap();
@@ -608,7 +774,10 @@ fn bad_arguments_are_errors_and_write_nothing() {
             stats: None,
         },
     );
-    assert!(matches!(short_scale, Err(Error::Shape { what: "scale", .. })), "{short_scale:?}");
+    assert!(
+        matches!(short_scale, Err(Error::Shape { what: "scale", .. })),
+        "{short_scale:?}"
+    );
     assert!(untouched(&y));
 
     let long_rows = ops::forward::<f32, f32, f32>(
@@ -625,7 +794,10 @@ fn bad_arguments_are_errors_and_write_nothing() {
             stats: None,
         },
     );
-    assert!(matches!(long_rows, Err(Error::Shape { what: "x", .. })), "{long_rows:?}");
+    assert!(
+        matches!(long_rows, Err(Error::Shape { what: "x", .. })),
+        "{long_rows:?}"
+    );
 
     let bad_eps = NormSpec { eps: 0.0, ..spec };
     let r = ops::forward::<f32, f32, f32>(
@@ -681,13 +853,18 @@ fn bad_arguments_are_errors_and_write_nothing() {
             stats: None,
         },
     );
-    assert!(matches!(r, Err(Error::Shape { what: "layout", .. })), "{r:?}");
+    assert!(
+        matches!(r, Err(Error::Shape { what: "layout", .. })),
+        "{r:?}"
+    );
     assert!(untouched(&y), "a failed call wrote into y");
 
     // Backward with a workspace one element short.
     let mean = s.clone_htod(&vec![0.0f32; rows]).unwrap();
     let mut dx = poisoned::<f32>(s, rows * cols);
-    let mut ws = s.alloc_zeros::<f32>(ops::backward_workspace_len(&be, &Layout::rows(rows, cols)) - 1).unwrap();
+    let mut ws = s
+        .alloc_zeros::<f32>(ops::backward_workspace_len(&be, &Layout::rows(rows, cols)) - 1)
+        .unwrap();
     let r = ops::backward::<f32, f32, f32>(
         &be,
         s,
@@ -706,6 +883,15 @@ fn bad_arguments_are_errors_and_write_nothing() {
             workspace: &mut ws,
         },
     );
-    assert!(matches!(r, Err(Error::Shape { what: "workspace", .. })), "{r:?}");
+    assert!(
+        matches!(
+            r,
+            Err(Error::Shape {
+                what: "workspace",
+                ..
+            })
+        ),
+        "{r:?}"
+    );
     assert!(untouched(&dx), "a failed backward wrote into dx");
 }

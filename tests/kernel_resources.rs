@@ -21,7 +21,10 @@ fn kernels_in_report() -> Vec<(String, String, String)> {
             if let Some((name, lines)) = current.take() {
                 out.push((section.clone(), name, lines));
             }
-            current = Some((rest.split('\'').next().unwrap_or("").to_string(), String::new()));
+            current = Some((
+                rest.split('\'').next().unwrap_or("").to_string(),
+                String::new(),
+            ));
         } else if let Some((_, lines)) = current.as_mut() {
             lines.push_str(line);
             lines.push('\n');
@@ -63,10 +66,21 @@ fn no_kernel_spills_registers_on_sm_80_or_sm_90() {
         checked += 1;
         let clean = lines.contains("0 bytes spill stores, 0 bytes spill loads");
         if !clean {
-            let detail = lines.lines().find(|l| l.contains("spill")).unwrap_or("no spill line");
+            let detail = lines
+                .lines()
+                .find(|l| l.contains("spill"))
+                .unwrap_or("no spill line");
             spills.push(format!("{section} {kernel}: {}", detail.trim()));
         }
     }
-    assert!(checked > 100, "only {checked} kernels in the resource report");
-    assert!(spills.is_empty(), "{} kernels spill:\n{}", spills.len(), spills.join("\n"));
+    assert!(
+        checked > 100,
+        "only {checked} kernels in the resource report"
+    );
+    assert!(
+        spills.is_empty(),
+        "{} kernels spill:\n{}",
+        spills.len(),
+        spills.join("\n")
+    );
 }

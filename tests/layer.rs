@@ -16,7 +16,10 @@ fn device_discovery_never_panics() {
         }
         Err(e) => panic!("expected NoDevice without a GPU, got {e}"),
     }
-    assert!(matches!(Device::parse("tpu:0"), Err(Error::InvalidConfig(_))));
+    assert!(matches!(
+        Device::parse("tpu:0"),
+        Err(Error::InvalidConfig(_))
+    ));
     assert!(matches!(Device::parse("cpu"), Ok(Device::Cpu)));
 }
 
@@ -36,11 +39,23 @@ fn parameters_start_from_the_configured_initializers() {
 fn cpu_forward_train_and_backward_have_the_right_shapes_and_dtypes() {
     let cfg = NormConfig::flax().with_param_dtype(DType::F32);
     let ln = LayerNorm::new(&Device::cpu(), &cfg, &[3, 5, 8], 1).unwrap();
-    let x = Array::from_tensor(&Device::cpu(), &random_tensor(&[3, 5, 8], DType::BF16, 1.0, 1.0, 1)).unwrap();
+    let x = Array::from_tensor(
+        &Device::cpu(),
+        &random_tensor(&[3, 5, 8], DType::BF16, 1.0, 1.0, 1),
+    )
+    .unwrap();
     let (y, saved) = ln.forward_train(&x).unwrap();
-    assert_eq!(y.dtype(), DType::F32, "flax: bf16 x with f32 params gives f32 y");
+    assert_eq!(
+        y.dtype(),
+        DType::F32,
+        "flax: bf16 x with f32 params gives f32 y"
+    );
     assert_eq!(saved.mean.numel(), 15);
-    let dy = Array::from_tensor(&Device::cpu(), &random_tensor(&[3, 5, 8], DType::F32, 0.0, 1.0, 2)).unwrap();
+    let dy = Array::from_tensor(
+        &Device::cpu(),
+        &random_tensor(&[3, 5, 8], DType::F32, 0.0, 1.0, 2),
+    )
+    .unwrap();
     let g = ln.backward(&x, &dy, &saved).unwrap();
     assert_eq!(g.dx.dtype(), DType::BF16);
     assert_eq!(g.dscale.unwrap().shape(), &[8]);
@@ -49,21 +64,43 @@ fn cpu_forward_train_and_backward_have_the_right_shapes_and_dtypes() {
 #[test]
 fn bad_inputs_are_errors() {
     let ln = LayerNorm::new(&Device::cpu(), &NormConfig::flax(), &[4, 16], 0).unwrap();
-    let wrong = Array::from_tensor(&Device::cpu(), &Tensor::zeros([4, 15], DType::F32).unwrap()).unwrap();
-    assert!(matches!(ln.forward(&wrong), Err(Error::Shape { what: "x", .. })));
-    let x = Array::from_tensor(&Device::cpu(), &Tensor::zeros([4, 16], DType::F32).unwrap()).unwrap();
-    assert!(matches!(ln.forward_train_masked(&x, &[true; 3]), Err(Error::Shape { what: "mask", .. })));
+    let wrong =
+        Array::from_tensor(&Device::cpu(), &Tensor::zeros([4, 15], DType::F32).unwrap()).unwrap();
+    assert!(matches!(
+        ln.forward(&wrong),
+        Err(Error::Shape { what: "x", .. })
+    ));
+    let x =
+        Array::from_tensor(&Device::cpu(), &Tensor::zeros([4, 16], DType::F32).unwrap()).unwrap();
+    assert!(matches!(
+        ln.forward_train_masked(&x, &[true; 3]),
+        Err(Error::Shape { what: "mask", .. })
+    ));
     let (_, saved) = ln.forward_train(&x).unwrap();
-    let dy16 = Array::from_tensor(&Device::cpu(), &Tensor::zeros([4, 16], DType::F16).unwrap()).unwrap();
-    assert!(matches!(ln.backward(&x, &dy16, &saved), Err(Error::DType { what: "dy", .. })));
+    let dy16 =
+        Array::from_tensor(&Device::cpu(), &Tensor::zeros([4, 16], DType::F16).unwrap()).unwrap();
+    assert!(matches!(
+        ln.backward(&x, &dy16, &saved),
+        Err(Error::DType { what: "dy", .. })
+    ));
     let mut ln = ln;
-    assert!(ln.set_scale(&Tensor::zeros([15], DType::F32).unwrap()).is_err());
-    assert!(LayerNorm::new(&Device::cpu(), &NormConfig::flax().epsilon(-1.0), &[4, 16], 0).is_err());
+    assert!(ln
+        .set_scale(&Tensor::zeros([15], DType::F32).unwrap())
+        .is_err());
+    assert!(LayerNorm::new(
+        &Device::cpu(),
+        &NormConfig::flax().epsilon(-1.0),
+        &[4, 16],
+        0
+    )
+    .is_err());
 }
 
 /// The same layer on the GPU and on the CPU reference gives the same results.
 fn gpu_matches_cpu(cfg: &NormConfig, shape: &[usize], x_dtype: DType, masked: bool) {
-    let Some(be) = gpu_or_skip("LayerNorm on the GPU") else { return };
+    let Some(be) = gpu_or_skip("LayerNorm on the GPU") else {
+        return;
+    };
     let gpu = Device::Cuda(be);
     let cpu = Device::cpu();
     let mut ln_gpu = LayerNorm::new(&gpu, cfg, shape, 9).unwrap();
@@ -84,7 +121,9 @@ fn gpu_matches_cpu(cfg: &NormConfig, shape: &[usize], x_dtype: DType, masked: bo
         } else {
             ln.forward_train(&xa).unwrap()
         };
-        let g = ln.backward(&xa, &Array::from_tensor(dev, &dy).unwrap(), &saved).unwrap();
+        let g = ln
+            .backward(&xa, &Array::from_tensor(dev, &dy).unwrap(), &saved)
+            .unwrap();
         (y.to_tensor().unwrap(), g.dx.to_tensor().unwrap())
     };
     let (y_gpu, dx_gpu) = run(&ln_gpu, &gpu);
@@ -105,23 +144,37 @@ fn gpu_flax_bf16_with_f32_params() {
 
 #[test]
 fn gpu_flax_masked() {
-    gpu_matches_cpu(&NormConfig::flax().use_fast_variance(false), &[16, 96], DType::F32, true);
+    gpu_matches_cpu(
+        &NormConfig::flax().use_fast_variance(false),
+        &[16, 96],
+        DType::F32,
+        true,
+    );
 }
 
 #[test]
 fn gpu_keras_channels_first() {
-    gpu_matches_cpu(&NormConfig::keras().axis(1), &[4, 32, 49], DType::F32, false);
+    gpu_matches_cpu(
+        &NormConfig::keras().axis(1),
+        &[4, 32, 49],
+        DType::F32,
+        false,
+    );
 }
 
 #[test]
 fn gpu_rms_norm_f16() {
-    let cfg = NormConfig::rms().dtype(DType::F16).with_param_dtype(DType::F16);
+    let cfg = NormConfig::rms()
+        .dtype(DType::F16)
+        .with_param_dtype(DType::F16);
     gpu_matches_cpu(&cfg, &[128, 4096], DType::F16, false);
 }
 
 #[test]
 fn gpu_rejects_what_the_kernels_cannot_do_with_a_clear_error() {
-    let Some(be) = gpu_or_skip("GPU layout errors") else { return };
+    let Some(be) = gpu_or_skip("GPU layout errors") else {
+        return;
+    };
     let dev = Device::Cuda(be);
     // Feature axes outside the reduction axes: parameters along an axis not normalised.
     let cfg = NormConfig::flax().reduction_axes(-1).feature_axes(-2);

@@ -22,7 +22,12 @@ pub(crate) enum Plan {
     Rows(RowTier),
     /// CTA per row, any length. `cached`: forward row cache / backward accumulators in
     /// shared memory.
-    Cta { vec: u32, threads: u32, cached: bool, smem_bytes: u32 },
+    Cta {
+        vec: u32,
+        threads: u32,
+        cached: bool,
+        smem_bytes: u32,
+    },
 }
 
 impl Plan {
@@ -57,8 +62,17 @@ pub(crate) fn forward_plan(cols: u64, vec: u32, elem_bytes: u32, max_smem: u32) 
     let scratch = CTA_SCRATCH_FLOATS * 4;
     let cache = cols * elem_bytes as u64;
     let cached = scratch as u64 + cache <= max_smem as u64;
-    let smem_bytes = if cached { scratch + cache as u32 } else { scratch };
-    Plan::Cta { vec, threads, cached, smem_bytes }
+    let smem_bytes = if cached {
+        scratch + cache as u32
+    } else {
+        scratch
+    };
+    Plan::Cta {
+        vec,
+        threads,
+        cached,
+        smem_bytes,
+    }
 }
 
 /// Backward plan; `cached` means the dscale/dbias sums fit in shared memory.
@@ -70,8 +84,17 @@ pub(crate) fn backward_plan(cols: u64, vec: u32, max_smem: u32) -> Plan {
     let scratch = 32 * 3 * 4;
     let acc = 2 * cols * 4;
     let cached = scratch as u64 + acc <= max_smem as u64;
-    let smem_bytes = if cached { scratch + acc as u32 } else { scratch };
-    Plan::Cta { vec, threads, cached, smem_bytes }
+    let smem_bytes = if cached {
+        scratch + acc as u32
+    } else {
+        scratch
+    };
+    Plan::Cta {
+        vec,
+        threads,
+        cached,
+        smem_bytes,
+    }
 }
 
 /// Dynamic shared memory of the backward register tier: the reduction scratch, plus the
@@ -94,7 +117,8 @@ pub(crate) fn forward_grid(rows: u64, plan: Plan, sm_count: u32) -> u32 {
 /// The most partial rows any backward launch writes for `rows` rows: the size of the
 /// workspace a caller provides (times 2 x cols).
 pub(crate) fn max_parts(rows: u64, sm_count: u32) -> u64 {
-    rows.min(sm_count as u64 * BWD_CTAS_PER_SM).max(STRIDED_WARPS)
+    rows.min(sm_count as u64 * BWD_CTAS_PER_SM)
+        .max(STRIDED_WARPS)
 }
 
 pub(crate) fn backward_grid(rows: u64, plan: Plan, sm_count: u32) -> u32 {
@@ -136,7 +160,10 @@ mod tests {
                 if cols % vec as u64 != 0 {
                     continue;
                 }
-                for plan in [forward_plan(cols, vec, 2, 227 * 1024), backward_plan(cols, vec, 227 * 1024)] {
+                for plan in [
+                    forward_plan(cols, vec, 2, 227 * 1024),
+                    backward_plan(cols, vec, 227 * 1024),
+                ] {
                     match plan {
                         Plan::Rows(t) => assert!(t.capacity() >= cols && t.vec == vec),
                         Plan::Cta { smem_bytes, .. } => assert!(smem_bytes <= 227 * 1024),

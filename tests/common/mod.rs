@@ -74,7 +74,10 @@ pub fn error_ratio(got: &[f64], want: &[f64], rel: f64, abs: f64) -> (f64, usize
 /// which grows slowly with the row length for tree-shaped sums.
 pub fn tolerance(dtype: DType, scale: f64, cols: usize) -> (f64, f64) {
     let accumulation = 4e-6 * (1.0 + (cols as f64).log2() / 4.0);
-    (2.0 * dtype.unit_roundoff() + accumulation, accumulation * scale.max(1.0))
+    (
+        2.0 * dtype.unit_roundoff() + accumulation,
+        accumulation * scale.max(1.0),
+    )
 }
 
 pub fn max_abs(v: &[f64]) -> f64 {
