@@ -13,6 +13,7 @@ pub mod ops;
 pub mod reference;
 pub mod rng;
 pub mod selftest;
+pub mod sharded;
 pub mod tensor;
 pub mod verify;
 
@@ -22,4 +23,5 @@ pub use array::Array;
 pub use config::{Api, Axes, NormConfig, NormKind};
 pub use device::Device;
 pub use layer::{Gradients, LayerNorm, RmsNorm, Saved};
+pub use sharded::{ShardSaved, ShardedLayerNorm, ShardedRmsNorm};
 pub use tensor::Tensor;

@@ -6,6 +6,7 @@
 
 pub mod kernels;
 mod launch;
+pub(crate) mod launch_sharded;
 pub mod params;
 mod select;
 pub mod tiers;
@@ -94,7 +95,7 @@ impl CudaBackend {
             max_smem_per_cta: attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)? as u32,
         };
         let mut modules = HashMap::new();
-        for source in ["layernorm_fwd", "layernorm_bwd"] {
+        for source in ["layernorm_fwd", "layernorm_bwd", "sharded"] {
             let image = pick_image(source, info.compute_capability)?;
             let ptx = match image.kind {
                 ImageKind::Cubin => Ptx::from_binary(image.data.to_vec()),

@@ -179,6 +179,7 @@ pub fn instantiations(source: &str) -> Vec<String> {
         match source {
             "layernorm_fwd.cu" => (Pass::Forward, expr::fwd_rows, expr::fwd_cta, expr::fwd_strided),
             "layernorm_bwd.cu" => (Pass::Backward, expr::bwd_rows, expr::bwd_cta, expr::bwd_strided),
+            "sharded.cu" => return sharded::instantiations(),
             _ => return out,
         };
     for (x, p, o) in dtype_combos() {
@@ -193,4 +194,79 @@ pub fn instantiations(source: &str) -> Vec<String> {
         out.extend(["f32", "f16", "bf16"].map(expr::finalize));
     }
     out
+}
+
+/// The kernels of sharded (tensor-parallel) normalization, `kernels/sharded.cu`.
+pub mod sharded {
+    use super::{cuda_type, dtype_combos};
+
+    fn types(names: &[&str]) -> String {
+        names
+            .iter()
+            .map(|n| cuda_type(n))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    pub fn row_stats(x: &str) -> String {
+        format!("warpnorm::shard_row_stats<{}>", types(&[x]))
+    }
+    pub fn apply(x: &str, p: &str, o: &str) -> String {
+        format!("warpnorm::shard_apply<{}>", types(&[x, p, o]))
+    }
+    pub fn bwd_sums(x: &str, p: &str, o: &str) -> String {
+        format!("warpnorm::shard_bwd_sums<{}>", types(&[x, p, o]))
+    }
+    pub fn dx(x: &str, p: &str, o: &str) -> String {
+        format!("warpnorm::shard_dx<{}>", types(&[x, p, o]))
+    }
+    pub fn param_grads(x: &str, o: &str) -> String {
+        format!("warpnorm::shard_param_grads<{}>", types(&[x, o]))
+    }
+    pub fn cast_scale(src: &str, dst: &str) -> String {
+        format!("warpnorm::cast_scale<{}>", types(&[src, dst]))
+    }
+    pub fn accumulate() -> String {
+        "warpnorm::accumulate<float>".to_string()
+    }
+
+    /// The (source, destination) dtypes of `cast_scale`: 16-bit buffers widen to f32
+    /// scratch and narrow back; f32 divides in place.
+    pub const CASTS: [(&str, &str); 5] = [
+        ("f32", "f32"),
+        ("f16", "f32"),
+        ("f32", "f16"),
+        ("bf16", "f32"),
+        ("f32", "bf16"),
+    ];
+
+    /// Every name expression `kernels/sharded.cu` instantiates.
+    pub fn instantiations() -> Vec<String> {
+        let mut out: Vec<String> = ["f32", "f16", "bf16"].map(row_stats).to_vec();
+        let mut x_out = Vec::new();
+        for (x, p, o) in dtype_combos() {
+            out.extend([apply(x, p, o), bwd_sums(x, p, o), dx(x, p, o)]);
+            if !x_out.contains(&(x, o)) {
+                x_out.push((x, o));
+            }
+        }
+        out.extend(x_out.into_iter().map(|(x, o)| param_grads(x, o)));
+        out.extend(CASTS.iter().map(|&(s, d)| cast_scale(s, d)));
+        out.push(accumulate());
+        out
+    }
+}
+
+/// The dtype combinations (x, params, y) the CPU emulation compiles: each x dtype once,
+/// with mixed parameter and output dtypes covered, to keep its build short.
+pub const EMULATED_COMBOS: [(&str, &str, &str); 3] =
+    [("f32", "f32", "f32"), ("bf16", "f32", "bf16"), ("f16", "f16", "f32")];
+
+/// Whether the CPU emulation compiles kernel `expr`.
+pub fn emulated(expr: &str) -> bool {
+    expr.starts_with("warpnorm::finalize_partials")
+        || EMULATED_COMBOS.iter().any(|(x, p, o)| {
+            let args = format!("<{}, {}, {}", cuda_type(x), cuda_type(p), cuda_type(o));
+            expr.contains(&args)
+        })
 }

@@ -1,8 +1,23 @@
 //! Distributed normalization: which ranks combine statistics, and how.
 //!
-//! Only the grouping rules live here for now; collective backends plug in beside
-//! them.
+//! * [`AxisGroups`]: JAX's `axis_index_groups` rules (disjoint, covering, equal sizes).
+//! * [`Collective`]: all-reduce and all-gather within the groups of one named axis, with
+//!   three backends of one semantics: [`NcclCollective`] (one GPU per rank, in one
+//!   process or one process per GPU), [`InProcessCuda`] (every rank on one GPU) and
+//!   [`InProcessHost`] (every rank on the CPU, for the reference backend). The in-process
+//!   ones make every world size and group layout testable on one GPU, or none.
+//! * [`psum`] / [`pmean`]: JAX's collectives for callers' own buffers.
+//!
+//! [`crate::sharded::ShardedLayerNorm`] builds on these: one collective per direction.
 
+mod collective;
 pub mod groups;
+mod in_process;
+mod nccl;
+mod reduce;
 
+pub use collective::{Buf, BufMut, Collective};
 pub use groups::AxisGroups;
+pub use in_process::{InProcessCuda, InProcessHost};
+pub use nccl::{nccl_available, NcclCollective, NcclIds};
+pub use reduce::{pmean, pmean_host, psum, psum_host};

@@ -1,0 +1,243 @@
+// Sharded (tensor-parallel) normalization: each rank holds [rows, cols] of rows whose
+// features are split over the k ranks of its group, and the row statistics are combined
+// across the group by one collective per direction (the host enqueues it between these
+// kernels, on the same stream).
+//
+//   forward   shard_row_stats   per-shard statistics of every row (f32)
+//             -- all-gather of (n, mean, M2)  or  all-reduce of (mean, mean of squares) --
+//             shard_apply       merge in fixed rank order, normalise, save mean / rstd
+//   backward  shard_bwd_sums    per-shard (sum g, sum g * xhat), g = dy * scale
+//             -- all-reduce --
+//             shard_dx          dx from the group's sums
+//             shard_param_grads dscale / dbias partials over row chunks, summed in chunk
+//                               order by finalize_partials (layernorm_bwd.cu)
+//
+// The statistics follow flax under `axis_name`: the fast variance and RMSNorm take one
+// pmean of the per-rank (mean, mean of squares); the exact variance is merged from every
+// rank's (n, mean, M2) with Chan's formula in group-position order, which equals flax's
+// pmean(mean) then pmean(mean((x - mean)^2)) up to rounding, in one collective.
+//
+// Correctness first: a warp per row with scalar, coalesced loads (a shard's slice may start
+// at any element), statistics in f32, every reduction in a fixed order so that results
+// are bitwise reproducible. Arguments are passed one by one (not as a params.h struct);
+// src/cuda/launch_sharded.rs pushes them in exactly the order of these signatures.
+#include "common.cuh"
+
+namespace warpnorm {
+
+constexpr int kShardThreads = 128;
+constexpr int kShardWarps = kShardThreads / kWarpSize;
+
+// What shard_row_stats writes per row (and how shard_apply reads it).
+constexpr int kShardMoments = 0;  // {n, mean, M2}: 3 floats, all-gathered
+constexpr int kShardMeans = 1;    // {mean, mean of squares}: 2 floats, all-reduced
+
+// The rows a warp handles: warp w of block b starts at b * warps + w and strides by the
+// grid's warp count. The bounds are per warp, so every lane reaches every shuffle.
+struct WarpRows {
+    long long first, step;
+    int lane;
+};
+
+__device__ __forceinline__ WarpRows warp_rows() {
+    return {(long long)blockIdx.x * kShardWarps + threadIdx.x / kWarpSize, (long long)gridDim.x * kShardWarps,
+            int(threadIdx.x % kWarpSize)};
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kShardThreads)
+    shard_row_stats(const T* __restrict__ x, float* __restrict__ out, long long rows, long long cols,
+                    long long x_stride, int mode) {
+    const WarpRows w = warp_rows();
+    const float n = float(cols);
+    for (long long row = w.first; row < rows; row += w.step) {
+        const T* xr = x + row * x_stride;
+        float s = 0.f, q = 0.f;
+        for (long long c = w.lane; c < cols; c += kWarpSize) {
+            const float v = to_float(xr[c]);
+            s += v;
+            q += v * v;
+        }
+        s = group_sum<kWarpSize>(s);
+        if (mode == kShardMeans) {
+            q = group_sum<kWarpSize>(q);
+            if (w.lane == 0) {
+                out[2 * row] = s / n;
+                out[2 * row + 1] = q / n;
+            }
+        } else {
+            // Exact two-pass: the second pass re-reads the row (from L1 / L2).
+            const float mean = s / n;
+            float m2 = 0.f;
+            for (long long c = w.lane; c < cols; c += kWarpSize) {
+                const float d = to_float(xr[c]) - mean;
+                m2 += d * d;
+            }
+            m2 = group_sum<kWarpSize>(m2);
+            if (w.lane == 0) {
+                out[3 * row] = n;
+                out[3 * row + 1] = mean;
+                out[3 * row + 2] = m2;
+            }
+        }
+    }
+}
+
+// A row's statistics from the combined buffer. dvar is d var / d (raw variance): the
+// fast variance's clamp max(0, raw) has derivative 1 above 0, 1/2 at 0 (JAX's tie rule
+// for maximum) and 0 below. A NaN variance stays NaN (fmaxf would turn it into 0).
+struct ShardRowStats {
+    float mean, rstd, dvar;
+};
+
+__device__ __forceinline__ ShardRowStats combine_stats(const float* stats, long long row, long long rows, int group,
+                                                       float eps, int kind, int mode) {
+    float mean, var, dvar = 1.f;
+    if (mode == kShardMoments) {
+        // stats: [group][rows][3], position order; Chan's merge in that order.
+        Moments m = {stats[3 * row], stats[3 * row + 1], stats[3 * row + 2]};
+        for (int q = 1; q < group; ++q) {
+            const float* s = stats + 3 * ((long long)q * rows + row);
+            m = chan_merge(m, {s[0], s[1], s[2]});
+        }
+        mean = m.mean;
+        var = m.m2 / m.n;
+    } else {
+        // stats: [rows][2], summed over the group: pmean divides by the group size.
+        const float mean_x = stats[2 * row] / float(group);
+        const float mean_sq = stats[2 * row + 1] / float(group);
+        if (kind == WARPNORM_RMS_NORM) {
+            mean = 0.f;
+            var = mean_sq;
+        } else {
+            mean = mean_x;
+            const float raw = mean_sq - mean_x * mean_x;
+            dvar = raw > 0.f ? 1.f : (raw == 0.f ? 0.5f : 0.f);
+            var = raw < 0.f ? 0.f : raw;
+        }
+    }
+    return {mean, rsqrtf(var + eps), dvar};
+}
+
+template <typename T, typename P, typename O>
+__global__ void __launch_bounds__(kShardThreads)
+    shard_apply(const T* __restrict__ x, O* __restrict__ y, const P* __restrict__ scale, const P* __restrict__ bias,
+                const float* __restrict__ stats, float* __restrict__ mean_out, float* __restrict__ rstd_out,
+                float* __restrict__ dvar_out, long long rows, long long cols, long long x_stride, long long y_stride,
+                int group, float eps, int kind, int mode) {
+    const WarpRows w = warp_rows();
+    for (long long row = w.first; row < rows; row += w.step) {
+        // Every lane merges the same values in the same order: no broadcast needed.
+        const ShardRowStats st = combine_stats(stats, row, rows, group, eps, kind, mode);
+        if (w.lane == 0) {
+            if (mean_out) mean_out[row] = st.mean;
+            if (rstd_out) rstd_out[row] = st.rstd;
+            if (dvar_out) dvar_out[row] = st.dvar;
+        }
+        const float shift = kind == WARPNORM_LAYER_NORM ? st.mean : 0.f;
+        const T* xr = x + row * x_stride;
+        O* yr = y + row * y_stride;
+        for (long long c = w.lane; c < cols; c += kWarpSize) {
+            const float g = scale ? to_float(scale[c]) : 1.f;
+            const float b = bias ? to_float(bias[c]) : 0.f;
+            yr[c] = from_float<O>((to_float(xr[c]) - shift) * st.rstd * g + b);
+        }
+    }
+}
+
+// Per-shard backward sums of each row: {sum g, sum g * xhat} with g = dy * scale and
+// xhat = (x - centre) * rstd from the saved (group-wide) statistics.
+template <typename T, typename P, typename O>
+__global__ void __launch_bounds__(kShardThreads)
+    shard_bwd_sums(const T* __restrict__ x, const O* __restrict__ dy, const P* __restrict__ scale,
+                   const float* __restrict__ mean, const float* __restrict__ rstd, float* __restrict__ sums,
+                   long long rows, long long cols, long long x_stride, long long dy_stride, int kind) {
+    const WarpRows w = warp_rows();
+    for (long long row = w.first; row < rows; row += w.step) {
+        const float shift = kind == WARPNORM_LAYER_NORM ? mean[row] : 0.f;
+        const float r = rstd[row];
+        const T* xr = x + row * x_stride;
+        const O* dyr = dy + row * dy_stride;
+        float a = 0.f, b = 0.f;
+        for (long long c = w.lane; c < cols; c += kWarpSize) {
+            const float g = to_float(dyr[c]) * (scale ? to_float(scale[c]) : 1.f);
+            a += g;
+            b += g * (to_float(xr[c]) - shift) * r;
+        }
+        a = group_sum<kWarpSize>(a);
+        b = group_sum<kWarpSize>(b);
+        if (w.lane == 0) {
+            sums[2 * row] = a;
+            sums[2 * row + 1] = b;
+        }
+    }
+}
+
+// dx_j = rstd * (g_j - w * (c1 * A + dvar * xhat_j * B)) with A, B the group's sums, w the
+// weight of one element in the group mean (1 / (k * cols)) and c1 = 1 for LayerNorm, 0
+// for RMSNorm (see src/reference/row.rs for the derivation).
+template <typename T, typename P, typename O>
+__global__ void __launch_bounds__(kShardThreads)
+    shard_dx(const T* __restrict__ x, const O* __restrict__ dy, const P* __restrict__ scale,
+             const float* __restrict__ mean, const float* __restrict__ rstd, const float* __restrict__ dvar,
+             const float* __restrict__ sums, T* __restrict__ dx, long long rows, long long cols, long long x_stride,
+             long long dy_stride, long long dx_stride, float weight, int kind) {
+    const WarpRows w = warp_rows();
+    for (long long row = w.first; row < rows; row += w.step) {
+        const float shift = kind == WARPNORM_LAYER_NORM ? mean[row] : 0.f;
+        const float r = rstd[row];
+        const float f = dvar ? dvar[row] : 1.f;
+        const float c1a = kind == WARPNORM_LAYER_NORM ? sums[2 * row] : 0.f;
+        const float b = sums[2 * row + 1];
+        const T* xr = x + row * x_stride;
+        const O* dyr = dy + row * dy_stride;
+        T* dxr = dx + row * dx_stride;
+        for (long long c = w.lane; c < cols; c += kWarpSize) {
+            const float g = to_float(dyr[c]) * (scale ? to_float(scale[c]) : 1.f);
+            const float xhat = (to_float(xr[c]) - shift) * r;
+            dxr[c] = from_float<T>(r * (g - weight * (c1a + f * xhat * b)));
+        }
+    }
+}
+
+// dscale_c = sum over rows of dy * xhat, dbias_c = sum over rows of dy: a thread per
+// column (coalesced across the warp), blockIdx.y a chunk of `chunk_rows` rows whose sums
+// go to partial row blockIdx.y; finalize_partials adds the chunks in order.
+template <typename T, typename O>
+__global__ void __launch_bounds__(256)
+    shard_param_grads(const T* __restrict__ x, const O* __restrict__ dy, const float* __restrict__ mean,
+                      const float* __restrict__ rstd, float* __restrict__ partial_dscale,
+                      float* __restrict__ partial_dbias, long long rows, long long cols, long long x_stride,
+                      long long dy_stride, long long chunk_rows, int kind) {
+    const long long first = (long long)blockIdx.y * chunk_rows;
+    const long long last = first + chunk_rows < rows ? first + chunk_rows : rows;
+    for (long long c = (long long)blockIdx.x * blockDim.x + threadIdx.x; c < cols;
+         c += (long long)gridDim.x * blockDim.x) {
+        float ds = 0.f, db = 0.f;
+        for (long long row = first; row < last; ++row) {
+            const float shift = kind == WARPNORM_LAYER_NORM ? mean[row] : 0.f;
+            const float d = to_float(dy[row * dy_stride + c]);
+            ds += d * (to_float(x[row * x_stride + c]) - shift) * rstd[row];
+            db += d;
+        }
+        if (partial_dscale) partial_dscale[(long long)blockIdx.y * cols + c] = ds;
+        if (partial_dbias) partial_dbias[(long long)blockIdx.y * cols + c] = db;
+    }
+}
+
+// dst[i] = src[i] / divisor, converted through f32: psum / pmean of 16-bit buffers
+// accumulate in f32 scratch. src may equal dst (each element is read before it is written).
+template <typename S, typename D>
+__global__ void __launch_bounds__(256) cast_scale(const S* src, D* dst, long long n, float divisor) {
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
+        dst[i] = from_float<D>(to_float(src[i]) / divisor);
+}
+
+// dst[i] += src[i]: the in-process collective's sums, one rank at a time in a fixed order.
+template <typename T>
+__global__ void __launch_bounds__(256) accumulate(T* __restrict__ dst, const T* __restrict__ src, long long n) {
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
+        dst[i] += src[i];
+}
+
+}  // namespace warpnorm

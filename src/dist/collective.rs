@@ -1,0 +1,153 @@
+//! [`Collective`]: the two operations sharded normalization needs from a communication
+//! backend, over the ranks of one named axis and its `axis_index_groups`.
+//!
+//! A collective is bound to one axis (a name and its groups) when it is built, because
+//! real communicators are: NCCL creates one communicator per group up front, and that
+//! is collective and blocking, so it cannot happen lazily inside a forward pass. A handle
+//! drives one or more *local* ranks (one per process with NCCL across processes, all of
+//! them in process); each call takes one buffer per local rank, in
+//! [`Collective::local_ranks`] order, and only enqueues work: on a GPU the operation is
+//! ordered on the rank's stream and the call returns without waiting for it.
+
+use cudarc::driver::{CudaView, CudaViewMut};
+
+use super::AxisGroups;
+use crate::{Device, Error, Result};
+
+/// One rank's data that a collective reads: on the host (the CPU backend, in f64 like the
+/// reference it runs) or on a GPU (f32).
+#[derive(Debug)]
+pub enum Buf<'a> {
+    Host(&'a [f64]),
+    Cuda(CudaView<'a, f32>),
+}
+
+/// One rank's data that a collective writes.
+#[derive(Debug)]
+pub enum BufMut<'a> {
+    Host(&'a mut [f64]),
+    Cuda(CudaViewMut<'a, f32>),
+}
+
+impl Buf<'_> {
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        match self {
+            Buf::Host(v) => v.len(),
+            Buf::Cuda(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl BufMut<'_> {
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        match self {
+            BufMut::Host(v) => v.len(),
+            BufMut::Cuda(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// All-reduce and all-gather within the groups of one named axis.
+///
+/// Semantics (every backend): the ranks of a group are ordered by their position in the
+/// group (`AxisGroups::position`), and
+/// * [`all_reduce_sum`](Collective::all_reduce_sum): afterwards every buffer holds the
+///   element-wise sum of its group's buffers (JAX's `psum`). The in-process backends add
+///   in position order, so their results are bitwise reproducible; NCCL picks its own
+///   order.
+/// * [`all_gather`](Collective::all_gather): `recv` of every rank holds the group's `send`
+///   buffers concatenated in position order, so it is `group_size` times as long.
+///
+/// Buffers of one call have equal lengths across the world (as in `pmap`). A call that
+/// returns an error for bad arguments has enqueued nothing.
+pub trait Collective {
+    /// The axis the ranks are mapped over (flax's and JAX's `axis_name`).
+    fn axis_name(&self) -> &str;
+
+    /// The groups that reduce independently (JAX's `axis_index_groups`), over the world.
+    fn groups(&self) -> &AxisGroups;
+
+    /// The world ranks whose buffers this handle takes, in the order its calls take them.
+    fn local_ranks(&self) -> &[usize];
+
+    /// Where each local rank's buffers live; on a GPU, its backend's stream is the one the
+    /// collective is ordered on (launch the kernels that produce and consume the buffers on
+    /// it, and nothing needs to wait on the host).
+    fn devices(&self) -> &[Device];
+
+    /// Sums each buffer over its rank's group, in place.
+    fn all_reduce_sum(&self, bufs: &mut [BufMut<'_>]) -> Result<()>;
+
+    /// Gathers each group's `send` buffers, in position order, into every member's `recv`.
+    fn all_gather(&self, send: &[Buf<'_>], recv: &mut [BufMut<'_>]) -> Result<()>;
+}
+
+/// Errors unless a call brings exactly one buffer per local rank.
+pub(crate) fn check_count(
+    c: &(impl Collective + ?Sized),
+    what: &'static str,
+    n: usize,
+) -> Result<()> {
+    let local = c.local_ranks().len();
+    if n != local {
+        return Err(Error::Shape {
+            what,
+            expected: format!("one buffer per local rank ({local})"),
+            got: format!("{n} buffers"),
+        });
+    }
+    Ok(())
+}
+
+/// Errors unless every length is `len` (the first one when `None`); returns it.
+pub(crate) fn check_equal_lens(
+    what: &'static str,
+    lens: impl IntoIterator<Item = usize>,
+    len: Option<usize>,
+) -> Result<usize> {
+    let mut want = len;
+    for (i, got) in lens.into_iter().enumerate() {
+        match want {
+            None => want = Some(got),
+            Some(w) if w != got => {
+                return Err(Error::Shape {
+                    what,
+                    expected: format!("{w} elements in every rank's buffer"),
+                    got: format!("{got} elements in buffer {i}"),
+                })
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(want.unwrap_or(0))
+}
+
+/// Errors unless `axis_name` is the axis the collective was built for (JAX raises
+/// "unbound axis name" for a name no enclosing `pmap` binds).
+pub(crate) fn check_axis(c: &(impl Collective + ?Sized), axis_name: &str) -> Result<()> {
+    if axis_name != c.axis_name() {
+        return Err(Error::InvalidConfig(format!(
+            "unbound axis name `{axis_name}`: this collective reduces over `{}`",
+            c.axis_name()
+        )));
+    }
+    Ok(())
+}
+
+/// Checks an axis name given to a backend's constructor.
+pub(crate) fn check_axis_name(name: &str) -> Result<()> {
+    if name.is_empty() {
+        return Err(Error::InvalidConfig("axis_name must not be empty".into()));
+    }
+    Ok(())
+}

@@ -1,0 +1,421 @@
+//! The GPU backend of [`ShardedLayerNorm`]: the kernels of `kernels/sharded.cu` around one
+//! collective per direction, all enqueued on each rank's stream.
+//!
+//! Every argument is checked before the first launch, so an error for bad input has
+//! enqueued nothing; what can still fail afterwards are driver or NCCL errors.
+
+use std::sync::Arc;
+
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, SyncOnDrop};
+use half::{bf16, f16};
+
+use super::{ShardSaved, ShardedLayerNorm, View};
+use crate::array::{Array, DeviceElement};
+use crate::cuda::launch_sharded::{self, ApplyArgs, BwdArgs, ParamGradArgs, Rows, StatsMode};
+use crate::cuda::{CudaBackend, Dtypes};
+use crate::dist::{Buf, BufMut};
+use crate::layer::Gradients;
+use crate::{DType, Device, Element, Error, Result};
+
+/// Device addresses of one launch's buffers, with cudarc's stream-ordering guards kept
+/// alive until the launch has been enqueued (dropping a guard records the buffer's use
+/// on the stream, which must come after the kernel).
+struct Guards<'a> {
+    stream: &'a Arc<CudaStream>,
+    guards: Vec<SyncOnDrop<'a>>,
+}
+
+impl<'a> Guards<'a> {
+    fn new(stream: &'a Arc<CudaStream>) -> Self {
+        Guards {
+            stream,
+            guards: Vec::new(),
+        }
+    }
+    fn read<T>(&mut self, buf: &'a CudaSlice<T>) -> u64 {
+        let (ptr, guard) = buf.device_ptr(self.stream);
+        self.guards.push(guard);
+        ptr
+    }
+    fn read_opt<T>(&mut self, buf: Option<&'a CudaSlice<T>>) -> u64 {
+        buf.map_or(0, |b| self.read(b))
+    }
+    fn write<T>(&mut self, buf: &'a mut CudaSlice<T>) -> u64 {
+        let (ptr, guard) = buf.device_ptr_mut(self.stream);
+        self.guards.push(guard);
+        ptr
+    }
+    fn write_opt<T>(&mut self, buf: Option<&'a mut CudaSlice<T>>) -> u64 {
+        buf.map_or(0, |b| self.write(b))
+    }
+}
+
+fn short(d: DType) -> &'static str {
+    match d {
+        DType::F32 => "f32",
+        DType::F16 => "f16",
+        DType::BF16 => "bf16",
+    }
+}
+
+fn dtypes<T: Element, P: Element, O: Element>() -> Dtypes {
+    Dtypes {
+        x: short(T::DTYPE),
+        param: short(P::DTYPE),
+        out: short(O::DTYPE),
+    }
+}
+
+fn rows_of(v: View) -> Rows {
+    Rows {
+        rows: v.rows as i64,
+        cols: v.cols as i64,
+    }
+}
+
+/// The CUDA slice of an array of the layer's own making (statistics, parameters).
+fn slice<'a, T: DeviceElement>(a: &'a Array, what: &'static str) -> Result<&'a CudaSlice<T>> {
+    a.cuda::<T>(what)
+}
+
+/// Calls `$f::<T, P, O>` for x's dtype and the config's parameter and output dtypes.
+macro_rules! dispatch {
+    ($layer:expr, $x:expr, $f:ident($($arg:expr),*)) => {{
+        let x_dtype: DType = $x;
+        let p_dtype = $layer.cfg.param_dtype();
+        let o_dtype = $layer.cfg.output_dtype(x_dtype);
+        use DType::*;
+        match (x_dtype, p_dtype, o_dtype) {
+            (F32, F32, F32) => $layer.$f::<f32, f32, f32>($($arg),*),
+            (F16, F16, F16) => $layer.$f::<f16, f16, f16>($($arg),*),
+            (F16, F16, F32) => $layer.$f::<f16, f16, f32>($($arg),*),
+            (F16, F32, F16) => $layer.$f::<f16, f32, f16>($($arg),*),
+            (F16, F32, F32) => $layer.$f::<f16, f32, f32>($($arg),*),
+            (BF16, BF16, BF16) => $layer.$f::<bf16, bf16, bf16>($($arg),*),
+            (BF16, BF16, F32) => $layer.$f::<bf16, bf16, f32>($($arg),*),
+            (BF16, F32, BF16) => $layer.$f::<bf16, f32, bf16>($($arg),*),
+            (BF16, F32, F32) => $layer.$f::<bf16, f32, f32>($($arg),*),
+            (x, p, o) => Err(Error::Unsupported(format!(
+                "x {x} with parameters {p} and output {o} on the GPU: parameters and output must each be {x} or \
+                 float32 (use the CPU collective)"
+            ))),
+        }
+    }};
+}
+
+impl ShardedLayerNorm {
+    /// Local rank `i`'s GPU.
+    fn backend(&self, i: usize) -> Result<&Arc<CudaBackend>> {
+        match self.comm.devices().get(i) {
+            Some(Device::Cuda(be)) => Ok(be),
+            _ => Err(Error::Unsupported(format!("local rank {i} has no GPU"))),
+        }
+    }
+
+    /// Errors unless every array is a GPU array of dtype `T` on its rank's GPU.
+    fn check_on_gpus<T: DeviceElement>(&self, what: &'static str, arrays: &[&Array]) -> Result<()> {
+        for (i, a) in arrays.iter().enumerate() {
+            let be = self.backend(i)?;
+            let s = a.cuda::<T>(what)?;
+            if !Arc::ptr_eq(s.stream().context(), be.context()) {
+                return Err(Error::Unsupported(format!(
+                    "`{what}` of local rank {i} is not on its GPU cuda:{}",
+                    be.info().ordinal
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn cuda_forward(
+        &self,
+        xs: &[Array],
+        v: View,
+        train: bool,
+    ) -> Result<(Vec<Array>, Vec<ShardSaved>)> {
+        dispatch!(self, xs[0].dtype(), gpu_forward(xs, v, train))
+    }
+
+    pub(super) fn cuda_backward(
+        &self,
+        xs: &[Array],
+        dys: &[Array],
+        saved: &[ShardSaved],
+        v: View,
+    ) -> Result<Vec<Gradients>> {
+        dispatch!(self, xs[0].dtype(), gpu_backward(xs, dys, saved, v))
+    }
+
+    fn gpu_forward<T: DeviceElement, P: DeviceElement, O: DeviceElement>(
+        &self,
+        xs: &[Array],
+        v: View,
+        train: bool,
+    ) -> Result<(Vec<Array>, Vec<ShardSaved>)> {
+        self.check_on_gpus::<T>("x", &xs.iter().collect::<Vec<_>>())?;
+        let d = dtypes::<T, P, O>();
+        let shape = rows_of(v);
+        let mode = self.mode();
+        let k = self.group_size();
+        let per_row = mode.floats_per_row();
+
+        // 1. Per-shard statistics.
+        let mut sends = Vec::with_capacity(xs.len());
+        for (i, x) in xs.iter().enumerate() {
+            let be = self.backend(i)?;
+            let stream = be.stream();
+            let mut send = stream.alloc_zeros::<f32>(v.rows * per_row)?;
+            if v.rows > 0 {
+                let mut g = Guards::new(stream);
+                let x_ptr = g.read(slice::<T>(x, "x")?);
+                let out = g.write(&mut send);
+                launch_sharded::row_stats(be, stream, d.x, x_ptr, shape.cols, out, shape, mode)?;
+            }
+            sends.push(send);
+        }
+
+        // 2. One collective within each group.
+        let stats = match mode {
+            StatsMode::Moments => {
+                let mut recvs = Vec::with_capacity(xs.len());
+                for i in 0..xs.len() {
+                    recvs.push(
+                        self.backend(i)?
+                            .stream()
+                            .alloc_zeros::<f32>(k * v.rows * per_row)?,
+                    );
+                }
+                let send: Vec<Buf<'_>> = sends.iter().map(|s| Buf::Cuda(s.as_view())).collect();
+                let mut recv: Vec<BufMut<'_>> = recvs
+                    .iter_mut()
+                    .map(|r| BufMut::Cuda(r.as_view_mut()))
+                    .collect();
+                self.comm.all_gather(&send, &mut recv)?;
+                drop(recv);
+                recvs
+            }
+            StatsMode::Means => {
+                let mut bufs: Vec<BufMut<'_>> = sends
+                    .iter_mut()
+                    .map(|s| BufMut::Cuda(s.as_view_mut()))
+                    .collect();
+                self.comm.all_reduce_sum(&mut bufs)?;
+                drop(bufs);
+                sends
+            }
+        };
+
+        // 3. Combine in rank order and normalise.
+        let mut ys = Vec::with_capacity(xs.len());
+        let mut saved = Vec::with_capacity(xs.len());
+        let saved_rows = if train { v.rows } else { 0 };
+        for (i, (x, stats)) in xs.iter().zip(&stats).enumerate() {
+            let be = self.backend(i)?;
+            let stream = be.stream();
+            let mut y = stream.alloc_zeros::<O>(x.numel())?;
+            let mut mean = stream.alloc_zeros::<f32>(saved_rows)?;
+            let mut rstd = stream.alloc_zeros::<f32>(saved_rows)?;
+            let mut dvar =
+                stream.alloc_zeros::<f32>(if self.has_dvar() { saved_rows } else { 0 })?;
+            if v.rows > 0 {
+                let p = &self.params[i];
+                let mut g = Guards::new(stream);
+                let args = ApplyArgs {
+                    x: g.read(slice::<T>(x, "x")?),
+                    y: g.write(&mut y),
+                    scale: g.read_opt(
+                        p.scale
+                            .as_ref()
+                            .map(|a| slice::<P>(a, "scale"))
+                            .transpose()?,
+                    ),
+                    bias: g.read_opt(p.bias.as_ref().map(|a| slice::<P>(a, "bias")).transpose()?),
+                    stats: g.read(stats),
+                    mean: g.write_opt(train.then_some(&mut mean)),
+                    rstd: g.write_opt(train.then_some(&mut rstd)),
+                    dvar: g.write_opt((train && self.has_dvar()).then_some(&mut dvar)),
+                    x_stride: shape.cols,
+                    y_stride: shape.cols,
+                    group: k as i32,
+                    eps: self.cfg.eps() as f32,
+                    kind: self.cfg.kind(),
+                    mode,
+                };
+                launch_sharded::apply(be, stream, d, shape, &args)?;
+            }
+            ys.push(Array::from_parts(x.shape().to_vec(), O::DTYPE, O::wrap(y)));
+            let stat =
+                |s: CudaSlice<f32>| Array::from_parts(vec![saved_rows], DType::F32, f32::wrap(s));
+            saved.push(ShardSaved {
+                mean: stat(mean),
+                rstd: stat(rstd),
+                dvar: (train && self.has_dvar()).then(|| stat(dvar)),
+            });
+        }
+        Ok((ys, saved))
+    }
+
+    fn gpu_backward<T: DeviceElement, P: DeviceElement, O: DeviceElement>(
+        &self,
+        xs: &[Array],
+        dys: &[Array],
+        saved: &[ShardSaved],
+        v: View,
+    ) -> Result<Vec<Gradients>> {
+        self.check_on_gpus::<T>("x", &xs.iter().collect::<Vec<_>>())?;
+        self.check_on_gpus::<O>("dy", &dys.iter().collect::<Vec<_>>())?;
+        self.check_on_gpus::<f32>(
+            "saved mean",
+            &saved.iter().map(|s| &s.mean).collect::<Vec<_>>(),
+        )?;
+        self.check_on_gpus::<f32>(
+            "saved rstd",
+            &saved.iter().map(|s| &s.rstd).collect::<Vec<_>>(),
+        )?;
+        for (i, s) in saved.iter().enumerate() {
+            if let Some(dv) = &s.dvar {
+                let be = self.backend(i)?;
+                if !Arc::ptr_eq(
+                    dv.cuda::<f32>("saved dvar")?.stream().context(),
+                    be.context(),
+                ) {
+                    return Err(Error::Unsupported(format!(
+                        "saved statistics of local rank {i} are not on its GPU"
+                    )));
+                }
+            }
+        }
+        let d = dtypes::<T, P, O>();
+        let shape = rows_of(v);
+        let kind = self.cfg.kind();
+        let weight = (1.0 / (self.group_size() as f64 * v.cols as f64)) as f32;
+
+        // 1. Per-shard sums of every row.
+        let mut sums = Vec::with_capacity(xs.len());
+        for (i, ((x, dy), s)) in xs.iter().zip(dys).zip(saved).enumerate() {
+            let be = self.backend(i)?;
+            let stream = be.stream();
+            let mut out = stream.alloc_zeros::<f32>(2 * v.rows)?;
+            if v.rows > 0 {
+                let p = &self.params[i];
+                let mut g = Guards::new(stream);
+                let a = BwdArgs {
+                    x: g.read(slice::<T>(x, "x")?),
+                    dy: g.read(slice::<O>(dy, "dy")?),
+                    scale: g.read_opt(
+                        p.scale
+                            .as_ref()
+                            .map(|a| slice::<P>(a, "scale"))
+                            .transpose()?,
+                    ),
+                    mean: g.read(slice::<f32>(&s.mean, "saved mean")?),
+                    rstd: g.read(slice::<f32>(&s.rstd, "saved rstd")?),
+                    dvar: 0,
+                    sums: g.write(&mut out),
+                    dx: 0,
+                    x_stride: shape.cols,
+                    dy_stride: shape.cols,
+                    dx_stride: shape.cols,
+                    weight,
+                    kind,
+                };
+                launch_sharded::bwd_sums(be, stream, d, shape, &a)?;
+            }
+            sums.push(out);
+        }
+
+        // 2. One all-reduce within each group.
+        {
+            let mut bufs: Vec<BufMut<'_>> = sums
+                .iter_mut()
+                .map(|s| BufMut::Cuda(s.as_view_mut()))
+                .collect();
+            self.comm.all_reduce_sum(&mut bufs)?;
+        }
+
+        // 3. dx, and the shard's own parameter gradients.
+        let mut out = Vec::with_capacity(xs.len());
+        for (i, (((x, dy), s), group_sums)) in xs.iter().zip(dys).zip(saved).zip(&sums).enumerate()
+        {
+            let be = self.backend(i)?;
+            let stream = be.stream();
+            let p = &self.params[i];
+            let mut dx = stream.alloc_zeros::<T>(x.numel())?;
+            let mut dscale = p
+                .scale
+                .as_ref()
+                .map(|_| stream.alloc_zeros::<P>(v.cols))
+                .transpose()?;
+            let mut dbias = p
+                .bias
+                .as_ref()
+                .map(|_| stream.alloc_zeros::<P>(v.cols))
+                .transpose()?;
+            let ws_len = if dscale.is_some() || dbias.is_some() {
+                launch_sharded::param_grads_workspace_len(
+                    shape.rows,
+                    shape.cols,
+                    be.info().sm_count,
+                )
+            } else {
+                0
+            };
+            let mut workspace = stream.alloc_zeros::<f32>(ws_len)?;
+            if v.rows > 0 {
+                let mut g = Guards::new(stream);
+                let x_ptr = g.read(slice::<T>(x, "x")?);
+                let dy_ptr = g.read(slice::<O>(dy, "dy")?);
+                let mean = g.read(slice::<f32>(&s.mean, "saved mean")?);
+                let rstd = g.read(slice::<f32>(&s.rstd, "saved rstd")?);
+                let a = BwdArgs {
+                    x: x_ptr,
+                    dy: dy_ptr,
+                    scale: g.read_opt(
+                        p.scale
+                            .as_ref()
+                            .map(|a| slice::<P>(a, "scale"))
+                            .transpose()?,
+                    ),
+                    mean,
+                    rstd,
+                    dvar: g.read_opt(
+                        s.dvar
+                            .as_ref()
+                            .map(|a| slice::<f32>(a, "saved dvar"))
+                            .transpose()?,
+                    ),
+                    sums: g.read(group_sums),
+                    dx: g.write(&mut dx),
+                    x_stride: shape.cols,
+                    dy_stride: shape.cols,
+                    dx_stride: shape.cols,
+                    weight,
+                    kind,
+                };
+                launch_sharded::dx(be, stream, d, shape, &a)?;
+                let pg = ParamGradArgs {
+                    x: x_ptr,
+                    dy: dy_ptr,
+                    mean,
+                    rstd,
+                    x_stride: shape.cols,
+                    dy_stride: shape.cols,
+                    kind,
+                    workspace: g.write(&mut workspace),
+                    dscale: dscale.as_mut().map(|b| g.write(b)),
+                    dbias: dbias.as_mut().map(|b| g.write(b)),
+                };
+                launch_sharded::param_grads(be, stream, d, shape, &pg)?;
+            }
+            let param_shape = self.axes.param_shape.clone();
+            let wrap =
+                |b: CudaSlice<P>| Array::from_parts(param_shape.clone(), P::DTYPE, P::wrap(b));
+            out.push(Gradients {
+                dx: Array::from_parts(x.shape().to_vec(), T::DTYPE, T::wrap(dx)),
+                dscale: dscale.map(wrap),
+                dbias: dbias.map(wrap),
+            });
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,287 @@
+//! The CPU backend of [`ShardedLayerNorm`]: the GPU algorithm (per-shard statistics, one
+//! collective, combine in rank order) in f64, through a host collective.
+
+use super::{host_stats, ShardSaved, ShardedLayerNorm, View};
+use crate::array::Array;
+use crate::cuda::launch_sharded::StatsMode;
+use crate::dist::{Buf, BufMut};
+use crate::layer::Gradients;
+use crate::{Device, NormKind, Result, Tensor};
+
+/// A row's statistics over its whole group.
+#[derive(Clone, Copy, Debug)]
+struct RowStats {
+    mean: f64,
+    rstd: f64,
+    /// d var / d (raw variance) of the fast form's clamp.
+    dvar: f64,
+}
+
+/// Per-shard statistics of every row of `x` (`rows` x `cols`, row-major).
+fn shard_stats(x: &[f64], v: View, mode: StatsMode) -> Vec<f64> {
+    let n = v.cols as f64;
+    let mut out = Vec::with_capacity(v.rows * mode.floats_per_row());
+    for row in x.chunks_exact(v.cols).take(v.rows) {
+        let mean = row.iter().sum::<f64>() / n;
+        match mode {
+            StatsMode::Means => {
+                out.extend([mean, row.iter().map(|x| x * x).sum::<f64>() / n]);
+            }
+            StatsMode::Moments => {
+                let m2 = row.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>();
+                out.extend([n, mean, m2]);
+            }
+        }
+    }
+    out
+}
+
+/// Chan et al.'s merge of two parts' (n, mean, M2).
+fn chan_merge(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
+    if b[0] == 0.0 {
+        return a;
+    }
+    if a[0] == 0.0 {
+        return b;
+    }
+    let n = a[0] + b[0];
+    let delta = b[1] - a[1];
+    let b_share = b[0] / n;
+    [
+        n,
+        a[1] + delta * b_share,
+        a[2] + b[2] + delta * delta * a[0] * b_share,
+    ]
+}
+
+/// Row `row`'s statistics from the combined buffer (see `kernels/sharded.cu`).
+fn combine(
+    stats: &[f64],
+    row: usize,
+    rows: usize,
+    group: usize,
+    eps: f64,
+    kind: NormKind,
+    mode: StatsMode,
+) -> RowStats {
+    let (mean, var, dvar) = match mode {
+        StatsMode::Moments => {
+            let part = |q: usize| {
+                let s = &stats[3 * (q * rows + row)..][..3];
+                [s[0], s[1], s[2]]
+            };
+            let m = (1..group).fold(part(0), |m, q| chan_merge(m, part(q)));
+            (m[1], m[2] / m[0], 1.0)
+        }
+        StatsMode::Means => {
+            let k = group as f64;
+            let (mean_x, mean_sq) = (stats[2 * row] / k, stats[2 * row + 1] / k);
+            if kind == NormKind::RmsNorm {
+                (0.0, mean_sq, 1.0)
+            } else {
+                let raw = mean_sq - mean_x * mean_x;
+                let dvar = if raw > 0.0 {
+                    1.0
+                } else if raw == 0.0 {
+                    0.5
+                } else {
+                    0.0
+                };
+                // `raw.max(0.0)` would turn NaN into 0; a NaN row must stay NaN.
+                (mean_x, if raw < 0.0 { 0.0 } else { raw }, dvar)
+            }
+        }
+    };
+    RowStats {
+        mean,
+        rstd: 1.0 / (var + eps).sqrt(),
+        dvar,
+    }
+}
+
+/// Host values of an optional parameter.
+fn param_values(p: &Option<Array>, what: &'static str) -> Result<Option<Vec<f64>>> {
+    p.as_ref()
+        .map(|a| a.host(what).map(Tensor::into_data))
+        .transpose()
+}
+
+impl ShardedLayerNorm {
+    fn centre(&self, st: &RowStats) -> f64 {
+        if self.cfg.kind() == NormKind::LayerNorm {
+            st.mean
+        } else {
+            0.0
+        }
+    }
+
+    /// Every local rank's row statistics: per-shard statistics, then one collective.
+    fn host_row_stats(&self, xs: &[Tensor], v: View) -> Result<Vec<Vec<RowStats>>> {
+        let mode = self.mode();
+        let k = self.group_size();
+        let mut sends: Vec<Vec<f64>> = xs.iter().map(|x| shard_stats(x.data(), v, mode)).collect();
+        let combined = match mode {
+            StatsMode::Moments => {
+                let mut recvs = vec![vec![0.0; k * sends[0].len()]; sends.len()];
+                let send: Vec<Buf<'_>> = sends.iter().map(|s| Buf::Host(s)).collect();
+                let mut recv: Vec<BufMut<'_>> = recvs.iter_mut().map(|r| BufMut::Host(r)).collect();
+                self.comm.all_gather(&send, &mut recv)?;
+                recvs
+            }
+            StatsMode::Means => {
+                let mut bufs: Vec<BufMut<'_>> = sends.iter_mut().map(|s| BufMut::Host(s)).collect();
+                self.comm.all_reduce_sum(&mut bufs)?;
+                sends
+            }
+        };
+        let (eps, kind) = (self.cfg.eps(), self.cfg.kind());
+        Ok(combined
+            .iter()
+            .map(|stats| {
+                (0..v.rows)
+                    .map(|r| combine(stats, r, v.rows, k, eps, kind, mode))
+                    .collect()
+            })
+            .collect())
+    }
+
+    pub(super) fn host_forward(
+        &self,
+        xs: &[Array],
+        v: View,
+    ) -> Result<(Vec<Array>, Vec<ShardSaved>)> {
+        let xs: Vec<Tensor> = xs.iter().map(|x| x.host("x")).collect::<Result<_>>()?;
+        let stats = self.host_row_stats(&xs, v)?;
+        let out_dtype = self.cfg.output_dtype(xs[0].dtype());
+        let mut ys = Vec::with_capacity(xs.len());
+        let mut saved = Vec::with_capacity(xs.len());
+        for ((x, st), p) in xs.iter().zip(&stats).zip(&self.params) {
+            let scale = param_values(&p.scale, "scale")?;
+            let bias = param_values(&p.bias, "bias")?;
+            let mut y = Vec::with_capacity(x.numel());
+            for (row, s) in x.data().chunks_exact(v.cols).zip(st) {
+                let centre = self.centre(s);
+                y.extend(row.iter().enumerate().map(|(c, &x)| {
+                    let g = scale.as_ref().map_or(1.0, |p| p[c]);
+                    let b = bias.as_ref().map_or(0.0, |p| p[c]);
+                    (x - centre) * s.rstd * g + b
+                }));
+            }
+            ys.push(Array::from_tensor(
+                &Device::Cpu,
+                &Tensor::new(x.shape(), out_dtype, y)?,
+            )?);
+            saved.push(ShardSaved {
+                mean: host_stats(st.iter().map(|s| s.mean).collect()),
+                rstd: host_stats(st.iter().map(|s| s.rstd).collect()),
+                dvar: self
+                    .has_dvar()
+                    .then(|| host_stats(st.iter().map(|s| s.dvar).collect())),
+            });
+        }
+        Ok((ys, saved))
+    }
+
+    pub(super) fn host_backward(
+        &self,
+        xs: &[Array],
+        dys: &[Array],
+        saved: &[ShardSaved],
+        v: View,
+    ) -> Result<Vec<Gradients>> {
+        let xs: Vec<Tensor> = xs.iter().map(|x| x.host("x")).collect::<Result<_>>()?;
+        let dys: Vec<Tensor> = dys.iter().map(|d| d.host("dy")).collect::<Result<_>>()?;
+        let mut stats = Vec::with_capacity(saved.len());
+        for s in saved {
+            let mean = s.mean.host("saved mean")?.into_data();
+            let rstd = s.rstd.host("saved rstd")?.into_data();
+            let dvar = match &s.dvar {
+                Some(d) => d.host("saved dvar")?.into_data(),
+                None => vec![1.0; v.rows],
+            };
+            let rows: Vec<RowStats> = (0..v.rows)
+                .map(|r| RowStats {
+                    mean: mean[r],
+                    rstd: rstd[r],
+                    dvar: dvar[r],
+                })
+                .collect();
+            stats.push(rows);
+        }
+        let scales: Vec<Option<Vec<f64>>> = self
+            .params
+            .iter()
+            .map(|p| param_values(&p.scale, "scale"))
+            .collect::<Result<_>>()?;
+        let g = |i: usize, c: usize, dy: f64| dy * scales[i].as_ref().map_or(1.0, |s| s[c]);
+
+        // Per-shard (sum g, sum g * xhat) per row, then one all-reduce over the group.
+        let mut sums: Vec<Vec<f64>> = Vec::with_capacity(xs.len());
+        for (i, ((x, dy), st)) in xs.iter().zip(&dys).zip(&stats).enumerate() {
+            let mut s = Vec::with_capacity(2 * v.rows);
+            for ((xr, dyr), rs) in x
+                .data()
+                .chunks_exact(v.cols)
+                .zip(dy.data().chunks_exact(v.cols))
+                .zip(st)
+            {
+                let centre = self.centre(rs);
+                let (mut a, mut b) = (0.0, 0.0);
+                for (c, (&x, &d)) in xr.iter().zip(dyr).enumerate() {
+                    let gy = g(i, c, d);
+                    a += gy;
+                    b += gy * (x - centre) * rs.rstd;
+                }
+                s.extend([a, b]);
+            }
+            sums.push(s);
+        }
+        {
+            let mut bufs: Vec<BufMut<'_>> = sums.iter_mut().map(|s| BufMut::Host(s)).collect();
+            self.comm.all_reduce_sum(&mut bufs)?;
+        }
+
+        let weight = 1.0 / (self.group_size() * v.cols) as f64;
+        let layer_norm = self.cfg.kind() == NormKind::LayerNorm;
+        let x_dtype = xs[0].dtype();
+        let mut out = Vec::with_capacity(xs.len());
+        for (i, (((x, dy), st), s)) in xs.iter().zip(&dys).zip(&stats).zip(&sums).enumerate() {
+            let mut dx = Vec::with_capacity(x.numel());
+            let mut dscale = vec![0.0; v.cols];
+            let mut dbias = vec![0.0; v.cols];
+            let rows = x
+                .data()
+                .chunks_exact(v.cols)
+                .zip(dy.data().chunks_exact(v.cols))
+                .zip(st);
+            for (r, ((xr, dyr), rs)) in rows.enumerate() {
+                let centre = self.centre(rs);
+                let a = if layer_norm { s[2 * r] } else { 0.0 };
+                let b = s[2 * r + 1];
+                for (c, (&x, &d)) in xr.iter().zip(dyr).enumerate() {
+                    let xhat = (x - centre) * rs.rstd;
+                    dx.push(rs.rstd * (g(i, c, d) - weight * (a + rs.dvar * xhat * b)));
+                    dscale[c] += d * xhat;
+                    dbias[c] += d;
+                }
+            }
+            let param = |on: bool, values: Vec<f64>| -> Result<Option<Array>> {
+                if !on {
+                    return Ok(None);
+                }
+                let t = Tensor::new(
+                    self.axes.param_shape.clone(),
+                    self.cfg.param_dtype(),
+                    values,
+                )?;
+                Array::from_tensor(&Device::Cpu, &t).map(Some)
+            };
+            out.push(Gradients {
+                dx: Array::from_tensor(&Device::Cpu, &Tensor::new(x.shape(), x_dtype, dx)?)?,
+                dscale: param(self.params[i].scale.is_some(), dscale)?,
+                dbias: param(self.params[i].bias.is_some(), dbias)?,
+            });
+        }
+        Ok(out)
+    }
+}
