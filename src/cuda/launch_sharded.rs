@@ -455,7 +455,7 @@ mod tests {
             for cols in [1i64, 7, 256, 1000, 1 << 16] {
                 for sms in [1u32, 108, 132] {
                     let (chunk_rows, chunks) = param_chunks(rows, cols, sms);
-                    assert!(chunk_rows >= 1 && chunks >= 1 && chunks <= MAX_CHUNKS);
+                    assert!(chunk_rows >= 1 && (1..=MAX_CHUNKS).contains(&chunks));
                     // The last chunk starts inside the rows, and together they cover all.
                     assert!((chunks - 1) * (chunk_rows as u64) < rows as u64);
                     assert!(chunks * chunk_rows as u64 >= rows as u64);

@@ -2,11 +2,11 @@
 //! collective, combine in rank order) in f64, through a host collective.
 
 use super::{host_stats, ShardSaved, ShardedLayerNorm, View};
-use crate::array::Array;
+use crate::array::{Array, Storage};
 use crate::cuda::launch_sharded::StatsMode;
 use crate::dist::{Buf, BufMut};
 use crate::layer::Gradients;
-use crate::{Device, NormKind, Result, Tensor};
+use crate::{Device, Error, NormKind, Result, Tensor};
 
 /// A row's statistics over its whole group.
 #[derive(Clone, Copy, Debug)]
@@ -96,6 +96,17 @@ fn combine(
         mean,
         rstd: 1.0 / (var + eps).sqrt(),
         dvar,
+    }
+}
+
+/// The unrounded f64 statistics the CPU backend saved (`Array::host` would round them to
+/// the f32 the array is labelled with, as a GPU would have stored them).
+fn host_values(a: &Array, what: &'static str) -> Result<Vec<f64>> {
+    match &a.storage {
+        Storage::Host(v) => Ok(v.clone()),
+        _ => Err(Error::Unsupported(format!(
+            "`{what}` is on a GPU but the layer is on the CPU"
+        ))),
     }
 }
 
@@ -193,10 +204,10 @@ impl ShardedLayerNorm {
         let dys: Vec<Tensor> = dys.iter().map(|d| d.host("dy")).collect::<Result<_>>()?;
         let mut stats = Vec::with_capacity(saved.len());
         for s in saved {
-            let mean = s.mean.host("saved mean")?.into_data();
-            let rstd = s.rstd.host("saved rstd")?.into_data();
+            let mean = host_values(&s.mean, "saved mean")?;
+            let rstd = host_values(&s.rstd, "saved rstd")?;
             let dvar = match &s.dvar {
-                Some(d) => d.host("saved dvar")?.into_data(),
+                Some(d) => host_values(d, "saved dvar")?,
                 None => vec![1.0; v.rows],
             };
             let rows: Vec<RowStats> = (0..v.rows)
