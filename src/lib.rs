@@ -1,6 +1,7 @@
 //! warpnorm: fused LayerNorm / RMSNorm CUDA kernels with flax and keras semantics.
 
 pub mod array;
+pub mod bench;
 pub mod config;
 pub mod cuda;
 pub mod device;
