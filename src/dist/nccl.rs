@@ -281,6 +281,8 @@ impl NcclCollective {
         }
         let id = ids.get(group)?;
         nccl_available()?;
+        // ncclCommInitRank takes the calling thread's current device.
+        backend.context().bind_to_thread()?;
         let comm = Comm::from_rank(backend.stream().clone(), position, groups.group_size(), id)
             .map_err(|e| nccl_error("ncclCommInitRank", e))?;
         Ok(NcclCollective {
@@ -312,12 +314,17 @@ impl NcclCollective {
     /// drives several GPUs (one thread issuing collectives for several devices must).
     fn for_each_rank(&self, mut op: impl FnMut(usize) -> Result<()>) -> Result<()> {
         if self.comms.len() == 1 {
+            self.comms[0].context().bind_to_thread()?;
             return op(0);
         }
         group_start().map_err(|e| nccl_error("ncclGroupStart", e))?;
         let mut result = Ok(());
         for i in 0..self.comms.len() {
-            result = op(i);
+            result = self.comms[i]
+                .context()
+                .bind_to_thread()
+                .map_err(Error::from)
+                .and_then(|()| op(i));
             if result.is_err() {
                 break;
             }
