@@ -108,6 +108,37 @@ fn main() {
     }
     fs::write(out.join("resource_usage.txt"), &report).unwrap();
     fs::write(out.join("kernels.rs"), embedded_source(&modules, &archs)).unwrap();
+
+    #[cfg(feature = "emulator")]
+    build_emulator(&manifest, &out);
+}
+
+/// Compiles the CPU emulation of the kernels (kernels/emulator/) with the host C++
+/// compiler, for the instantiations `tiers::emulated` selects.
+#[cfg(feature = "emulator")]
+fn build_emulator(manifest: &Path, out: &Path) {
+    let mut table = String::new();
+    for source in ["layernorm_fwd.cu", "layernorm_bwd.cu"] {
+        for e in tiers::instantiations(source).into_iter().filter(|e| tiers::emulated(e)) {
+            writeln!(table, "{{{e:?}, [](const void* p) {{ call(&{e}, p); }}}},").unwrap();
+        }
+    }
+    fs::write(out.join("kernel_table.inc"), table).unwrap();
+    let emu = manifest.join("kernels/emulator");
+    println!("cargo:rerun-if-changed=kernels/emulator");
+    cc::Build::new()
+        .cpp(true)
+        .std("c++20")
+        .file(emu.join("harness.cpp"))
+        .include(&emu)
+        .include(manifest.join("kernels"))
+        .include(out)
+        .flag("-include")
+        .flag(emu.join("cuda_emulation.h").to_str().unwrap())
+        .flag("-pthread")
+        .flag_if_supported("-Wno-unknown-pragmas")
+        .opt_level(1)
+        .compile("warpnorm_emulator");
 }
 
 #[derive(Clone)]

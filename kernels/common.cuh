@@ -7,6 +7,12 @@
 
 #include "params.h"
 
+// Dynamic shared memory of a kernel, as floats (the CPU emulation in kernels/emulator/
+// defines its own).
+#ifndef WARPNORM_DYNAMIC_SMEM
+#define WARPNORM_DYNAMIC_SMEM(name) extern __shared__ __align__(16) float name[]
+#endif
+
 namespace warpnorm {
 
 constexpr int kWarpSize = 32;

@@ -73,7 +73,7 @@ __global__ void __launch_bounds__(BwdLayout<GROUP>::kThreads, 1) layer_norm_bwd(
     constexpr int kThreads = BwdLayout<GROUP>::kThreads;
     constexpr int kRowsPerCta = BwdLayout<GROUP>::kRowsPerCta;
     // Reduction scratch, then (GROUP <= 32) the slots' column sums to combine at the end.
-    extern __shared__ __align__(16) float smem[];
+    WARPNORM_DYNAMIC_SMEM(smem);
     float* scratch = smem;
 
     const int lane = threadIdx.x % GROUP;
@@ -193,7 +193,7 @@ __global__ void __launch_bounds__(BwdLayout<GROUP>::kThreads, 1) layer_norm_bwd(
 // directly in this CTA's own partial rows in global memory.
 template <typename T, typename P, typename O, int VEC, bool SMEM_ACC>
 __global__ void __launch_bounds__(1024, 1) layer_norm_bwd_cta(const WarpnormBwdParams p) {
-    extern __shared__ __align__(16) float smem[];
+    WARPNORM_DYNAMIC_SMEM(smem);
     float* scratch = smem;
     const long long step = (long long)blockDim.x * VEC;
     float* acc_scale;

@@ -213,7 +213,7 @@ __device__ __forceinline__ Moments warp_merge(Moments m) {
 
 template <typename T, typename P, typename O, int VEC, bool CACHE>
 __global__ void __launch_bounds__(1024, 1) layer_norm_fwd_cta(const WarpnormFwdParams p) {
-    extern __shared__ __align__(16) float smem[];
+    WARPNORM_DYNAMIC_SMEM(smem);
     float* scratch = smem;
     T* cached_row = reinterpret_cast<T*>(smem + kCtaScratchFloats);
     const T* x_base = static_cast<const T*>(p.x);

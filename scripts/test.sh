@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The test command: installs the build toolchain if missing (scripts/setup.sh), then runs
-# the whole test suite. GPU tests print `SKIP: <reason>` and pass on a machine without one.
+# the whole test suite. GPU tests print `SKIP: <reason>` and pass on a machine without one;
+# the `emulator` feature runs the CUDA kernels themselves on the CPU (tests/emulated_kernels.rs).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-cargo test --all-targets "$@"
-cargo test --doc
+cargo test --features emulator --all-targets "$@"
+cargo test --features emulator --doc

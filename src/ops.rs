@@ -29,7 +29,7 @@ use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, SyncOnDrop};
 use crate::cuda::params::{
     WarpnormBwdParams, WarpnormFwdParams, WarpnormStridedBwdParams, WarpnormStridedFwdParams,
 };
-use crate::cuda::{self, CudaBackend};
+use crate::cuda::{self, CudaBackend, Launch, OnStream};
 use crate::{DType, Element, Error, NormConfig, NormKind, Result};
 
 /// What the kernels compute: the part of a [`NormConfig`] that reaches the GPU.
@@ -150,7 +150,7 @@ impl Layout {
     }
 
     /// Elements a buffer with `stride` must hold.
-    fn span(&self, stride: usize) -> usize {
+    pub(crate) fn span(&self, stride: usize) -> usize {
         match *self {
             Layout::Rows { rows, cols, .. } if rows > 0 => (rows - 1) * stride + cols,
             Layout::Rows { .. } => 0,
@@ -305,6 +305,11 @@ fn check_buffer(
             be.info().ordinal
         )));
     }
+    check_len(what, len, need)
+}
+
+/// A buffer of `len` elements where the call needs `need`.
+pub(crate) fn check_len(what: &'static str, len: usize, need: usize) -> Result<()> {
     if len < need {
         return Err(Error::Shape {
             what,
@@ -337,19 +342,10 @@ pub fn forward<T: Element, P: Element, O: Element>(
     layout: Layout,
     args: Forward<'_, T, P, O>,
 ) -> Result<()> {
-    spec.validate()?;
-    layout.validate()?;
+    let d = check_call::<T, P, O>(Some(spec), &layout, args.mask.is_some())?;
     be.check_stream(stream)?;
-    let d = dtypes::<T, P, O>()?;
-    let rows = layout.num_rows();
-    let cols = layout.cols();
-    let (x_stride, y_stride) = match layout {
-        Layout::Rows {
-            x_stride, y_stride, ..
-        } => (x_stride, y_stride),
-        Layout::ChannelsFirst { .. } => (cols, cols),
-    };
-    check_mask_layout(args.mask.is_some(), &layout)?;
+    let (rows, cols) = (layout.num_rows(), layout.cols());
+    let (x_stride, y_stride) = strides(&layout);
     let mut bufs = Buffers::new(be, stream);
     let x = bufs.read("x", args.x, layout.span(x_stride))?;
     let y = bufs.write("y", args.y, layout.span(y_stride))?;
@@ -363,9 +359,122 @@ pub fn forward<T: Element, P: Element, O: Element>(
         ),
         None => (0, 0),
     };
+    let addrs = FwdAddrs {
+        x,
+        y,
+        scale,
+        bias,
+        mask,
+        mean,
+        rstd,
+    };
+    forward_core::<_, T>(&OnStream { be, stream }, spec, layout, d, addrs)
+}
+
+/// Gradients of [`forward`]: dx always; dscale / dbias when their buffers are given.
+/// Results are bitwise identical from run to run on the same device.
+pub fn backward<T: Element, P: Element, O: Element>(
+    be: &CudaBackend,
+    stream: &CudaStream,
+    spec: &NormSpec,
+    layout: Layout,
+    args: Backward<'_, T, P, O>,
+) -> Result<()> {
+    let d = check_call::<T, P, O>(None, &layout, args.mask.is_some())?;
+    be.check_stream(stream)?;
+    let (rows, cols) = (layout.num_rows(), layout.cols());
+    let (x_stride, y_stride) = strides(&layout);
+    let mut bufs = Buffers::new(be, stream);
+    let x = bufs.read("x", args.x, layout.span(x_stride))?;
+    let dy = bufs.read("dy", args.dy, layout.span(y_stride))?;
+    let dx = bufs.write("dx", args.dx, layout.span(x_stride))?;
+    let scale = bufs.read_opt("scale", args.scale, cols)?;
+    let mask = bufs.read_opt("mask", args.mask, rows * cols)?;
+    let mean = bufs.read("mean", args.mean, rows)?;
+    let rstd = bufs.read("rstd", args.rstd, rows)?;
+    let dscale = bufs.write_opt("dscale", args.dscale, cols)?;
+    let dbias = bufs.write_opt("dbias", args.dbias, cols)?;
+    let need = cuda::backward_workspace_len(rows, cols, be.info().sm_count);
+    let workspace = bufs.write("workspace", args.workspace, need)?;
+    let addrs = BwdAddrs {
+        x,
+        dy,
+        scale,
+        mask,
+        mean,
+        rstd,
+        dx,
+        dscale,
+        dbias,
+        workspace,
+        workspace_len: need,
+    };
+    backward_core::<_, T>(&OnStream { be, stream }, spec, layout, d, addrs)
+}
+
+/// Checked addresses of a forward's buffers (0 = absent).
+pub(crate) struct FwdAddrs {
+    pub x: u64,
+    pub y: u64,
+    pub scale: u64,
+    pub bias: u64,
+    pub mask: u64,
+    pub mean: u64,
+    pub rstd: u64,
+}
+
+/// Checked addresses of a backward's buffers.
+pub(crate) struct BwdAddrs {
+    pub x: u64,
+    pub dy: u64,
+    pub scale: u64,
+    pub mask: u64,
+    pub mean: u64,
+    pub rstd: u64,
+    pub dx: u64,
+    pub dscale: Option<u64>,
+    pub dbias: Option<u64>,
+    pub workspace: u64,
+    pub workspace_len: usize,
+}
+
+/// The row strides of x (and dx) and of y (and dy).
+pub(crate) fn strides(layout: &Layout) -> (usize, usize) {
+    match *layout {
+        Layout::Rows {
+            x_stride, y_stride, ..
+        } => (x_stride, y_stride),
+        Layout::ChannelsFirst { cols, .. } => (cols, cols),
+    }
+}
+
+/// Checks what does not depend on where the buffers live; returns the kernels' dtypes.
+pub(crate) fn check_call<T: Element, P: Element, O: Element>(
+    spec: Option<&NormSpec>,
+    layout: &Layout,
+    has_mask: bool,
+) -> Result<cuda::Dtypes> {
+    if let Some(spec) = spec {
+        spec.validate()?;
+    }
+    layout.validate()?;
+    check_mask_layout(has_mask, layout)?;
+    dtypes::<T, P, O>()
+}
+
+/// Builds the parameter struct of a checked forward and launches it.
+pub(crate) fn forward_core<L: Launch, T: Element>(
+    l: &L,
+    spec: &NormSpec,
+    layout: Layout,
+    d: cuda::Dtypes,
+    a: FwdAddrs,
+) -> Result<()> {
+    let (rows, cols) = (layout.num_rows(), layout.cols());
     if rows == 0 {
         return Ok(());
     }
+    let (x_stride, y_stride) = strides(&layout);
     match layout {
         Layout::Rows { .. } => {
             // Param pointers are read with the same vector width as x.
@@ -373,16 +482,16 @@ pub fn forward<T: Element, P: Element, O: Element>(
                 T::DTYPE.size(),
                 cols,
                 &[x_stride, y_stride],
-                &[x, y, scale, bias],
+                &[a.x, a.y, a.scale, a.bias],
             );
             let params = WarpnormFwdParams {
-                x: x as *const _,
-                y: y as *mut _,
-                scale: scale as *const _,
-                bias: bias as *const _,
-                mask: mask as *const u8,
-                mean: mean as *mut f32,
-                rstd: rstd as *mut f32,
+                x: a.x as *const _,
+                y: a.y as *mut _,
+                scale: a.scale as *const _,
+                bias: a.bias as *const _,
+                mask: a.mask as *const u8,
+                mean: a.mean as *mut f32,
+                rstd: a.rstd as *mut f32,
                 rows: rows as _,
                 cols: cols as _,
                 x_stride: x_stride as _,
@@ -398,16 +507,16 @@ pub fn forward<T: Element, P: Element, O: Element>(
                 vec,
                 elem_bytes: T::DTYPE.size() as u32,
             };
-            cuda::forward_rows(be, stream, &b)
+            cuda::forward_rows(l, &b)
         }
         Layout::ChannelsFirst { outer, inner, .. } => {
             let params = WarpnormStridedFwdParams {
-                x: x as *const _,
-                y: y as *mut _,
-                scale: scale as *const _,
-                bias: bias as *const _,
-                mean: mean as *mut f32,
-                rstd: rstd as *mut f32,
+                x: a.x as *const _,
+                y: a.y as *mut _,
+                scale: a.scale as *const _,
+                bias: a.bias as *const _,
+                mean: a.mean as *mut f32,
+                rstd: a.rstd as *mut f32,
                 outer: outer as _,
                 cols: cols as _,
                 inner: inner as _,
@@ -415,77 +524,55 @@ pub fn forward<T: Element, P: Element, O: Element>(
                 kind: spec.kind_code(),
                 fast_variance: spec.fast_variance as i32,
             };
-            cuda::forward_strided(be, stream, &params, d)
+            cuda::forward_strided(l, &params, d)
         }
     }
 }
 
-/// Gradients of [`forward`]: dx always; dscale / dbias when their buffers are given.
-/// Results are bitwise identical from run to run on the same device.
-pub fn backward<T: Element, P: Element, O: Element>(
-    be: &CudaBackend,
-    stream: &CudaStream,
+/// Builds the parameter structs of a checked backward and launches it.
+pub(crate) fn backward_core<L: Launch, T: Element>(
+    l: &L,
     spec: &NormSpec,
     layout: Layout,
-    args: Backward<'_, T, P, O>,
+    d: cuda::Dtypes,
+    a: BwdAddrs,
 ) -> Result<()> {
-    layout.validate()?;
-    be.check_stream(stream)?;
-    let d = dtypes::<T, P, O>()?;
-    let rows = layout.num_rows();
-    let cols = layout.cols();
-    let (x_stride, y_stride) = match layout {
-        Layout::Rows {
-            x_stride, y_stride, ..
-        } => (x_stride, y_stride),
-        Layout::ChannelsFirst { .. } => (cols, cols),
-    };
-    check_mask_layout(args.mask.is_some(), &layout)?;
-    let mut bufs = Buffers::new(be, stream);
-    let x = bufs.read("x", args.x, layout.span(x_stride))?;
-    let dy = bufs.read("dy", args.dy, layout.span(y_stride))?;
-    let dx = bufs.write("dx", args.dx, layout.span(x_stride))?;
-    let scale = bufs.read_opt("scale", args.scale, cols)?;
-    let mask = bufs.read_opt("mask", args.mask, rows * cols)?;
-    let mean = bufs.read("mean", args.mean, rows)?;
-    let rstd = bufs.read("rstd", args.rstd, rows)?;
-    let dscale = bufs.write_opt("dscale", args.dscale, cols)?;
-    let dbias = bufs.write_opt("dbias", args.dbias, cols)?;
-    let need = cuda::backward_workspace_len(rows, cols, be.info().sm_count);
-    let workspace = bufs.write("workspace", args.workspace, need)?;
-    let half = (need / 2) as u64 * 4;
-    let (partial_dscale, partial_dbias) = (workspace, workspace + half);
+    let (rows, cols) = (layout.num_rows(), layout.cols());
+    let (x_stride, y_stride) = strides(&layout);
+    let half = (a.workspace_len / 2) as u64 * 4;
+    let (partial_dscale, partial_dbias) = (a.workspace, a.workspace + half);
     let kind = spec.kind_code();
+    let param_grads = |params: WarpnormBwdParams, vec: u32| cuda::BwdBuffers {
+        params,
+        dtypes: d,
+        vec,
+        dscale: a.dscale,
+        dbias: a.dbias,
+    };
     match layout {
         // No rows (either layout): backward_rows only zeroes dscale / dbias.
         _ if rows == 0 => {
-            let b = cuda::BwdBuffers {
-                params: WarpnormBwdParams {
-                    cols: cols as _,
-                    ..Default::default()
-                },
-                dtypes: d,
-                vec: 1,
-                dscale,
-                dbias,
+            let params = WarpnormBwdParams {
+                cols: cols as _,
+                ..Default::default()
             };
-            cuda::backward_rows(be, stream, &b)
+            cuda::backward_rows(l, &param_grads(params, 1))
         }
         Layout::Rows { .. } => {
             let vec = vector_width(
                 T::DTYPE.size(),
                 cols,
                 &[x_stride, y_stride],
-                &[x, dy, dx, scale],
+                &[a.x, a.dy, a.dx, a.scale],
             );
             let params = WarpnormBwdParams {
-                x: x as *const _,
-                dy: dy as *const _,
-                scale: scale as *const _,
-                mask: mask as *const u8,
-                mean: mean as *const f32,
-                rstd: rstd as *const f32,
-                dx: dx as *mut _,
+                x: a.x as *const _,
+                dy: a.dy as *const _,
+                scale: a.scale as *const _,
+                mask: a.mask as *const u8,
+                mean: a.mean as *const f32,
+                rstd: a.rstd as *const f32,
+                dx: a.dx as *mut _,
                 partial_dscale: partial_dscale as *mut f32,
                 partial_dbias: partial_dbias as *mut f32,
                 rows: rows as _,
@@ -496,23 +583,16 @@ pub fn backward<T: Element, P: Element, O: Element>(
                 mask_stride: cols as _,
                 kind,
             };
-            let b = cuda::BwdBuffers {
-                params,
-                dtypes: d,
-                vec,
-                dscale,
-                dbias,
-            };
-            cuda::backward_rows(be, stream, &b)
+            cuda::backward_rows(l, &param_grads(params, vec))
         }
         Layout::ChannelsFirst { outer, inner, .. } => {
             let params = WarpnormStridedBwdParams {
-                x: x as *const _,
-                dy: dy as *const _,
-                scale: scale as *const _,
-                mean: mean as *const f32,
-                rstd: rstd as *const f32,
-                dx: dx as *mut _,
+                x: a.x as *const _,
+                dy: a.dy as *const _,
+                scale: a.scale as *const _,
+                mean: a.mean as *const f32,
+                rstd: a.rstd as *const f32,
+                dx: a.dx as *mut _,
                 partial_dscale: partial_dscale as *mut f32,
                 partial_dbias: partial_dbias as *mut f32,
                 outer: outer as _,
@@ -520,17 +600,14 @@ pub fn backward<T: Element, P: Element, O: Element>(
                 inner: inner as _,
                 kind,
             };
-            let b = cuda::BwdBuffers {
-                params: WarpnormBwdParams {
+            let totals = param_grads(
+                WarpnormBwdParams {
                     cols: cols as _,
                     ..Default::default()
                 },
-                dtypes: d,
-                vec: 1,
-                dscale,
-                dbias,
-            };
-            cuda::backward_strided(be, stream, &params, &b)
+                1,
+            );
+            cuda::backward_strided(l, &params, &totals)
         }
     }
 }

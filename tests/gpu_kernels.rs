@@ -6,7 +6,7 @@ mod common;
 
 use std::sync::Arc;
 
-use common::{error_ratio, gpu_or_skip, max_abs, random_tensor, tolerance};
+use common::{condition, error_ratio, gpu_or_skip, max_abs, random_tensor, tolerance, tolerance_kappa};
 use cudarc::driver::{CudaSlice, CudaStream};
 use half::{bf16, f16};
 use warpnorm::cuda::CudaBackend;
@@ -250,8 +250,9 @@ fn run_device<T: Element, P: Element, O: Element>(
 /// Compares device results with the reference; returns a description of each failure.
 fn check(pb: &Problem, out: &Outputs, o: DType, t: DType, p: DType) -> Vec<String> {
     let mut failures = Vec::new();
+    let kappa = condition(&pb.fwd.mean, &pb.fwd.rstd, pb.cfg.fast_variance());
     let mut expect = |name: &str, got: &[f64], want: &[f64], dtype: DType, scale: f64| {
-        let (rel, abs) = tolerance(dtype, scale, pb.cols);
+        let (rel, abs) = tolerance_kappa(dtype, scale, pb.cols, kappa);
         let (ratio, at) = error_ratio(got, want, rel, abs);
         if !(ratio <= 1.0) {
             failures.push(format!(
@@ -333,6 +334,9 @@ fn matrix_for<T: Element, P: Element, O: Element>(
     for &cols in lengths {
         for (vi, &variant) in VARIANTS.iter().enumerate() {
             let cfg = config(variant, P::DTYPE, O::DTYPE);
+            if cfg.validate().is_err() {
+                continue; // e.g. keras has no policy with f16 variables and f32 outputs
+            }
             let salt = (cols * 31 + vi) as u64;
             let pb = Problem::new(
                 cfg,

@@ -1,12 +1,14 @@
-//! The kernel launches: the only `unsafe` code in warpnorm.
+//! Kernel selection and launch: the only `unsafe` code of the single-device kernels.
 //!
-//! Every function here receives parameter structs whose pointers and extents were checked by
-//! [`crate::ops`] (lengths, strides, alignment for the vector width, the stream's context).
-//! What remains unsafe is the launch itself, which the compiler cannot check against the
-//! kernel's signature.
+//! The functions here turn checked parameter structs into launches through a [`Launch`]
+//! implementation: [`OnStream`] enqueues on a CUDA stream; the CPU emulation (feature
+//! `emulator`) runs the same kernels on host threads, so the selection logic below is
+//! exercised by the same tests either way. Every parameter struct reaching a [`Launch`]
+//! was built by [`crate::ops`] (or the emulator's host API) from buffers whose lengths,
+//! strides and alignment it checked.
 
 use cudarc::driver::sys::CUfunction_attribute;
-use cudarc::driver::{CudaFunction, CudaStream, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaStream, DeviceRepr, LaunchConfig, PushKernelArg};
 
 use super::params::{
     WarpnormBwdParams, WarpnormFinalizeParams, WarpnormFwdParams, WarpnormStridedBwdParams,
@@ -16,6 +18,65 @@ use super::select::{self, Plan, DEFAULT_SMEM, STRIDED_THREADS};
 use super::tiers::expr;
 use super::CudaBackend;
 use crate::Result;
+
+/// Something that runs warpnorm's kernels.
+pub(crate) trait Launch {
+    /// SMs of the device: the persistent grids are sized from it.
+    fn sm_count(&self) -> u32;
+    /// Opt-in shared memory per CTA (bytes).
+    fn max_smem_per_cta(&self) -> u32;
+    /// Runs kernel `expr` (a `tiers::expr` name) from `kernels/<source>.cu`.
+    fn launch<P: DeviceRepr>(
+        &self,
+        source: &'static str,
+        expr: &str,
+        params: &P,
+        cfg: LaunchConfig,
+    ) -> Result<()>;
+}
+
+/// Launches on a CUDA stream of the backend's context.
+pub(crate) struct OnStream<'a> {
+    pub be: &'a CudaBackend,
+    pub stream: &'a CudaStream,
+}
+
+impl Launch for OnStream<'_> {
+    fn sm_count(&self) -> u32 {
+        self.be.info.sm_count
+    }
+
+    fn max_smem_per_cta(&self) -> u32 {
+        self.be.info.max_smem_per_cta
+    }
+
+    fn launch<P: DeviceRepr>(
+        &self,
+        source: &'static str,
+        expr: &str,
+        params: &P,
+        cfg: LaunchConfig,
+    ) -> Result<()> {
+        let f = self.be.function(source, expr)?;
+        if cfg.shared_mem_bytes > DEFAULT_SMEM {
+            // Beyond 48 KiB of dynamic shared memory a kernel must opt in.
+            f.set_attribute(
+                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                cfg.shared_mem_bytes as i32,
+            )?;
+        }
+        // SAFETY: `params` is the bindgen mirror of the C struct the kernel `expr` takes
+        // by value (each `expr` is paired with its struct in the functions below). Its
+        // pointers were checked by ops: x / y / dx / dy / mask cover every row at their
+        // strides, scale / bias / dscale / dbias hold `cols` elements, mean / rstd `rows`,
+        // the workspace at least as many partial rows as the grid has CTAs (or warps, for
+        // the strided kernel), and every pointer and stride is aligned for the vector
+        // width chosen; all buffers belong to this stream's context. The kernels touch
+        // nothing else, and `cfg` comes from the same plan that sized the shared memory.
+        unsafe { self.stream.launch_builder(&f).arg(params).launch(cfg) }?;
+        Ok(())
+    }
+}
 
 /// Dtype short names (`f32`, `f16`, `bf16`) of x, the parameters and y.
 #[derive(Clone, Copy, Debug)]
@@ -49,21 +110,10 @@ fn config(grid: u32, threads: u32, smem: u32) -> LaunchConfig {
     }
 }
 
-/// Lets `f` use `bytes` of dynamic shared memory (beyond the default 48 KiB needs opt-in).
-fn allow_smem(f: &CudaFunction, bytes: u32) -> Result<()> {
-    if bytes > DEFAULT_SMEM {
-        f.set_attribute(
-            CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-            bytes as i32,
-        )?;
-    }
-    Ok(())
-}
-
-pub(crate) fn forward_rows(be: &CudaBackend, stream: &CudaStream, b: &FwdBuffers) -> Result<()> {
+pub(crate) fn forward_rows<L: Launch>(l: &L, b: &FwdBuffers) -> Result<()> {
     let p = &b.params;
     let d = b.dtypes;
-    let plan = select::forward_plan(p.cols as u64, b.vec, b.elem_bytes, be.info.max_smem_per_cta);
+    let plan = select::forward_plan(p.cols as u64, b.vec, b.elem_bytes, l.max_smem_per_cta());
     let (name, smem) = match plan {
         Plan::Rows(t) => (expr::fwd_rows(d.x, d.param, d.out, t), 0),
         Plan::Cta {
@@ -71,80 +121,34 @@ pub(crate) fn forward_rows(be: &CudaBackend, stream: &CudaStream, b: &FwdBuffers
             cached,
             smem_bytes,
             ..
-        } => (expr::fwd_cta(d.x, d.param, d.out, vec, cached), smem_bytes),
+        } => (
+            expr::fwd_cta(d.x, d.param, d.out, vec, cached),
+            smem_bytes,
+        ),
     };
-    let f = be.function("layernorm_fwd", &name)?;
-    allow_smem(&f, smem)?;
-    let grid = select::forward_grid(p.rows as u64, plan, be.info.sm_count);
-    // SAFETY: `p` matches the kernel's parameter struct (bindgen from the same header). ops
-    // checked that x / y / mask cover `rows` rows of `cols` at their strides, that scale /
-    // bias hold `cols` elements and mean / rstd `rows`, and that every pointer and stride
-    // is aligned for `vec`; the kernel touches nothing else.
-    unsafe {
-        stream
-            .launch_builder(&f)
-            .arg(p)
-            .launch(config(grid, plan.threads(), smem))
-    }?;
-    Ok(())
+    let grid = select::forward_grid(p.rows as u64, plan, l.sm_count());
+    l.launch("layernorm_fwd", &name, p, config(grid, plan.threads(), smem))
 }
 
-pub(crate) fn forward_strided(
-    be: &CudaBackend,
-    stream: &CudaStream,
+pub(crate) fn forward_strided<L: Launch>(
+    l: &L,
     p: &WarpnormStridedFwdParams,
     d: Dtypes,
 ) -> Result<()> {
-    let f = be.function("layernorm_fwd", &expr::fwd_strided(d.x, d.param, d.out))?;
-    let grid = select::strided_forward_grid((p.outer * p.inner) as u64, be.info.sm_count);
-    // SAFETY: ops checked that x and y hold outer * cols * inner elements, scale / bias
-    // `cols` and mean / rstd outer * inner; the kernel indexes only within those.
-    unsafe {
-        stream
-            .launch_builder(&f)
-            .arg(p)
-            .launch(config(grid, STRIDED_THREADS, 0))
-    }?;
-    Ok(())
+    let grid = select::strided_forward_grid((p.outer * p.inner) as u64, l.sm_count());
+    let name = expr::fwd_strided(d.x, d.param, d.out);
+    l.launch("layernorm_fwd", &name, p, config(grid, STRIDED_THREADS, 0))
 }
 
-fn finalize(
-    be: &CudaBackend,
-    stream: &CudaStream,
-    param: &'static str,
-    partial: u64,
-    out: u64,
-    cols: i64,
-    parts: i32,
-) -> Result<()> {
-    let f = be.function("layernorm_bwd", &expr::finalize(param))?;
-    let p = WarpnormFinalizeParams {
-        partial: partial as *const f32,
-        out: out as *mut std::ffi::c_void,
-        cols: cols as _,
-        parts,
-    };
-    let grid = (cols as u64).div_ceil(256).clamp(1, 65_535) as u32;
-    // SAFETY: `partial` holds `parts` rows of `cols` f32 written by the backward kernel just
-    // before on the same stream; `out` holds `cols` elements of the param dtype (ops).
-    unsafe {
-        stream
-            .launch_builder(&f)
-            .arg(&p)
-            .launch(config(grid, 256, 0))
-    }?;
-    Ok(())
-}
-
-pub(crate) fn backward_rows(be: &CudaBackend, stream: &CudaStream, b: &BwdBuffers) -> Result<()> {
+pub(crate) fn backward_rows<L: Launch>(l: &L, b: &BwdBuffers) -> Result<()> {
     let p = &b.params;
     let d = b.dtypes;
     if p.rows == 0 {
         // No rows: the parameter gradients are sums of nothing.
-        return finalize_both(be, stream, d.param, 0, 0, b, 0);
+        return finalize_both(l, b, 0, 0, 0);
     }
     let cols = p.cols as u64;
-    let plan = select::backward_plan(cols, b.vec, be.info.max_smem_per_cta);
+    let plan = select::backward_plan(cols, b.vec, l.max_smem_per_cta());
     let (name, smem) = match plan {
         Plan::Rows(t) => (
             expr::bwd_rows(d.x, d.param, d.out, t),
@@ -155,76 +159,65 @@ pub(crate) fn backward_rows(be: &CudaBackend, stream: &CudaStream, b: &BwdBuffer
             cached,
             smem_bytes,
             ..
-        } => (expr::bwd_cta(d.x, d.param, d.out, vec, cached), smem_bytes),
+        } => (
+            expr::bwd_cta(d.x, d.param, d.out, vec, cached),
+            smem_bytes,
+        ),
     };
-    let f = be.function("layernorm_bwd", &name)?;
-    allow_smem(&f, smem)?;
-    let grid = select::backward_grid(p.rows as u64, plan, be.info.sm_count);
-    // SAFETY: as in forward_rows for x / dy / dx / scale / mask / mean / rstd; the partial
-    // buffers hold at least `max_parts(rows) >= grid` rows of `cols` f32 (ops checked the
-    // workspace length), and each CTA writes only its own row.
-    unsafe {
-        stream
-            .launch_builder(&f)
-            .arg(p)
-            .launch(config(grid, plan.threads(), smem))
-    }?;
+    let grid = select::backward_grid(p.rows as u64, plan, l.sm_count());
+    l.launch("layernorm_bwd", &name, p, config(grid, plan.threads(), smem))?;
     finalize_both(
-        be,
-        stream,
-        d.param,
+        l,
+        b,
         p.partial_dscale as u64,
         p.partial_dbias as u64,
-        b,
         grid as i32,
     )
 }
 
-fn finalize_both(
-    be: &CudaBackend,
-    stream: &CudaStream,
-    param: &'static str,
-    partial_dscale: u64,
-    partial_dbias: u64,
-    b: &BwdBuffers,
-    parts: i32,
-) -> Result<()> {
-    let cols = b.params.cols;
-    if let Some(out) = b.dscale {
-        finalize(be, stream, param, partial_dscale, out, cols, parts)?;
-    }
-    if let Some(out) = b.dbias {
-        finalize(be, stream, param, partial_dbias, out, cols, parts)?;
-    }
-    Ok(())
-}
-
-pub(crate) fn backward_strided(
-    be: &CudaBackend,
-    stream: &CudaStream,
+pub(crate) fn backward_strided<L: Launch>(
+    l: &L,
     p: &WarpnormStridedBwdParams,
     b: &BwdBuffers,
 ) -> Result<()> {
     let d = b.dtypes;
-    let f = be.function("layernorm_bwd", &expr::bwd_strided(d.x, d.param, d.out))?;
-    let grid = select::strided_backward_grid((p.outer * p.inner) as u64, be.info.sm_count);
-    // SAFETY: ops checked x / dy / dx (outer * cols * inner), scale (cols), mean / rstd
-    // (outer * inner) and the workspace (>= grid * warps partial rows of cols f32); each
-    // warp writes only its own partial row.
-    unsafe {
-        stream
-            .launch_builder(&f)
-            .arg(p)
-            .launch(config(grid, STRIDED_THREADS, 0))
-    }?;
+    let grid = select::strided_backward_grid((p.outer * p.inner) as u64, l.sm_count());
+    let name = expr::bwd_strided(d.x, d.param, d.out);
+    l.launch("layernorm_bwd", &name, p, config(grid, STRIDED_THREADS, 0))?;
     let parts = grid as i32 * (STRIDED_THREADS as i32 / 32);
     finalize_both(
-        be,
-        stream,
-        d.param,
+        l,
+        b,
         p.partial_dscale as u64,
         p.partial_dbias as u64,
-        b,
         parts,
     )
+}
+
+/// Sums the partial rows into dscale and dbias (those that were asked for).
+fn finalize_both<L: Launch>(
+    l: &L,
+    b: &BwdBuffers,
+    partial_dscale: u64,
+    partial_dbias: u64,
+    parts: i32,
+) -> Result<()> {
+    let cols = b.params.cols;
+    for (partial, out) in [(partial_dscale, b.dscale), (partial_dbias, b.dbias)] {
+        let Some(out) = out else { continue };
+        let p = WarpnormFinalizeParams {
+            partial: partial as *const f32,
+            out: out as *mut std::ffi::c_void,
+            cols: cols as _,
+            parts,
+        };
+        let grid = (cols as u64).div_ceil(256).clamp(1, 65_535) as u32;
+        l.launch(
+            "layernorm_bwd",
+            &expr::finalize(b.dtypes.param),
+            &p,
+            config(grid, 256, 0),
+        )?;
+    }
+    Ok(())
 }

@@ -4,6 +4,8 @@
 //! [`CudaBackend`] owns a context, a stream and the loaded kernel modules of one GPU. The
 //! safe operations on caller-owned buffers live in [`crate::ops`].
 
+#[cfg(feature = "emulator")]
+pub mod emulator;
 pub mod kernels;
 mod launch;
 pub(crate) mod launch_sharded;
@@ -21,7 +23,10 @@ use cudarc::nvrtc::Ptx;
 use crate::{Error, Result};
 use kernels::{Image, ImageKind, IMAGES};
 
-pub(crate) use launch::{backward_rows, backward_strided, forward_rows, forward_strided, BwdBuffers, Dtypes, FwdBuffers};
+pub(crate) use launch::{
+    backward_rows, backward_strided, forward_rows, forward_strided, BwdBuffers, Dtypes, FwdBuffers,
+    Launch, OnStream,
+};
 pub use select::backward_workspace_len;
 
 /// Why no GPU can be used, or `Ok` with the number of devices. Never panics: cudarc panics
@@ -31,10 +36,12 @@ pub fn device_count() -> Result<usize> {
     let present = unsafe { cudarc::driver::sys::is_culib_present() };
     if !present {
         return Err(Error::NoDevice(
-            "the CUDA driver library (libcuda.so) was not found; is an NVIDIA driver installed?".into(),
+            "the CUDA driver library (libcuda.so) was not found; is an NVIDIA driver installed?"
+                .into(),
         ));
     }
-    let n = CudaContext::device_count().map_err(|e| Error::NoDevice(format!("cuInit failed: {e}")))?;
+    let n =
+        CudaContext::device_count().map_err(|e| Error::NoDevice(format!("cuInit failed: {e}")))?;
     if n <= 0 {
         return Err(Error::NoDevice("the CUDA driver reports no devices".into()));
     }
@@ -64,7 +71,9 @@ pub struct CudaBackend {
 
 impl std::fmt::Debug for CudaBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CudaBackend").field("info", &self.info).finish()
+        f.debug_struct("CudaBackend")
+            .field("info", &self.info)
+            .finish()
     }
 }
 
@@ -92,7 +101,9 @@ impl CudaBackend {
             compute_capability: ctx.compute_capability()?,
             sm_count: attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as u32,
             total_mem: ctx.total_mem()?,
-            max_smem_per_cta: attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)? as u32,
+            max_smem_per_cta: attr(
+                CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
+            )? as u32,
         };
         let mut modules = HashMap::new();
         for source in ["layernorm_fwd", "layernorm_bwd", "sharded"] {
@@ -146,7 +157,9 @@ impl CudaBackend {
             .iter()
             .find(|(e, _)| *e == expr)
             .map(|(_, l)| *l)
-            .ok_or_else(|| Error::Unsupported(format!("kernel `{expr}` was not compiled into this build")))?;
+            .ok_or_else(|| {
+                Error::Unsupported(format!("kernel `{expr}` was not compiled into this build"))
+            })?;
         let f = module.load_function(lowered)?;
         cache.insert(expr.to_string(), f.clone());
         Ok(f)
@@ -170,8 +183,13 @@ impl CudaBackend {
 /// the highest minor not above the device's (binary compatible), else the PTX (JIT).
 fn pick_image(source: &str, (major, minor): (i32, i32)) -> Result<&'static Image> {
     let sm = |arch: &str| -> Option<(i32, i32)> {
-        let digits = arch.strip_prefix("sm_").or_else(|| arch.strip_prefix("compute_"))?;
-        let v: i32 = digits.trim_end_matches(|c: char| c.is_alphabetic()).parse().ok()?;
+        let digits = arch
+            .strip_prefix("sm_")
+            .or_else(|| arch.strip_prefix("compute_"))?;
+        let v: i32 = digits
+            .trim_end_matches(|c: char| c.is_alphabetic())
+            .parse()
+            .ok()?;
         Some((v / 10, v % 10))
     };
     let of_source = || IMAGES.iter().filter(move |i| i.source == source);
@@ -215,7 +233,13 @@ mod tests {
     fn every_instantiation_has_a_lowered_name() {
         for image in IMAGES {
             let expected = tiers::instantiations(&format!("{}.cu", image.source));
-            assert_eq!(image.names.len(), expected.len(), "{} {}", image.source, image.arch);
+            assert_eq!(
+                image.names.len(),
+                expected.len(),
+                "{} {}",
+                image.source,
+                image.arch
+            );
             for (expr, lowered) in image.names {
                 assert!(expected.iter().any(|e| e == expr));
                 assert!(lowered.starts_with("_Z"), "{expr} -> {lowered}");

@@ -47,7 +47,11 @@ const SUB_WARP_GROUPS: [u32; 5] = [1, 2, 4, 8, 16];
 pub fn row_tiers(pass: Pass, vec: u32) -> Vec<RowTier> {
     let mut tiers: Vec<RowTier> = SUB_WARP_GROUPS
         .iter()
-        .map(|&group| RowTier { vec, vecs: 1, group })
+        .map(|&group| RowTier {
+            vec,
+            vecs: 1,
+            group,
+        })
         .collect();
     let (warp_vecs, cta): (&[u32], &[(u32, u32)]) = match (pass, vec) {
         // Scalar path (unaligned slices): a warp per row up to 32 elements a thread.
@@ -55,19 +59,36 @@ pub fn row_tiers(pass: Pass, vec: u32) -> Vec<RowTier> {
         (Pass::Backward, 1) => (&[1, 2, 4, 8, 16], &[]),
         (Pass::Forward, _) => (
             &[1, 2, 4, 8],
-            &[(128, 2), (256, 2), (128, 4), (512, 2), (256, 4), (1024, 2), (512, 4)],
+            &[
+                (128, 2),
+                (256, 2),
+                (128, 4),
+                (512, 2),
+                (256, 4),
+                (1024, 2),
+                (512, 4),
+            ],
         ),
         (Pass::Backward, _) => (&[1, 2, 4], &[(128, 2), (256, 2), (512, 2)]),
     };
-    tiers.extend(warp_vecs.iter().map(|&vecs| RowTier { vec, vecs, group: 32 }));
-    tiers.extend(cta.iter().map(|&(group, vecs)| RowTier { vec, vecs, group }));
+    tiers.extend(warp_vecs.iter().map(|&vecs| RowTier {
+        vec,
+        vecs,
+        group: 32,
+    }));
+    tiers.extend(
+        cta.iter()
+            .map(|&(group, vecs)| RowTier { vec, vecs, group }),
+    );
     tiers.sort_by_key(|t| (t.capacity(), std::cmp::Reverse(t.group)));
     tiers
 }
 
 /// The smallest register tier that holds a row of `cols`, or None (then the CTA tier).
 pub fn pick_row_tier(pass: Pass, vec: u32, cols: u64) -> Option<RowTier> {
-    row_tiers(pass, vec).into_iter().find(|t| t.capacity() >= cols)
+    row_tiers(pass, vec)
+        .into_iter()
+        .find(|t| t.capacity() >= cols)
 }
 
 /// The element types as the kernels spell them, and their sizes.
@@ -172,25 +193,49 @@ pub mod expr {
     }
 }
 
+/// The name-expression builders of one pass's kernels.
+struct PassKernels {
+    pass: Pass,
+    rows: fn(&str, &str, &str, RowTier) -> String,
+    cta: fn(&str, &str, &str, u32, bool) -> String,
+    strided: fn(&str, &str, &str) -> String,
+}
+
 /// Every name expression a kernel source file instantiates.
 pub fn instantiations(source: &str) -> Vec<String> {
     let mut out = Vec::new();
-    let (pass, rows, cta, strided): (Pass, fn(&str, &str, &str, RowTier) -> String, fn(&str, &str, &str, u32, bool) -> String, fn(&str, &str, &str) -> String) =
-        match source {
-            "layernorm_fwd.cu" => (Pass::Forward, expr::fwd_rows, expr::fwd_cta, expr::fwd_strided),
-            "layernorm_bwd.cu" => (Pass::Backward, expr::bwd_rows, expr::bwd_cta, expr::bwd_strided),
-            "sharded.cu" => return sharded::instantiations(),
-            _ => return out,
-        };
+    let k = match source {
+        "layernorm_fwd.cu" => PassKernels {
+            pass: Pass::Forward,
+            rows: expr::fwd_rows,
+            cta: expr::fwd_cta,
+            strided: expr::fwd_strided,
+        },
+        "layernorm_bwd.cu" => PassKernels {
+            pass: Pass::Backward,
+            rows: expr::bwd_rows,
+            cta: expr::bwd_cta,
+            strided: expr::bwd_strided,
+        },
+        "sharded.cu" => return sharded::instantiations(),
+        _ => return out,
+    };
     for (x, p, o) in dtype_combos() {
-        let bytes = CUDA_TYPES.iter().find(|(s, _, _)| *s == x).map_or(4, |t| t.2);
+        let bytes = CUDA_TYPES
+            .iter()
+            .find(|(s, _, _)| *s == x)
+            .map_or(4, |t| t.2);
         for vec in [max_vec(bytes), 1] {
-            out.extend(row_tiers(pass, vec).into_iter().map(|t| rows(x, p, o, t)));
-            out.extend([false, true].map(|flag| cta(x, p, o, vec, flag)));
+            out.extend(
+                row_tiers(k.pass, vec)
+                    .into_iter()
+                    .map(|t| (k.rows)(x, p, o, t)),
+            );
+            out.extend([false, true].map(|flag| (k.cta)(x, p, o, vec, flag)));
         }
-        out.push(strided(x, p, o));
+        out.push((k.strided)(x, p, o));
     }
-    if pass == Pass::Backward {
+    if k.pass == Pass::Backward {
         out.extend(["f32", "f16", "bf16"].map(expr::finalize));
     }
     out

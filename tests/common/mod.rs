@@ -69,15 +69,38 @@ pub fn error_ratio(got: &[f64], want: &[f64], rel: f64, abs: f64) -> (f64, usize
     worst
 }
 
-/// Tolerance of a result rounded to `dtype` from an f32 computation over rows of `cols`:
-/// one rounding of the output (an ulp is at most 2u relative) plus f32 accumulation error,
-/// which grows slowly with the row length for tree-shaped sums.
-pub fn tolerance(dtype: DType, scale: f64, cols: usize) -> (f64, f64) {
-    let accumulation = 4e-6 * (1.0 + (cols as f64).log2() / 4.0);
+/// Tolerance of a result rounded to `dtype` from an f32 computation over rows of `cols`
+/// whose statistics have condition number `kappa` (see [`condition`]): one rounding of the
+/// output (an ulp is at most 2u relative) plus f32 error, which grows slowly with the row
+/// length for tree-shaped sums and linearly with the conditioning.
+pub fn tolerance_kappa(dtype: DType, scale: f64, cols: usize, kappa: f64) -> (f64, f64) {
+    let f32_error = 4e-6 * (1.0 + (cols as f64).log2() / 4.0) * kappa.max(1.0);
     (
-        2.0 * dtype.unit_roundoff() + accumulation,
-        accumulation * scale.max(1.0),
+        2.0 * dtype.unit_roundoff() + f32_error,
+        f32_error * scale.max(1.0),
     )
+}
+
+/// [`tolerance_kappa`] for well-conditioned rows.
+pub fn tolerance(dtype: DType, scale: f64, cols: usize) -> (f64, f64) {
+    tolerance_kappa(dtype, scale, cols, 1.0)
+}
+
+/// How much f32 rounding of a row's statistics is amplified: 1 + |mean| * rstd (squared
+/// for the fast-variance form E[x^2] - E[x]^2, which cancels when the mean dominates).
+/// Rows of a few elements that happen to be nearly equal are the ill-conditioned cases.
+pub fn condition(mean: &[f64], rstd: &[f64], fast_variance: bool) -> f64 {
+    mean.iter()
+        .zip(rstd)
+        .map(|(m, r)| {
+            let k = 1.0 + (m * r).abs();
+            if fast_variance {
+                k * k
+            } else {
+                k
+            }
+        })
+        .fold(1.0, f64::max)
 }
 
 pub fn max_abs(v: &[f64]) -> f64 {

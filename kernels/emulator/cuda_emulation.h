@@ -1,0 +1,80 @@
+// A small CUDA execution model on the CPU, for testing warpnorm's kernels without a GPU.
+//
+// Every CUDA thread of a block is an OS thread; blocks run one after another. That makes
+// `__shared__` variables plain statics (one block owns them at a time), `__syncthreads` a
+// block-wide barrier and the warp shuffles an exchange through a per-warp buffer between
+// two warp barriers. It models what the kernels rely on: a kernel whose lanes diverge at
+// a shuffle or barrier deadlocks here, as it would be undefined behaviour on a GPU.
+// Shared memory starts as NaN so that a read before a write shows up in the results.
+#pragma once
+
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#define __global__
+#define __device__
+#define __host__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __restrict__ __restrict
+#define __align__(n) alignas(n)
+#define __shared__ static
+
+namespace warpnorm_emu {
+
+struct Dim3 {
+    unsigned x = 1, y = 1, z = 1;
+};
+
+// What one emulated thread sees: its coordinates and its block's synchronisation objects.
+struct ThreadContext {
+    Dim3 thread, block, block_dim, grid_dim;
+    std::barrier<>* block_barrier;
+    std::barrier<>* warp_barrier;
+    float* warp_exchange;  // 32 floats of this thread's warp
+    float* dynamic_smem;
+};
+
+inline thread_local ThreadContext ctx;
+
+inline unsigned lane() { return ctx.thread.x % 32; }
+
+}  // namespace warpnorm_emu
+
+#define threadIdx (::warpnorm_emu::ctx.thread)
+#define blockIdx (::warpnorm_emu::ctx.block)
+#define blockDim (::warpnorm_emu::ctx.block_dim)
+#define gridDim (::warpnorm_emu::ctx.grid_dim)
+#define WARPNORM_DYNAMIC_SMEM(name) float* name = ::warpnorm_emu::ctx.dynamic_smem
+
+inline void __syncthreads() { warpnorm_emu::ctx.block_barrier->arrive_and_wait(); }
+inline void __syncwarp(unsigned = 0xffffffffu) { warpnorm_emu::ctx.warp_barrier->arrive_and_wait(); }
+
+// Every lane publishes its value, then reads its source lane's: the same result as the
+// hardware shuffle when all 32 lanes take part (the only way the kernels use it).
+inline float shuffle_from(float v, unsigned src, bool in_range) {
+    float* ex = warpnorm_emu::ctx.warp_exchange;
+    ex[warpnorm_emu::lane()] = v;
+    __syncwarp();
+    const float r = in_range ? ex[src] : v;
+    __syncwarp();
+    return r;
+}
+inline float __shfl_xor_sync(unsigned, float v, int mask) {
+    return shuffle_from(v, warpnorm_emu::lane() ^ unsigned(mask), true);
+}
+inline float __shfl_down_sync(unsigned, float v, unsigned delta) {
+    const unsigned src = warpnorm_emu::lane() + delta;
+    return shuffle_from(v, src, src < 32);
+}
+
+struct float2 {
+    float x, y;
+};
+inline float2 make_float2(float x, float y) { return {x, y}; }
+inline float rsqrtf(float v) { return 1.0f / std::sqrt(v); }
+
+
+

@@ -1,0 +1,77 @@
+// Runs warpnorm's kernels on the CPU (see cuda_emulation.h). build.rs compiles this file
+// with the `emulator` feature, generating kernel_table.inc: one entry per emulated
+// template instantiation, keyed by the same name expression the GPU launch layer uses.
+#include <cstdio>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+#include "layernorm_bwd.cu"
+#include "layernorm_fwd.cu"
+
+namespace {
+
+using Entry = void (*)(const void*);
+
+template <typename Params> void call(void (*kernel)(const Params), const void* params) {
+    kernel(*static_cast<const Params*>(params));
+}
+
+struct Kernel {
+    const char* expr;
+    Entry run;
+};
+
+const Kernel kKernels[] = {
+#include "kernel_table.inc"
+};
+
+}  // namespace
+
+// Launches kernel `expr` with `params` on a grid of `grid` blocks of `block` threads with
+// `smem_bytes` of dynamic shared memory. Returns 0, or -1 when `expr` is not emulated, -2
+// for a block size that is not a whole number of warps.
+extern "C" int warpnorm_emu_launch(const char* expr, const void* params, unsigned grid, unsigned block,
+                                   unsigned smem_bytes) {
+    Entry run = nullptr;
+    for (const Kernel& k : kKernels) {
+        if (std::string_view(k.expr) == expr) run = k.run;
+    }
+    if (!run) return -1;
+    if (block == 0 || block % 32 != 0) return -2;
+    const unsigned warps = block / 32;
+    std::vector<float> smem(smem_bytes / sizeof(float) + 1, std::numeric_limits<float>::quiet_NaN());
+    std::vector<float> exchange(block, 0.f);
+    std::barrier<> block_barrier(block);
+    std::vector<std::unique_ptr<std::barrier<>>> warp_barriers;
+    for (unsigned w = 0; w < warps; ++w) warp_barriers.push_back(std::make_unique<std::barrier<>>(32));
+    // One host thread per CUDA thread of a block, reused for every block of the grid:
+    // blocks run one after another, separated by two barriers while thread 0 poisons the
+    // shared memory again for the next block.
+    std::vector<std::thread> threads;
+    threads.reserve(block);
+    for (unsigned t = 0; t < block; ++t) {
+        threads.emplace_back([&, t] {
+            auto& c = warpnorm_emu::ctx;
+            c.thread = {t, 0, 0};
+            c.block_dim = {block, 1, 1};
+            c.grid_dim = {grid, 1, 1};
+            c.block_barrier = &block_barrier;
+            c.warp_barrier = warp_barriers[t / 32].get();
+            c.warp_exchange = &exchange[(t / 32) * 32];
+            c.dynamic_smem = smem.data();
+            for (unsigned b = 0; b < grid; ++b) {
+                c.block = {b, 0, 0};
+                run(params);
+                block_barrier.arrive_and_wait();
+                if (t == 0) std::fill(smem.begin(), smem.end(), std::numeric_limits<float>::quiet_NaN());
+                block_barrier.arrive_and_wait();
+            }
+        });
+    }
+    for (auto& th : threads) th.join();
+    return 0;
+}

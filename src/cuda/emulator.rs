@@ -1,0 +1,184 @@
+//! The kernels on the CPU (feature `emulator`): the CUDA sources in `kernels/` compiled
+//! for the host with a small execution model (`kernels/emulator/`), one host thread per
+//! CUDA thread. Calls go through the same checks, parameter structs, tier selection and
+//! grid sizing as [`crate::ops`] on a GPU; only the last step, the launch, differs. It
+//! exists to test the kernels on machines without a GPU; it is far too slow for anything
+//! else.
+//!
+//! Only the dtype combinations in [`tiers::EMULATED_COMBOS`] are compiled; others return
+//! [`Error::Unsupported`].
+
+use std::ffi::{c_char, c_int, c_void, CString};
+
+use cudarc::driver::{DeviceRepr, LaunchConfig};
+
+use super::select;
+use super::tiers;
+use super::Launch;
+use crate::ops::{self, check_len, BwdAddrs, FwdAddrs, Layout, NormSpec};
+use crate::{Element, Error, Result};
+
+extern "C" {
+    fn warpnorm_emu_launch(
+        expr: *const c_char,
+        params: *const c_void,
+        grid: u32,
+        block: u32,
+        smem_bytes: u32,
+    ) -> c_int;
+}
+
+/// SMs of the emulated device: few, so that grids are small (every CUDA thread is a host
+/// thread) and the persistent loops visit several rows per CTA.
+pub const EMULATED_SMS: u32 = 1;
+/// Opt-in shared memory of the emulated device (an H100's).
+pub const EMULATED_SMEM: u32 = 227 * 1024;
+
+struct Emulator;
+
+impl Launch for Emulator {
+    fn sm_count(&self) -> u32 {
+        EMULATED_SMS
+    }
+
+    fn max_smem_per_cta(&self) -> u32 {
+        EMULATED_SMEM
+    }
+
+    fn launch<P: DeviceRepr>(
+        &self,
+        _source: &'static str,
+        expr: &str,
+        params: &P,
+        cfg: LaunchConfig,
+    ) -> Result<()> {
+        let name = CString::new(expr).map_err(|_| Error::Unsupported(expr.to_string()))?;
+        // SAFETY: `params` is the kernel's parameter struct, built by ops' shared core from
+        // host slices whose lengths the public functions below checked exactly as ops
+        // checks device buffers; the harness reads it as that struct for `expr`, and the
+        // pointers stay valid until it returns (it joins every thread).
+        let rc = unsafe {
+            warpnorm_emu_launch(
+                name.as_ptr(),
+                (params as *const P).cast(),
+                cfg.grid_dim.0,
+                cfg.block_dim.0,
+                cfg.shared_mem_bytes,
+            )
+        };
+        match rc {
+            0 => Ok(()),
+            -1 => Err(Error::Unsupported(format!(
+                "kernel `{expr}` is not compiled into the CPU emulation (see tiers::EMULATED_COMBOS)"
+            ))),
+            _ => Err(Error::Unsupported(format!(
+                "the CPU emulation cannot run {expr} with {cfg:?}"
+            ))),
+        }
+    }
+}
+
+/// Whether the emulation has the kernels of this dtype combination.
+pub fn supports<T: Element, P: Element, O: Element>() -> bool {
+    let name = |d: crate::DType| match d {
+        crate::DType::F32 => "f32",
+        crate::DType::F16 => "f16",
+        crate::DType::BF16 => "bf16",
+    };
+    tiers::EMULATED_COMBOS.contains(&(name(T::DTYPE), name(P::DTYPE), name(O::DTYPE)))
+}
+
+/// Host buffers of a forward pass (see [`ops::Forward`]).
+pub struct HostForward<'a, T, P, O> {
+    pub x: &'a [T],
+    pub scale: Option<&'a [P]>,
+    pub bias: Option<&'a [P]>,
+    pub mask: Option<&'a [u8]>,
+    pub y: &'a mut [O],
+    pub stats: Option<(&'a mut [f32], &'a mut [f32])>,
+}
+
+/// Host buffers of a backward pass (see [`ops::Backward`]).
+pub struct HostBackward<'a, T, P, O> {
+    pub x: &'a [T],
+    pub dy: &'a [O],
+    pub scale: Option<&'a [P]>,
+    pub mask: Option<&'a [u8]>,
+    pub mean: &'a [f32],
+    pub rstd: &'a [f32],
+    pub dx: &'a mut [T],
+    pub dscale: Option<&'a mut [P]>,
+    pub dbias: Option<&'a mut [P]>,
+    pub workspace: &'a mut [f32],
+}
+
+/// f32 elements of workspace an emulated backward needs.
+pub fn backward_workspace_len(layout: &Layout) -> usize {
+    select::backward_workspace_len(layout.num_rows(), layout.cols(), EMULATED_SMS)
+}
+
+fn addr<T>(what: &'static str, s: &[T], need: usize) -> Result<u64> {
+    check_len(what, s.len(), need)?;
+    Ok(s.as_ptr() as u64)
+}
+
+/// Like [`addr`], for a buffer the kernels write (the address comes from a unique borrow).
+fn addr_mut<T>(what: &'static str, s: &mut [T], need: usize) -> Result<u64> {
+    check_len(what, s.len(), need)?;
+    Ok(s.as_mut_ptr() as u64)
+}
+
+fn addr_opt<T>(what: &'static str, s: Option<&[T]>, need: usize) -> Result<u64> {
+    s.map_or(Ok(0), |s| addr(what, s, need))
+}
+
+/// [`ops::forward`] on the CPU emulation.
+pub fn forward<T: Element, P: Element, O: Element>(
+    spec: &NormSpec,
+    layout: Layout,
+    a: HostForward<'_, T, P, O>,
+) -> Result<()> {
+    let d = ops::check_call::<T, P, O>(Some(spec), &layout, a.mask.is_some())?;
+    let (rows, cols) = (layout.num_rows(), layout.cols());
+    let (x_stride, y_stride) = ops::strides(&layout);
+    let (mean, rstd) = match a.stats {
+        Some((m, r)) => (addr_mut("mean", m, rows)?, addr_mut("rstd", r, rows)?),
+        None => (0, 0),
+    };
+    let addrs = FwdAddrs {
+        x: addr("x", a.x, layout.span(x_stride))?,
+        y: addr_mut("y", a.y, layout.span(y_stride))?,
+        scale: addr_opt("scale", a.scale, cols)?,
+        bias: addr_opt("bias", a.bias, cols)?,
+        mask: addr_opt("mask", a.mask, rows * cols)?,
+        mean,
+        rstd,
+    };
+    ops::forward_core::<_, T>(&Emulator, spec, layout, d, addrs)
+}
+
+/// [`ops::backward`] on the CPU emulation.
+pub fn backward<T: Element, P: Element, O: Element>(
+    spec: &NormSpec,
+    layout: Layout,
+    a: HostBackward<'_, T, P, O>,
+) -> Result<()> {
+    let d = ops::check_call::<T, P, O>(None, &layout, a.mask.is_some())?;
+    let (rows, cols) = (layout.num_rows(), layout.cols());
+    let (x_stride, y_stride) = ops::strides(&layout);
+    let need = backward_workspace_len(&layout);
+    let addrs = BwdAddrs {
+        x: addr("x", a.x, layout.span(x_stride))?,
+        dy: addr("dy", a.dy, layout.span(y_stride))?,
+        scale: addr_opt("scale", a.scale, cols)?,
+        mask: addr_opt("mask", a.mask, rows * cols)?,
+        mean: addr("mean", a.mean, rows)?,
+        rstd: addr("rstd", a.rstd, rows)?,
+        dx: addr_mut("dx", a.dx, layout.span(x_stride))?,
+        dscale: a.dscale.map(|s| addr_mut("dscale", s, cols)).transpose()?,
+        dbias: a.dbias.map(|s| addr_mut("dbias", s, cols)).transpose()?,
+        workspace: addr_mut("workspace", a.workspace, need)?,
+        workspace_len: need,
+    };
+    ops::backward_core::<_, T>(&Emulator, spec, layout, d, addrs)
+}
