@@ -469,6 +469,40 @@ mod tests {
     }
 
     #[test]
+    fn every_launch_finds_its_kernel_in_every_image() {
+        use super::super::kernels::{ImageKind, IMAGES};
+        use super::super::tiers::{dtype_combos, sharded::CASTS};
+        let images: Vec<_> = IMAGES.iter().filter(|i| i.source == "sharded").collect();
+        let kinds: Vec<_> = images.iter().map(|i| (i.arch, i.kind)).collect();
+        assert!(kinds.contains(&("sm_80", ImageKind::Cubin)), "{kinds:?}");
+        assert!(kinds.contains(&("sm_90", ImageKind::Cubin)), "{kinds:?}");
+        assert!(kinds.contains(&("compute_80", ImageKind::Ptx)), "{kinds:?}");
+        let mut wanted = vec![names::accumulate()];
+        for (x, p, o) in dtype_combos() {
+            wanted.extend([
+                names::row_stats(x),
+                names::apply(x, p, o),
+                names::bwd_sums(x, p, o),
+                names::dx(x, p, o),
+                names::param_grads(x, o),
+            ]);
+        }
+        wanted.extend(CASTS.iter().map(|&(s, d)| names::cast_scale(s, d)));
+        for image in images {
+            for name in &wanted {
+                assert!(
+                    image
+                        .names
+                        .iter()
+                        .any(|(e, lowered)| e == name && lowered.starts_with("_Z")),
+                    "{name} missing from {}",
+                    image.arch
+                );
+            }
+        }
+    }
+
+    #[test]
     fn stats_layouts_match_the_kernels() {
         assert_eq!(StatsMode::Moments.floats_per_row(), 3);
         assert_eq!(StatsMode::Means.floats_per_row(), 2);

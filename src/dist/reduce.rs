@@ -100,6 +100,10 @@ fn reduce_device<T: Element>(
     check_count(comm, "psum buffers", bufs.len())?;
     let bes = backends(comm, bufs)?;
     let n = check_equal_lens("psum buffer", bufs.iter().map(|b| b.len()), None)?;
+    if n == 0 {
+        // Nothing to reduce (and no empty scratch to allocate); every rank has n == 0.
+        return Ok(());
+    }
     let divisor = if mean {
         comm.groups().group_size() as f32
     } else {

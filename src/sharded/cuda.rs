@@ -208,15 +208,15 @@ impl ShardedLayerNorm {
         // 3. Combine in rank order and normalise.
         let mut ys = Vec::with_capacity(xs.len());
         let mut saved = Vec::with_capacity(xs.len());
-        let saved_rows = if train { v.rows } else { 0 };
         for (i, (x, stats)) in xs.iter().zip(&stats).enumerate() {
             let be = self.backend(i)?;
             let stream = be.stream();
             let mut y = stream.alloc_zeros::<O>(x.numel())?;
-            let mut mean = stream.alloc_zeros::<f32>(saved_rows)?;
-            let mut rstd = stream.alloc_zeros::<f32>(saved_rows)?;
-            let mut dvar =
-                stream.alloc_zeros::<f32>(if self.has_dvar() { saved_rows } else { 0 })?;
+            // Statistics are kept for training only (no empty allocations for inference).
+            let stat_buf = |on: bool| on.then(|| stream.alloc_zeros::<f32>(v.rows)).transpose();
+            let mut mean = stat_buf(train)?;
+            let mut rstd = stat_buf(train)?;
+            let mut dvar = stat_buf(train && self.has_dvar())?;
             if v.rows > 0 {
                 let p = &self.params[i];
                 let mut g = Guards::new(stream);
@@ -231,9 +231,9 @@ impl ShardedLayerNorm {
                     ),
                     bias: g.read_opt(p.bias.as_ref().map(|a| slice::<P>(a, "bias")).transpose()?),
                     stats: g.read(stats),
-                    mean: g.write_opt(train.then_some(&mut mean)),
-                    rstd: g.write_opt(train.then_some(&mut rstd)),
-                    dvar: g.write_opt((train && self.has_dvar()).then_some(&mut dvar)),
+                    mean: g.write_opt(mean.as_mut()),
+                    rstd: g.write_opt(rstd.as_mut()),
+                    dvar: g.write_opt(dvar.as_mut()),
                     x_stride: shape.cols,
                     y_stride: shape.cols,
                     group: k as i32,
@@ -245,12 +245,14 @@ impl ShardedLayerNorm {
             }
             ys.push(Array::from_parts(x.shape().to_vec(), O::DTYPE, O::wrap(y)));
             let stat =
-                |s: CudaSlice<f32>| Array::from_parts(vec![saved_rows], DType::F32, f32::wrap(s));
-            saved.push(ShardSaved {
-                mean: stat(mean),
-                rstd: stat(rstd),
-                dvar: (train && self.has_dvar()).then(|| stat(dvar)),
-            });
+                |s: CudaSlice<f32>| Array::from_parts(vec![v.rows], DType::F32, f32::wrap(s));
+            if let (Some(mean), Some(rstd)) = (mean, rstd) {
+                saved.push(ShardSaved {
+                    mean: stat(mean),
+                    rstd: stat(rstd),
+                    dvar: dvar.map(stat),
+                });
+            }
         }
         Ok((ys, saved))
     }
@@ -351,16 +353,16 @@ impl ShardedLayerNorm {
                 .as_ref()
                 .map(|_| stream.alloc_zeros::<P>(v.cols))
                 .transpose()?;
-            let ws_len = if dscale.is_some() || dbias.is_some() {
-                launch_sharded::param_grads_workspace_len(
-                    shape.rows,
-                    shape.cols,
-                    be.info().sm_count,
-                )
-            } else {
-                0
-            };
-            let mut workspace = stream.alloc_zeros::<f32>(ws_len)?;
+            let mut workspace = (dscale.is_some() || dbias.is_some())
+                .then(|| {
+                    let len = launch_sharded::param_grads_workspace_len(
+                        shape.rows,
+                        shape.cols,
+                        be.info().sm_count,
+                    );
+                    stream.alloc_zeros::<f32>(len)
+                })
+                .transpose()?;
             if v.rows > 0 {
                 let mut g = Guards::new(stream);
                 let x_ptr = g.read(slice::<T>(x, "x")?);
@@ -401,7 +403,7 @@ impl ShardedLayerNorm {
                     x_stride: shape.cols,
                     dy_stride: shape.cols,
                     kind,
-                    workspace: g.write(&mut workspace),
+                    workspace: g.write_opt(workspace.as_mut()),
                     dscale: dscale.as_mut().map(|b| g.write(b)),
                     dbias: dbias.as_mut().map(|b| g.write(b)),
                 };
