@@ -11,6 +11,7 @@ pub mod error;
 pub mod fixture;
 pub mod layer;
 pub mod ops;
+pub mod plot;
 pub mod reference;
 pub mod rng;
 pub mod selftest;

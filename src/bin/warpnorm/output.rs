@@ -1,0 +1,181 @@
+//! Terminal output shared by the subcommands: styles, notes, tables, progress bars.
+//!
+//! Colours go through `anstream`, which strips them unless the stream is a terminal and
+//! always when `NO_COLOR` is set, so pipes, files and CI logs get plain text. Progress bars
+//! draw on stderr through `indicatif`, which hides them when stderr is not a terminal:
+//! they never end up in captured output.
+
+use std::time::Duration;
+
+use anstyle::{AnsiColor, Style};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+pub const PASS: Style = Style::new()
+    .fg_color(Some(anstyle::Color::Ansi(AnsiColor::Green)))
+    .bold();
+pub const FAIL: Style = Style::new()
+    .fg_color(Some(anstyle::Color::Ansi(AnsiColor::Red)))
+    .bold();
+pub const WARN: Style = Style::new().fg_color(Some(anstyle::Color::Ansi(AnsiColor::Yellow)));
+pub const HEAD: Style = Style::new().bold();
+pub const DIM: Style = Style::new().dimmed();
+pub const SKIP: Style = WARN;
+
+/// `text` in `style` (the escape codes are removed later by anstream where colours are off).
+pub fn styled(style: Style, text: impl std::fmt::Display) -> String {
+    format!("{style}{text}{style:#}")
+}
+
+/// Where human-readable notes go: stdout normally, stderr when stdout carries JSON, so
+/// `warpnorm check --json | jq` always reads a clean document.
+#[derive(Clone, Copy, Debug)]
+pub struct Notes {
+    pub json: bool,
+}
+
+impl Notes {
+    pub fn say(&self, line: impl std::fmt::Display) {
+        if self.json {
+            anstream::eprintln!("{line}");
+        } else {
+            anstream::println!("{line}");
+        }
+    }
+}
+
+/// A progress bar of `len` steps on stderr, hidden when stderr is not a terminal.
+pub fn progress(len: u64, prefix: &str) -> ProgressBar {
+    let bar = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
+    let style = ProgressStyle::with_template("{prefix} [{bar:32}] {pos}/{len} {msg} ({elapsed})")
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> ");
+    bar.set_style(style);
+    bar.set_prefix(prefix.to_string());
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+/// Column alignment in [`table`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Align {
+    Left,
+    Right,
+}
+
+/// A plain-text table: header, a rule, one line per row, columns padded to their widest
+/// cell. Cells may carry style escapes (they do not count towards the width).
+pub fn table(header: &[&str], align: &[Align], rows: &[Vec<String>]) -> String {
+    let mut width: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in width.iter_mut().zip(row) {
+            *w = (*w).max(visible_len(cell));
+        }
+    }
+    let line = |cells: &mut dyn Iterator<Item = String>| -> String {
+        let parts: Vec<String> = cells
+            .zip(&width)
+            .zip(align.iter().chain(std::iter::repeat(&Align::Left)))
+            .map(|((cell, &w), a)| {
+                let pad = " ".repeat(w.saturating_sub(visible_len(&cell)));
+                match a {
+                    Align::Left => format!("{cell}{pad}"),
+                    Align::Right => format!("{pad}{cell}"),
+                }
+            })
+            .collect();
+        parts.join("  ").trim_end().to_string()
+    };
+    let mut out = String::new();
+    out += &line(&mut header.iter().map(|h| styled(HEAD, h)));
+    out.push('\n');
+    out += &line(&mut width.iter().map(|&w| "-".repeat(w)));
+    out.push('\n');
+    for row in rows {
+        out += &line(&mut row.iter().cloned());
+        out.push('\n');
+    }
+    out
+}
+
+/// Characters of `s` outside ANSI escape sequences.
+fn visible_len(s: &str) -> usize {
+    let mut n = 0;
+    let mut in_escape = false;
+    for c in s.chars() {
+        match (in_escape, c) {
+            (false, '\x1b') => in_escape = true,
+            (true, 'm') => in_escape = false,
+            (true, _) => {}
+            (false, _) => n += 1,
+        }
+    }
+    n
+}
+
+/// `1.5 GiB`, `80 MiB`, `512 B`: binary units, for memory and image sizes.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut unit = 0;
+    while v >= 1024.0 && unit + 1 < UNITS.len() {
+        v /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[unit])
+    }
+}
+
+/// A duration for humans: `850 us`, `12.3 ms`, `1.25 s`.
+pub fn human_duration(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s < 1e-3 {
+        format!("{:.0} us", s * 1e6)
+    } else if s < 1.0 {
+        format!("{:.2} ms", s * 1e3)
+    } else {
+        format!("{s:.2} s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_align_and_ignore_escapes() {
+        let rows = vec![
+            vec!["a".to_string(), "1".to_string()],
+            vec![styled(PASS, "long"), "100".to_string()],
+        ];
+        let t = table(&["name", "n"], &[Align::Left, Align::Right], &rows);
+        let plain: Vec<String> = t
+            .lines()
+            .map(|l| {
+                let mut s = String::new();
+                let mut esc = false;
+                for c in l.chars() {
+                    match (esc, c) {
+                        (false, '\x1b') => esc = true,
+                        (true, 'm') => esc = false,
+                        (true, _) => {}
+                        (false, c) => s.push(c),
+                    }
+                }
+                s
+            })
+            .collect();
+        assert_eq!(plain, ["name    n", "----  ---", "a       1", "long  100"]);
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(human_bytes(512), "512 B");
+        assert_eq!(human_bytes(80 << 30), "80.0 GiB");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_duration(Duration::from_micros(850)), "850 us");
+        assert_eq!(human_duration(Duration::from_millis(1250)), "1.25 s");
+    }
+}
