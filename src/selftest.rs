@@ -217,7 +217,7 @@ fn compare(
             cols
         };
         let (ratio, abs_err) = error_ratio(got.data(), want.data(), got.dtype(), reduced);
-        if !(ratio <= r.worst_ratio) {
+        if ratio.is_nan() || ratio > r.worst_ratio {
             r.worst_ratio = ratio;
             r.worst_output = name;
             r.max_abs_error = abs_err;
@@ -244,7 +244,7 @@ pub fn error_ratio(got: &[f64], want: &[f64], dtype: DType, n: usize) -> (f64, f
         } else {
             f64::INFINITY
         };
-        if !(ratio <= worst.0) {
+        if ratio.is_nan() || ratio > worst.0 {
             worst = (ratio, err);
         }
     }

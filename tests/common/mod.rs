@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use warpnorm::cuda::CudaBackend;
 use warpnorm::rng::Rng;
-use warpnorm::{DType, Tensor};
+use warpnorm::{DType, NormConfig, Tensor};
 
 /// The first GPU, or `None` after printing `SKIP: <reason>` (no driver, no device).
 pub fn gpu_or_skip(test: &str) -> Option<Arc<CudaBackend>> {
@@ -61,8 +61,8 @@ pub fn error_ratio(got: &[f64], want: &[f64], rel: f64, abs: f64) -> (f64, usize
         } else {
             (g - w).abs() / (rel * w.abs() + abs)
         };
-        // `!(ratio <= worst)` also catches NaN ratios.
-        if !(ratio <= worst.0) {
+        // A NaN ratio is always the worst.
+        if ratio.is_nan() || ratio > worst.0 {
             worst = (ratio, i);
         }
     }
@@ -105,4 +105,52 @@ pub fn condition(mean: &[f64], rstd: &[f64], fast_variance: bool) -> f64 {
 
 pub fn max_abs(v: &[f64]) -> f64 {
     v.iter().fold(0.0, |m, x| m.max(x.abs()))
+}
+
+/// The kernel variants every kernel test runs, and the config of each.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Variant {
+    LayerNorm,
+    FastVariance,
+    NoScale,
+    NoBias,
+    NoParams,
+    RmsNorm,
+    RmsScaling,
+    Masked,
+}
+
+pub const VARIANTS: [Variant; 8] = [
+    Variant::LayerNorm,
+    Variant::FastVariance,
+    Variant::NoScale,
+    Variant::NoBias,
+    Variant::NoParams,
+    Variant::RmsNorm,
+    Variant::RmsScaling,
+    Variant::Masked,
+];
+
+pub fn config(v: Variant, p: DType, o: DType) -> NormConfig {
+    let flax = NormConfig::flax()
+        .use_fast_variance(false)
+        .epsilon(1e-5)
+        .dtype(o)
+        .with_param_dtype(p);
+    match v {
+        Variant::LayerNorm | Variant::Masked => flax,
+        Variant::FastVariance => flax.use_fast_variance(true),
+        Variant::NoScale => flax.use_scale(false),
+        Variant::NoBias => flax.use_bias(false),
+        Variant::NoParams => flax.use_scale(false).use_bias(false),
+        Variant::RmsNorm => NormConfig::flax_rms()
+            .epsilon(1e-5)
+            .dtype(o)
+            .with_param_dtype(p),
+        Variant::RmsScaling => NormConfig::keras()
+            .rms_scaling(true)
+            .epsilon(1e-5)
+            .dtype(o)
+            .with_param_dtype(p),
+    }
 }
