@@ -310,11 +310,13 @@ impl ShardedLayerNorm {
         self.comm.devices().iter().all(Device::is_cuda)
     }
 
-    /// The ranks of a group and how their statistics combine.
+    /// Ranks per group: the k whose shards make up a row.
     pub(crate) fn group_size(&self) -> usize {
         self.comm.groups().group_size()
     }
 
+    /// How the group combines its statistics: moments for flax's exact variance, means
+    /// (one pmean) for the fast variance and RMSNorm.
     pub(crate) fn mode(&self) -> StatsMode {
         if self.cfg.kind() == NormKind::LayerNorm && !self.cfg.fast_variance() {
             StatsMode::Moments
