@@ -1,0 +1,206 @@
+// Runs the kernels of kernels/sharded.cu on the CPU (kernels/emulator/: one host thread per
+// CUDA thread) for k ranks in one process, with the collectives done on the host, and
+// checks forward and backward against a double-precision reference of the unsharded layer
+// on the concatenated features. tests/sharded_emulated.rs compiles and runs it.
+//
+// The kernels take their arguments one by one, so they are called directly here (the
+// emulator's launch table is for the params.h kernels). Grids are small on purpose: two
+// CTAs of four warps for eleven rows exercise the grid-stride loop, and three-row chunks
+// with a 2-D grid exercise the parameter-gradient partials.
+#include <barrier>
+#include <cstdio>
+#include <cmath>
+#include <functional>
+#include <memory>
+#include <random>
+#include <thread>
+#include <vector>
+#include <type_traits>
+#include "cuda_emulation.h"
+#include "sharded.cu"
+
+using namespace warpnorm;
+
+// Launch `body` on a (gx, gy) grid of `block` threads.
+void launch(unsigned gx, unsigned gy, unsigned block, const std::function<void()>& body) {
+    const unsigned warps = block / 32;
+    std::vector<float> exchange(block, 0.f);
+    std::barrier<> block_barrier(block);
+    std::vector<std::unique_ptr<std::barrier<>>> wb;
+    for (unsigned w = 0; w < warps; ++w) wb.push_back(std::make_unique<std::barrier<>>(32));
+    std::vector<std::thread> threads;
+    for (unsigned t = 0; t < block; ++t) {
+        threads.emplace_back([&, t] {
+            auto& c = warpnorm_emu::ctx;
+            c.thread = {t, 0, 0};
+            c.block_dim = {block, 1, 1};
+            c.grid_dim = {gx, gy, 1};
+            c.block_barrier = &block_barrier;
+            c.warp_barrier = wb[t / 32].get();
+            c.warp_exchange = &exchange[(t / 32) * 32];
+            c.dynamic_smem = nullptr;
+            for (unsigned y = 0; y < gy; ++y)
+                for (unsigned x = 0; x < gx; ++x) {
+                    c.block = {x, y, 0};
+                    body();
+                    block_barrier.arrive_and_wait();
+                }
+        });
+    }
+    for (auto& th : threads) th.join();
+}
+
+template <typename T> std::vector<T> to(const std::vector<double>& v) {
+    std::vector<T> o(v.size());
+    for (size_t i = 0; i < v.size(); ++i) o[i] = from_float<T>(float(v[i]));
+    return o;
+}
+template <typename T> std::vector<double> back(const std::vector<T>& v) {
+    std::vector<double> o(v.size());
+    for (size_t i = 0; i < v.size(); ++i) o[i] = to_float(v[i]);
+    return o;
+}
+
+int failures = 0;
+void expect_close(const char* what, double got, double want, double tol) {
+    if (!(std::fabs(got - want) <= tol)) {
+        if (failures < 20) std::printf("  MISMATCH %s: got %.9g want %.9g (tol %.3g)\n", what, got, want, tol);
+        ++failures;
+    }
+}
+
+// kind 0 LayerNorm, 1 RMSNorm; fast: fast variance (mode means) else moments.
+template <typename T, typename P, typename O>
+void run_case(int k, long long rows, long long d, int kind, bool fast, double tol, unsigned seed) {
+    const int failures_before = failures;
+    const double ux = sizeof(T) == 4 ? 0.0 : (sizeof(T) == 2 && std::is_same<T, __half>::value ? 1.0 / 2048 : 1.0 / 256);
+    const double uo = sizeof(O) == 4 ? 0.0 : (std::is_same<O, __half>::value ? 1.0 / 2048 : 1.0 / 256);
+    const int mode = (kind == 0 && !fast) ? kShardMoments : kShardMeans;
+    const int per_row = mode == kShardMoments ? 3 : 2;
+    const float eps = 1e-5f;
+    std::mt19937 rng(seed);
+    std::normal_distribution<double> nd(0.0, 1.0);
+    // Rank inputs rounded to their dtypes, kept as doubles for the reference.
+    std::vector<std::vector<double>> xs(k), dys(k), scales(k), biases(k);
+    for (int r = 0; r < k; ++r) {
+        xs[r].resize(rows * d); dys[r].resize(rows * d); scales[r].resize(d); biases[r].resize(d);
+        for (auto& v : xs[r]) v = to_float(from_float<T>(float(0.3 + nd(rng))));
+        for (auto& v : dys[r]) v = to_float(from_float<O>(float(nd(rng))));
+        for (auto& v : scales[r]) v = to_float(from_float<P>(float(1.0 + 0.5 * nd(rng))));
+        for (auto& v : biases[r]) v = to_float(from_float<P>(float(0.5 * nd(rng))));
+    }
+    std::vector<std::vector<T>> x(k); std::vector<std::vector<O>> dy(k); std::vector<std::vector<P>> sc(k), bi(k);
+    for (int r = 0; r < k; ++r) { x[r] = to<T>(xs[r]); dy[r] = to<O>(dys[r]); sc[r] = to<P>(scales[r]); bi[r] = to<P>(biases[r]); }
+
+    // Forward: stats per rank.
+    std::vector<std::vector<float>> send(k, std::vector<float>(rows * per_row, NAN));
+    for (int r = 0; r < k; ++r)
+        launch(2, 1, 128, [&] { shard_row_stats<T>(x[r].data(), send[r].data(), rows, d, d, mode); });
+    // Collective.
+    std::vector<std::vector<float>> stats(k);
+    if (mode == kShardMoments) {
+        std::vector<float> g; for (int r = 0; r < k; ++r) g.insert(g.end(), send[r].begin(), send[r].end());
+        for (int r = 0; r < k; ++r) stats[r] = g;
+    } else {
+        std::vector<float> s = send[0];
+        for (int r = 1; r < k; ++r) for (size_t i = 0; i < s.size(); ++i) s[i] += send[r][i];
+        for (int r = 0; r < k; ++r) stats[r] = s;
+    }
+    std::vector<std::vector<O>> y(k, std::vector<O>(rows * d));
+    std::vector<std::vector<float>> mean(k, std::vector<float>(rows, NAN)), rstd = mean, dvar = mean;
+    for (int r = 0; r < k; ++r)
+        launch(2, 1, 128, [&] {
+            shard_apply<T, P, O>(x[r].data(), y[r].data(), sc[r].data(), bi[r].data(), stats[r].data(),
+                                 mean[r].data(), rstd[r].data(), fast && kind == 0 ? dvar[r].data() : nullptr, rows, d,
+                                 d, d, k, eps, kind, mode);
+        });
+    // Backward.
+    std::vector<std::vector<float>> sums(k, std::vector<float>(rows * 2, NAN));
+    for (int r = 0; r < k; ++r)
+        launch(2, 1, 128, [&] {
+            shard_bwd_sums<T, P, O>(x[r].data(), dy[r].data(), sc[r].data(), mean[r].data(), rstd[r].data(),
+                                    sums[r].data(), rows, d, d, d, kind);
+        });
+    std::vector<float> total = sums[0];
+    for (int r = 1; r < k; ++r) for (size_t i = 0; i < total.size(); ++i) total[i] += sums[r][i];
+    std::vector<std::vector<T>> dx(k, std::vector<T>(rows * d));
+    const float weight = float(1.0 / (double(k) * d));
+    for (int r = 0; r < k; ++r)
+        launch(2, 1, 128, [&] {
+            shard_dx<T, P, O>(x[r].data(), dy[r].data(), sc[r].data(), mean[r].data(), rstd[r].data(),
+                              fast && kind == 0 ? dvar[r].data() : nullptr, total.data(), dx[r].data(), rows, d, d,
+                              d, d, weight, kind);
+        });
+    const long long chunk_rows = 3, chunks = (rows + chunk_rows - 1) / chunk_rows;
+    std::vector<std::vector<float>> pds(k, std::vector<float>(chunks * d, NAN)), pdb = pds;
+    for (int r = 0; r < k; ++r)
+        launch(unsigned((d + 255) / 256), unsigned(chunks), 256, [&] {
+            shard_param_grads<T, O>(x[r].data(), dy[r].data(), mean[r].data(), rstd[r].data(), pds[r].data(),
+                                    pdb[r].data(), rows, d, d, d, chunk_rows, kind);
+        });
+
+    // Reference on the concatenated row (double).
+    const double n = double(k) * d;
+    for (long long row = 0; row < rows; ++row) {
+        double s = 0, q = 0;
+        for (int r = 0; r < k; ++r) for (long long c = 0; c < d; ++c) { double v = xs[r][row * d + c]; s += v; q += v * v; }
+        double mu = s / n, var;
+        if (kind == 1) { var = q / n; mu = 0; }
+        else { double m2 = 0; for (int r = 0; r < k; ++r) for (long long c = 0; c < d; ++c) { double dd = xs[r][row * d + c] - mu; m2 += dd * dd; } var = m2 / n; }
+        const double rs = 1.0 / std::sqrt(var + eps);
+        double mg = 0, mgx = 0;
+        for (int r = 0; r < k; ++r) for (long long c = 0; c < d; ++c) {
+            double g = dys[r][row * d + c] * scales[r][c], xh = (xs[r][row * d + c] - mu) * rs;
+            mg += g / n; mgx += g * xh / n;
+        }
+        for (int r = 0; r < k; ++r) {
+            expect_close("mean", mean[r][row], mu, tol);
+            expect_close("rstd", rstd[r][row], rs, tol * rs);
+            for (long long c = 0; c < d; ++c) {
+                const long long i = row * d + c;
+                double xh = (xs[r][i] - mu) * rs, g = dys[r][i] * scales[r][c];
+                double want_y = xh * scales[r][c] + biases[r][c];
+                double want_dx = rs * (g - (kind == 0 ? mg : 0.0) - xh * mgx);
+                expect_close("y", to_float(y[r][i]), want_y, tol * (1 + std::fabs(want_y)) + uo * std::fabs(want_y));
+                expect_close("dx", to_float(dx[r][i]), want_dx, tol * 4 * rs + ux * std::fabs(want_dx));
+            }
+        }
+    }
+    for (int r = 0; r < k; ++r) for (long long c = 0; c < d; ++c) {
+        double ds = 0, db = 0, ds_got = 0, db_got = 0;
+        for (long long row = 0; row < rows; ++row) {
+            const long long i = row * d + c;
+            double mu = mean[r][row], rs = rstd[r][row];
+            ds += dys[r][i] * (xs[r][i] - (kind == 0 ? mu : 0.0)) * rs; db += dys[r][i];
+        }
+        for (long long p = 0; p < chunks; ++p) { ds_got += pds[r][p * d + c]; db_got += pdb[r][p * d + c]; }
+        expect_close("dscale", ds_got, ds, tol * rows * 4);
+        expect_close("dbias", db_got, db, tol * rows * 4);
+    }
+    std::printf("k=%d rows=%lld d=%lld kind=%d fast=%d T=%zu: %s\n", k, rows, d, kind, int(fast), sizeof(T),
+                failures > failures_before ? "FAIL" : "ok");
+}
+
+int main() {
+    for (int kind : {0, 1})
+        for (bool fast : {true, false}) {
+            if (kind == 1 && !fast) continue;
+            for (int k : {1, 2, 4, 8}) {
+                run_case<float, float, float>(k, 11, 5, kind, fast, 2e-5, 1 + k);
+                run_case<float, float, float>(k, 11, 70, kind, fast, 2e-5, 2 + k);
+            }
+            run_case<__nv_bfloat16, float, float>(4, 9, 33, kind, fast, 2e-5, 99);
+            run_case<__half, __half, __half>(2, 9, 40, kind, fast, 4e-3, 98);
+        }
+    // cast_scale and accumulate.
+    std::vector<float> a = {1.f, 2.f, 3.f}, b = {0.5f, 0.25f, -1.f};
+    launch(1, 1, 256, [&] { accumulate<float>(a.data(), b.data(), 3); });
+    expect_close("accumulate", a[0] + a[1] + a[2], 1.5 + 2.25 + 2.0, 0);
+    std::vector<__half> h(3);
+    launch(1, 1, 256, [&] { cast_scale<float, __half>(a.data(), h.data(), 3, 2.f); });
+    expect_close("cast_scale", to_float(h[1]), 1.125, 1e-3);
+    launch(1, 1, 256, [&] { cast_scale<float, float>(a.data(), a.data(), 3, 2.f); });
+    expect_close("cast_scale in place", a[2], 1.0, 0);
+    std::printf("%s (%d mismatches)\n", failures ? "FAILED" : "ALL OK", failures);
+    return failures ? 1 : 0;
+}
