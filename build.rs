@@ -119,7 +119,10 @@ fn main() {
 fn build_emulator(manifest: &Path, out: &Path) {
     let mut table = String::new();
     for source in ["layernorm_fwd.cu", "layernorm_bwd.cu"] {
-        for e in tiers::instantiations(source).into_iter().filter(|e| tiers::emulated(e)) {
+        for e in tiers::instantiations(source)
+            .into_iter()
+            .filter(|e| tiers::emulated(e))
+        {
             writeln!(table, "{{{e:?}, [](const void* p) {{ call(&{e}, p); }}}},").unwrap();
         }
     }

@@ -1,4 +1,4 @@
-//! warpnorm: fused LayerNorm / RMSNorm CUDA kernels with flax and keras semantics.
+#![doc = include_str!("../README.md")]
 
 pub mod array;
 pub mod bench;
@@ -19,11 +19,11 @@ pub mod sharded;
 pub mod tensor;
 pub mod verify;
 
-pub use dtype::{DType, Element};
-pub use error::{Error, Result};
 pub use array::Array;
 pub use config::{Api, Axes, NormConfig, NormKind};
 pub use device::Device;
+pub use dtype::{DType, Element};
+pub use error::{Error, Result};
 pub use layer::{Gradients, LayerNorm, RmsNorm, Saved};
 pub use sharded::{ShardSaved, ShardedLayerNorm, ShardedRmsNorm};
 pub use tensor::Tensor;

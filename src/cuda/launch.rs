@@ -121,13 +121,15 @@ pub(crate) fn forward_rows<L: Launch>(l: &L, b: &FwdBuffers) -> Result<()> {
             cached,
             smem_bytes,
             ..
-        } => (
-            expr::fwd_cta(d.x, d.param, d.out, vec, cached),
-            smem_bytes,
-        ),
+        } => (expr::fwd_cta(d.x, d.param, d.out, vec, cached), smem_bytes),
     };
     let grid = select::forward_grid(p.rows as u64, plan, l.sm_count());
-    l.launch("layernorm_fwd", &name, p, config(grid, plan.threads(), smem))
+    l.launch(
+        "layernorm_fwd",
+        &name,
+        p,
+        config(grid, plan.threads(), smem),
+    )
 }
 
 pub(crate) fn forward_strided<L: Launch>(
@@ -159,13 +161,15 @@ pub(crate) fn backward_rows<L: Launch>(l: &L, b: &BwdBuffers) -> Result<()> {
             cached,
             smem_bytes,
             ..
-        } => (
-            expr::bwd_cta(d.x, d.param, d.out, vec, cached),
-            smem_bytes,
-        ),
+        } => (expr::bwd_cta(d.x, d.param, d.out, vec, cached), smem_bytes),
     };
     let grid = select::backward_grid(p.rows as u64, plan, l.sm_count());
-    l.launch("layernorm_bwd", &name, p, config(grid, plan.threads(), smem))?;
+    l.launch(
+        "layernorm_bwd",
+        &name,
+        p,
+        config(grid, plan.threads(), smem),
+    )?;
     finalize_both(
         l,
         b,
@@ -185,13 +189,7 @@ pub(crate) fn backward_strided<L: Launch>(
     let name = expr::bwd_strided(d.x, d.param, d.out);
     l.launch("layernorm_bwd", &name, p, config(grid, STRIDED_THREADS, 0))?;
     let parts = grid as i32 * (STRIDED_THREADS as i32 / 32);
-    finalize_both(
-        l,
-        b,
-        p.partial_dscale as u64,
-        p.partial_dbias as u64,
-        parts,
-    )
+    finalize_both(l, b, p.partial_dscale as u64, p.partial_dbias as u64, parts)
 }
 
 /// Sums the partial rows into dscale and dbias (those that were asked for).

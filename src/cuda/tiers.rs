@@ -304,8 +304,11 @@ pub mod sharded {
 
 /// The dtype combinations (x, params, y) the CPU emulation compiles: each x dtype once,
 /// with mixed parameter and output dtypes covered, to keep its build short.
-pub const EMULATED_COMBOS: [(&str, &str, &str); 3] =
-    [("f32", "f32", "f32"), ("bf16", "f32", "bf16"), ("f16", "f16", "f32")];
+pub const EMULATED_COMBOS: [(&str, &str, &str); 3] = [
+    ("f32", "f32", "f32"),
+    ("bf16", "f32", "bf16"),
+    ("f16", "f16", "f32"),
+];
 
 /// Whether the CPU emulation compiles kernel `expr`.
 pub fn emulated(expr: &str) -> bool {
