@@ -38,6 +38,7 @@ fn main() {
     println!("cargo:rerun-if-changed=src/cuda/tiers.rs");
 
     generate_bindings(&manifest, &out);
+    record_git_commit(&manifest);
 
     if env::var_os("DOCS_RS").is_some() {
         // docs.rs has no CUDA toolchain: document the crate with no kernels embedded.
@@ -80,6 +81,16 @@ fn main() {
         .collect();
     sources.sort();
 
+    // The kernels take minutes to compile: skip the work when nothing that goes into them
+    // changed since the last run in this OUT_DIR (the script also reruns for a new commit).
+    let fingerprint = fingerprint(&manifest, &archs, &toolchain);
+    let stamp = out.join("kernels.stamp");
+    if fs::read_to_string(&stamp).ok().as_deref() == Some(fingerprint.as_str()) {
+        #[cfg(feature = "emulator")]
+        build_emulator(&manifest, &out, &fingerprint);
+        return;
+    }
+
     let mut jobs = Vec::new();
     for src in &sources {
         for arch in &archs {
@@ -108,15 +119,81 @@ fn main() {
     }
     fs::write(out.join("resource_usage.txt"), &report).unwrap();
     fs::write(out.join("kernels.rs"), embedded_source(&modules, &archs)).unwrap();
+    fs::write(&stamp, &fingerprint).unwrap();
 
     #[cfg(feature = "emulator")]
-    build_emulator(&manifest, &out);
+    build_emulator(&manifest, &out, &fingerprint);
+}
+
+/// A digest of everything the compiled kernels depend on: every file under kernels/, the
+/// instantiation list, the architectures and the NVRTC used.
+fn fingerprint(manifest: &Path, archs: &[String], toolchain: &Toolchain) -> String {
+    use std::hash::{Hash, Hasher};
+    fn files(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                files(&p, out);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    let mut inputs = Vec::new();
+    files(&manifest.join("kernels"), &mut inputs);
+    inputs.push(manifest.join("src/cuda/tiers.rs"));
+    inputs.sort();
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for p in &inputs {
+        p.hash(&mut h);
+        fs::read(p).unwrap_or_default().hash(&mut h);
+    }
+    archs.hash(&mut h);
+    toolchain.nvrtc.hash(&mut h);
+    toolchain.include.hash(&mut h);
+    format!("{:016x}", h.finish())
+}
+
+/// Makes the git commit of the source tree available as WARPNORM_GIT_COMMIT (for
+/// `warpnorm info` and benchmark reports); absent outside a git checkout.
+fn record_git_commit(manifest: &Path) {
+    let git = manifest.join(".git");
+    if !git.exists() {
+        return;
+    }
+    println!("cargo:rerun-if-changed=.git/HEAD");
+    if let Ok(head) = fs::read_to_string(git.join("HEAD")) {
+        if let Some(r) = head.trim().strip_prefix("ref: ") {
+            println!("cargo:rerun-if-changed=.git/{r}");
+        }
+    }
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(manifest)
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string());
+    if let Some(c) = commit {
+        println!("cargo:rustc-env=WARPNORM_GIT_COMMIT={c}");
+    }
 }
 
 /// Compiles the CPU emulation of the kernels (kernels/emulator/) with the host C++
 /// compiler, for the instantiations `tiers::emulated` selects.
 #[cfg(feature = "emulator")]
-fn build_emulator(manifest: &Path, out: &Path) {
+fn build_emulator(manifest: &Path, out: &Path, fingerprint: &str) {
+    const LIB: &str = "warpnorm_emulator";
+    let stamp = out.join("emulator.stamp");
+    if fs::read_to_string(&stamp).ok().as_deref() == Some(fingerprint)
+        && out.join(format!("lib{LIB}.a")).is_file()
+    {
+        // Up to date: only tell cargo what to link.
+        println!("cargo:rustc-link-search=native={}", out.display());
+        println!("cargo:rustc-link-lib=static={LIB}");
+        println!("cargo:rustc-link-lib=stdc++");
+        return;
+    }
     let mut table = String::new();
     for source in ["layernorm_fwd.cu", "layernorm_bwd.cu"] {
         for e in tiers::instantiations(source)
@@ -141,7 +218,8 @@ fn build_emulator(manifest: &Path, out: &Path) {
         .flag("-pthread")
         .flag_if_supported("-Wno-unknown-pragmas")
         .opt_level(1)
-        .compile("warpnorm_emulator");
+        .compile(LIB);
+    fs::write(stamp, fingerprint).unwrap();
 }
 
 #[derive(Clone)]
