@@ -6,6 +6,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-gpu-results}
 bins=.device/bin
+[[ -d $bins ]] || tar -C .device -xJf .device/bundle.tar.xz
 mkdir -p "$out"
 {
     date -u +"date: %Y-%m-%dT%H:%M:%SZ"

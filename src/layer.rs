@@ -118,24 +118,7 @@ impl LayerNorm {
     }
 
     fn check_param(&self, what: &'static str, used: bool, t: &Tensor) -> Result<()> {
-        if !used {
-            return Err(Error::InvalidConfig(format!("the config has no {what}")));
-        }
-        if t.shape() != self.axes.param_shape.as_slice() {
-            return Err(Error::Shape {
-                what,
-                expected: format!("{:?}", self.axes.param_shape),
-                got: format!("{:?}", t.shape()),
-            });
-        }
-        if t.dtype() != self.cfg.param_dtype() {
-            return Err(Error::DType {
-                what,
-                expected: self.cfg.param_dtype(),
-                got: t.dtype(),
-            });
-        }
-        Ok(())
+        check_param(&self.cfg, &self.axes.param_shape, what, used, t)
     }
 
     /// Inference: y only.
@@ -318,10 +301,14 @@ impl LayerNorm {
     }
 }
 
-/// Calls `$f::<T, P, O>` for the layer's dtypes (x dtype given, params and output from the
-/// config), or returns an error for a combination the kernels do not take.
+/// Calls `$layer.$f::<T, P, O>(..)` for x's dtype and the config's parameter and output
+/// dtypes (`$layer.cfg`), or returns an error naming a combination the kernels do not take
+/// (`$hint` says where to go instead). Shared by the single-device and sharded layers.
 macro_rules! dispatch {
-    ($layer:expr, $x:expr, $f:ident($($arg:expr),*)) => {{
+    ($layer:expr, $x:expr, $f:ident($($arg:expr),*)) => {
+        dispatch!($layer, $x, $f($($arg),*), "use Device::cpu()")
+    };
+    ($layer:expr, $x:expr, $f:ident($($arg:expr),*), $hint:expr) => {{
         let x_dtype: DType = $x;
         let p_dtype = $layer.cfg.param_dtype();
         let o_dtype = $layer.cfg.output_dtype(x_dtype);
@@ -338,12 +325,12 @@ macro_rules! dispatch {
             (BF16, F32, F32) => $layer.$f::<bf16, f32, f32>($($arg),*),
             (x, p, o) => Err(Error::Unsupported(format!(
                 "x {x} with parameters {p} and output {o} on the GPU: parameters and output must each be {x} or \
-                 float32 (use Device::cpu())"
+                 float32 ({})", $hint
             ))),
         }
     }};
 }
-use dispatch;
+pub(crate) use dispatch;
 
 impl LayerNorm {
     fn gpu_forward<T: DeviceElement, P: DeviceElement, O: DeviceElement>(
@@ -468,4 +455,33 @@ impl NormKind {
             NormKind::RmsScaling => "rms_scaling",
         }
     }
+}
+
+/// Checks a parameter tensor a caller hands to a layer: the config uses it, and its shape
+/// and dtype are the layer's.
+pub(crate) fn check_param(
+    cfg: &NormConfig,
+    param_shape: &[usize],
+    what: &'static str,
+    used: bool,
+    t: &Tensor,
+) -> Result<()> {
+    if !used {
+        return Err(Error::InvalidConfig(format!("the config has no {what}")));
+    }
+    if t.shape() != param_shape {
+        return Err(Error::Shape {
+            what,
+            expected: format!("{param_shape:?}"),
+            got: format!("{:?}", t.shape()),
+        });
+    }
+    if t.dtype() != cfg.param_dtype() {
+        return Err(Error::DType {
+            what,
+            expected: cfg.param_dtype(),
+            got: t.dtype(),
+        });
+    }
+    Ok(())
 }

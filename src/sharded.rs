@@ -216,23 +216,7 @@ impl ShardedLayerNorm {
                 self.params.len()
             ))
         })?;
-        if !used {
-            return Err(Error::InvalidConfig(format!("the config has no {what}")));
-        }
-        if t.shape() != self.axes.param_shape.as_slice() {
-            return Err(Error::Shape {
-                what,
-                expected: format!("{:?}", self.axes.param_shape),
-                got: format!("{:?}", t.shape()),
-            });
-        }
-        if t.dtype() != self.cfg.param_dtype() {
-            return Err(Error::DType {
-                what,
-                expected: self.cfg.param_dtype(),
-                got: t.dtype(),
-            });
-        }
+        crate::layer::check_param(&self.cfg, &self.axes.param_shape, what, used, t)?;
         Array::from_tensor(device, t)
     }
 

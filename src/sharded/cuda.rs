@@ -14,7 +14,7 @@ use crate::array::{Array, DeviceElement};
 use crate::cuda::launch_sharded::{self, ApplyArgs, BwdArgs, ParamGradArgs, Rows, StatsMode};
 use crate::cuda::{CudaBackend, Dtypes};
 use crate::dist::{Buf, BufMut};
-use crate::layer::Gradients;
+use crate::layer::{dispatch, Gradients};
 use crate::{DType, Device, Element, Error, Result};
 
 /// Device addresses of one launch's buffers, with cudarc's stream-ordering guards kept
@@ -78,31 +78,6 @@ fn slice<'a, T: DeviceElement>(a: &'a Array, what: &'static str) -> Result<&'a C
     a.cuda::<T>(what)
 }
 
-/// Calls `$f::<T, P, O>` for x's dtype and the config's parameter and output dtypes.
-macro_rules! dispatch {
-    ($layer:expr, $x:expr, $f:ident($($arg:expr),*)) => {{
-        let x_dtype: DType = $x;
-        let p_dtype = $layer.cfg.param_dtype();
-        let o_dtype = $layer.cfg.output_dtype(x_dtype);
-        use DType::*;
-        match (x_dtype, p_dtype, o_dtype) {
-            (F32, F32, F32) => $layer.$f::<f32, f32, f32>($($arg),*),
-            (F16, F16, F16) => $layer.$f::<f16, f16, f16>($($arg),*),
-            (F16, F16, F32) => $layer.$f::<f16, f16, f32>($($arg),*),
-            (F16, F32, F16) => $layer.$f::<f16, f32, f16>($($arg),*),
-            (F16, F32, F32) => $layer.$f::<f16, f32, f32>($($arg),*),
-            (BF16, BF16, BF16) => $layer.$f::<bf16, bf16, bf16>($($arg),*),
-            (BF16, BF16, F32) => $layer.$f::<bf16, bf16, f32>($($arg),*),
-            (BF16, F32, BF16) => $layer.$f::<bf16, f32, bf16>($($arg),*),
-            (BF16, F32, F32) => $layer.$f::<bf16, f32, f32>($($arg),*),
-            (x, p, o) => Err(Error::Unsupported(format!(
-                "x {x} with parameters {p} and output {o} on the GPU: parameters and output must each be {x} or \
-                 float32 (use the CPU collective)"
-            ))),
-        }
-    }};
-}
-
 impl ShardedLayerNorm {
     /// Local rank `i`'s GPU.
     fn backend(&self, i: usize) -> Result<&Arc<CudaBackend>> {
@@ -133,7 +108,12 @@ impl ShardedLayerNorm {
         v: View,
         train: bool,
     ) -> Result<(Vec<Array>, Vec<ShardSaved>)> {
-        dispatch!(self, xs[0].dtype(), gpu_forward(xs, v, train))
+        dispatch!(
+            self,
+            xs[0].dtype(),
+            gpu_forward(xs, v, train),
+            "use the CPU collective"
+        )
     }
 
     pub(super) fn cuda_backward(
@@ -143,7 +123,12 @@ impl ShardedLayerNorm {
         saved: &[ShardSaved],
         v: View,
     ) -> Result<Vec<Gradients>> {
-        dispatch!(self, xs[0].dtype(), gpu_backward(xs, dys, saved, v))
+        dispatch!(
+            self,
+            xs[0].dtype(),
+            gpu_backward(xs, dys, saved, v),
+            "use the CPU collective"
+        )
     }
 
     fn gpu_forward<T: DeviceElement, P: DeviceElement, O: DeviceElement>(
