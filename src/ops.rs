@@ -37,7 +37,7 @@ use crate::{DType, Element, Error, NormConfig, NormKind, Result};
 pub struct NormSpec {
     pub kind: NormKind,
     pub eps: f32,
-    /// flax `use_fast_variance`: E[x^2] - E[x]^2 (clamped at 0) instead of the two-pass form.
+    /// flax `use_fast_variance`: `E[x^2] - E[x]^2` (clamped at 0) instead of the two-pass form.
     pub fast_variance: bool,
 }
 

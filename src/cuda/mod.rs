@@ -1,5 +1,5 @@
 //! The CUDA backend: device discovery, the embedded kernels, and the (only) `unsafe`
-//! launches in [`launch`].
+//! launches in `launch.rs` and `launch_sharded.rs`.
 //!
 //! [`CudaBackend`] owns a context, a stream and the loaded kernel modules of one GPU. The
 //! safe operations on caller-owned buffers live in [`crate::ops`].
