@@ -366,11 +366,15 @@ fn gradients_sharded() {
 // ----- metamorphic relations ------------------------------------------------------------
 
 /// Elementwise equality up to `ulps` units in the last place of f32.
-fn assert_close_ulps(a: &Tensor, b: &Tensor, ulps: f64, label: &str) {
+/// Element-wise equality within `ulps` units in the last place of f32 (the tensors hold
+/// f32 values), as approx counts them.
+fn assert_close_ulps(a: &Tensor, b: &Tensor, ulps: u32, label: &str) {
     assert_eq!(a.shape(), b.shape());
     for (i, (&x, &y)) in a.data().iter().zip(b.data()).enumerate() {
-        let tol = ulps * f64::from(f32::EPSILON) * x.abs().max(y.abs()).max(1e-30);
-        assert!((x - y).abs() <= tol, "{label}[{i}]: {x} vs {y}");
+        assert!(
+            approx::ulps_eq!(x as f32, y as f32, max_ulps = ulps),
+            "{label}[{i}]: {x} vs {y}"
+        );
     }
 }
 
@@ -403,7 +407,7 @@ fn layernorm_is_invariant_to_positive_affine_maps() {
             let y1 = reference::forward(&moved, &affine(&x, a, b), p, None)
                 .unwrap()
                 .y;
-            assert_close_ulps(&y0, &y1, 2.0, &format!("LN(a={a}, b={b}, fast={fast})"));
+            assert_close_ulps(&y0, &y1, 2, &format!("LN(a={a}, b={b}, fast={fast})"));
         }
     }
     // a < 0 flips the normalized value: LN(-x) = -LN(x) without a bias.
@@ -413,7 +417,7 @@ fn layernorm_is_invariant_to_positive_affine_maps() {
     let y1 = reference::forward(&cfg, &affine(&x, -1.0, 0.0), p, None)
         .unwrap()
         .y;
-    assert_close_ulps(&affine(&y0, -1.0, 0.0), &y1, 2.0, "LN(-x)");
+    assert_close_ulps(&affine(&y0, -1.0, 0.0), &y1, 2, "LN(-x)");
 }
 
 #[test]
@@ -430,7 +434,7 @@ fn rmsnorm_is_invariant_to_scaling() {
         let y1 = reference::forward(&cfg, &affine(&x, a, 0.0), p, None)
             .unwrap()
             .y;
-        assert_close_ulps(&y0, &y1, 2.0, &format!("RMS(a={a})"));
+        assert_close_ulps(&y0, &y1, 2, &format!("RMS(a={a})"));
     }
 }
 
@@ -579,13 +583,8 @@ fn sharded_equals_unsharded_on_concatenated_features() {
                 let dscales = g.dscale.as_ref().map(|d| d.split(0, k).unwrap());
                 let dbiases = g.dbias.as_ref().map(|d| d.split(0, k).unwrap());
                 for (pos, &r) in members.iter().enumerate() {
-                    assert_close_ulps(&fwd[r].y, &ys[pos], 2.0, &format!("{label}: y rank {r}"));
-                    assert_close_ulps(
-                        &grads[r].dx,
-                        &dxs[pos],
-                        4.0,
-                        &format!("{label}: dx rank {r}"),
-                    );
+                    assert_close_ulps(&fwd[r].y, &ys[pos], 2, &format!("{label}: y rank {r}"));
+                    assert_close_ulps(&grads[r].dx, &dxs[pos], 4, &format!("{label}: dx rank {r}"));
                     for (a, b) in fwd[r].rstd.iter().zip(&f.rstd) {
                         assert!((a - b).abs() <= 1e-12 * b.abs(), "{label}: rstd");
                     }
@@ -594,19 +593,18 @@ fn sharded_equals_unsharded_on_concatenated_features() {
                     }
                     if let Some(d) = &dscales {
                         let got = grads[r].dscale.as_ref().unwrap();
-                        let ulps = if got.dtype() == DType::BF16 { 0.0 } else { 4.0 };
-                        if ulps == 0.0 {
+                        if got.dtype() == DType::BF16 {
                             // bf16 results: at most one bf16 step apart.
                             for (a, b) in got.data().iter().zip(d[pos].data()) {
                                 assert!((a - b).abs() <= 2f64.powi(-7) * b.abs().max(1e-30));
                             }
                         } else {
-                            assert_close_ulps(got, &d[pos], ulps, &format!("{label}: dscale"));
+                            assert_close_ulps(got, &d[pos], 4, &format!("{label}: dscale"));
                         }
                     }
                     if let Some(d) = &dbiases {
                         let got = grads[r].dbias.as_ref().unwrap();
-                        assert_close_ulps(got, &d[pos], 4.0, &format!("{label}: dbias"));
+                        assert_close_ulps(got, &d[pos], 4, &format!("{label}: dbias"));
                     }
                 }
             }
