@@ -140,21 +140,7 @@ impl LayerNorm {
     /// Gradients for cotangent `dy` (shape of x, dtype of y).
     pub fn backward(&self, x: &Array, dy: &Array, saved: &Saved) -> Result<Gradients> {
         self.check_input(x)?;
-        let y_dtype = self.cfg.output_dtype(x.dtype());
-        if dy.shape() != x.shape() {
-            return Err(Error::Shape {
-                what: "dy",
-                expected: format!("{:?}", x.shape()),
-                got: format!("{:?}", dy.shape()),
-            });
-        }
-        if dy.dtype() != y_dtype {
-            return Err(Error::DType {
-                what: "dy",
-                expected: y_dtype,
-                got: dy.dtype(),
-            });
-        }
+        check_cotangent(&self.cfg, x, dy)?;
         match &self.device {
             Device::Cpu => {
                 let (scale, bias) = (self.host_param(&self.scale)?, self.host_param(&self.bias)?);
@@ -482,6 +468,32 @@ pub(crate) fn check_param(
             expected: cfg.param_dtype(),
             got: t.dtype(),
         });
+    }
+    Ok(())
+}
+
+/// Checks a cotangent: the shape of x, the dtype of y (the config's output dtype for x), and
+/// on the same kind of device as x.
+pub(crate) fn check_cotangent(cfg: &NormConfig, x: &Array, dy: &Array) -> Result<()> {
+    if dy.shape() != x.shape() {
+        return Err(Error::Shape {
+            what: "dy",
+            expected: format!("{:?} (the shape of x)", x.shape()),
+            got: format!("{:?}", dy.shape()),
+        });
+    }
+    let y_dtype = cfg.output_dtype(x.dtype());
+    if dy.dtype() != y_dtype {
+        return Err(Error::DType {
+            what: "dy",
+            expected: y_dtype,
+            got: dy.dtype(),
+        });
+    }
+    if dy.is_cuda() != x.is_cuda() {
+        return Err(Error::Unsupported(
+            "dy and x live on different devices".into(),
+        ));
     }
     Ok(())
 }

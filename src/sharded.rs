@@ -241,27 +241,8 @@ impl ShardedLayerNorm {
         let view = self.check_inputs(xs)?;
         check_count("dy shards", xs.len(), dys.len())?;
         check_count("saved statistics", xs.len(), saved.len())?;
-        let y_dtype = self.cfg.output_dtype(xs[0].dtype());
         for (x, dy) in xs.iter().zip(dys) {
-            if dy.shape() != x.shape() {
-                return Err(Error::Shape {
-                    what: "dy",
-                    expected: format!("{:?} (the shape of x)", x.shape()),
-                    got: format!("{:?}", dy.shape()),
-                });
-            }
-            if dy.dtype() != y_dtype {
-                return Err(Error::DType {
-                    what: "dy",
-                    expected: y_dtype,
-                    got: dy.dtype(),
-                });
-            }
-            if dy.is_cuda() != x.is_cuda() {
-                return Err(Error::Unsupported(
-                    "dy and x live on different devices".into(),
-                ));
-            }
+            crate::layer::check_cotangent(&self.cfg, x, dy)?;
         }
         for s in saved {
             let dvar_rows = s.dvar.as_ref().map_or(view.rows, Array::numel);
