@@ -141,32 +141,13 @@ impl LayerNorm {
     pub fn backward(&self, x: &Array, dy: &Array, saved: &Saved) -> Result<Gradients> {
         self.check_input(x)?;
         check_cotangent(&self.cfg, x, dy)?;
-        match &self.device {
-            Device::Cpu => {
-                let (scale, bias) = (self.host_param(&self.scale)?, self.host_param(&self.bias)?);
-                let g = reference::backward(
-                    &self.cfg,
-                    &x.host("x")?,
-                    Params::new(scale.as_ref(), bias.as_ref()),
-                    saved.mask.as_deref(),
-                    &dy.host("dy")?,
-                )?;
-                let cpu = |t: Tensor| Array::from_tensor(&Device::Cpu, &t);
-                Ok(Gradients {
-                    dx: cpu(g.dx)?,
-                    dscale: g.dscale.map(cpu).transpose()?,
-                    dbias: g.dbias.map(cpu).transpose()?,
-                })
-            }
-            Device::Cuda(be) => {
-                let layout = self.gpu_layout(x.shape())?;
+        match (&self.device, self.kernel_layout(x, saved.mask.is_some())) {
+            (Device::Cuda(be), Ok(layout)) => {
                 dispatch!(self, x.dtype(), gpu_backward(be, layout, x, dy, saved))
             }
+            (Device::Cuda(_), Err(e)) if !matches!(e, Error::Unsupported(_)) => Err(e),
+            _ => self.reference_backward(x, dy, saved),
         }
-    }
-
-    fn host_param(&self, p: &Option<Array>) -> Result<Option<Tensor>> {
-        p.as_ref().map(|a| a.host("parameter")).transpose()
     }
 
     fn check_input(&self, x: &Array) -> Result<()> {
@@ -209,28 +190,8 @@ impl LayerNorm {
                 });
             }
         }
-        match &self.device {
-            Device::Cpu => {
-                let (scale, bias) = (self.host_param(&self.scale)?, self.host_param(&self.bias)?);
-                let f = reference::forward(
-                    &self.cfg,
-                    &x.host("x")?,
-                    Params::new(scale.as_ref(), bias.as_ref()),
-                    mask,
-                )?;
-                let stats =
-                    |v: Vec<f64>| Array::from_parts(vec![v.len()], DType::F32, Storage::Host(v));
-                Ok((
-                    Array::from_tensor(&Device::Cpu, &f.y)?,
-                    Saved {
-                        mean: stats(f.mean),
-                        rstd: stats(f.rstd),
-                        mask: mask.map(<[bool]>::to_vec),
-                    },
-                ))
-            }
-            Device::Cuda(be) => {
-                let layout = self.gpu_layout(x.shape())?;
+        match (&self.device, self.kernel_layout(x, mask.is_some())) {
+            (Device::Cuda(be), Ok(layout)) => {
                 let mask_dev = match mask {
                     Some(m) => Some(
                         be.stream()
@@ -255,7 +216,97 @@ impl LayerNorm {
                     },
                 ))
             }
+            (Device::Cuda(_), Err(e)) if !matches!(e, Error::Unsupported(_)) => Err(e),
+            _ => self.reference_forward(x, mask),
         }
+    }
+
+    /// Whether the CUDA kernels compute this layer for inputs shaped like `x_shape` (the
+    /// layer then runs on the GPU), or why not: then a GPU layer computes the result with
+    /// the CPU reference and copies it back (correct for every config, but a host round
+    /// trip). Always `Err` on the CPU device.
+    pub fn kernels_cover(&self, x_shape: &[usize], x_dtype: DType, masked: bool) -> Result<()> {
+        if !self.device.is_cuda() {
+            return Err(Error::Unsupported("the layer is on the CPU".into()));
+        }
+        let (p, o) = (self.cfg.param_dtype(), self.cfg.output_dtype(x_dtype));
+        let takes = |d: DType| d == x_dtype || d == DType::F32;
+        if !(takes(p) && takes(o)) {
+            return Err(Error::Unsupported(format!(
+                "x {x_dtype} with parameters {p} and output {o}: the kernels take parameters and output in x's \
+                 dtype or float32"
+            )));
+        }
+        let layout = self.gpu_layout(x_shape)?;
+        if masked && matches!(layout, Layout::ChannelsFirst { .. }) {
+            return Err(Error::Unsupported(
+                "a mask with a reduction axis that is not innermost".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn kernel_layout(&self, x: &Array, masked: bool) -> Result<Layout> {
+        self.kernels_cover(x.shape(), x.dtype(), masked)?;
+        self.gpu_layout(x.shape())
+    }
+
+    /// The f64 reference on the host: the CPU backend, and a GPU layer's path for configs
+    /// the kernels do not cover. Results land on the layer's device.
+    fn reference_forward(&self, x: &Array, mask: Option<&[bool]>) -> Result<(Array, Saved)> {
+        let (scale, bias) = (
+            self.param_tensor(&self.scale)?,
+            self.param_tensor(&self.bias)?,
+        );
+        let f = reference::forward(
+            &self.cfg,
+            &x.to_tensor()?,
+            Params::new(scale.as_ref(), bias.as_ref()),
+            mask,
+        )?;
+        let stats = |v: Vec<f64>| -> Result<Array> {
+            match &self.device {
+                // The CPU keeps the exact f64 statistics.
+                Device::Cpu => Ok(Array::from_parts(
+                    vec![v.len()],
+                    DType::F32,
+                    Storage::Host(v),
+                )),
+                dev => Array::from_tensor(dev, &Tensor::new([v.len()], DType::F32, v)?),
+            }
+        };
+        Ok((
+            Array::from_tensor(&self.device, &f.y)?,
+            Saved {
+                mean: stats(f.mean)?,
+                rstd: stats(f.rstd)?,
+                mask: mask.map(<[bool]>::to_vec),
+            },
+        ))
+    }
+
+    fn reference_backward(&self, x: &Array, dy: &Array, saved: &Saved) -> Result<Gradients> {
+        let (scale, bias) = (
+            self.param_tensor(&self.scale)?,
+            self.param_tensor(&self.bias)?,
+        );
+        let g = reference::backward(
+            &self.cfg,
+            &x.to_tensor()?,
+            Params::new(scale.as_ref(), bias.as_ref()),
+            saved.mask.as_deref(),
+            &dy.to_tensor()?,
+        )?;
+        let put = |t: Tensor| Array::from_tensor(&self.device, &t);
+        Ok(Gradients {
+            dx: put(g.dx)?,
+            dscale: g.dscale.map(put).transpose()?,
+            dbias: g.dbias.map(put).transpose()?,
+        })
+    }
+
+    fn param_tensor(&self, p: &Option<Array>) -> Result<Option<Tensor>> {
+        p.as_ref().map(Array::to_tensor).transpose()
     }
 
     /// How x's reduction axes map onto the kernels' layouts: a contiguous run of axes,
@@ -265,14 +316,14 @@ impl LayerNorm {
         let (first, last) = (red[0], red[red.len() - 1]);
         if last - first + 1 != red.len() {
             return Err(Error::Unsupported(format!(
-                "reduction axes {red:?} are not adjacent; the GPU kernels need one contiguous run (use Device::cpu())"
+                "reduction axes {red:?} are not adjacent; the GPU kernels need one contiguous run"
             )));
         }
         let params = self.scale.is_some() || self.bias.is_some();
         if params && self.axes.features != *red {
             return Err(Error::Unsupported(format!(
                 "feature axes {:?} differ from the reduction axes {red:?}; the GPU kernels take parameters along the \
-                 normalised axes (use Device::cpu())",
+                 normalised axes",
                 self.axes.features
             )));
         }

@@ -171,14 +171,43 @@ fn gpu_rms_norm_f16() {
 }
 
 #[test]
-fn gpu_rejects_what_the_kernels_cannot_do_with_a_clear_error() {
-    let Some(be) = gpu_or_skip("GPU layout errors") else {
+fn only_a_gpu_layer_has_kernels() {
+    let ln = LayerNorm::new(&Device::cpu(), &NormConfig::flax(), &[4, 16], 0).unwrap();
+    assert!(matches!(
+        ln.kernels_cover(&[4, 16], DType::F32, false),
+        Err(Error::Unsupported(_))
+    ));
+}
+
+#[test]
+fn gpu_layer_computes_uncovered_layouts_with_the_reference() {
+    let Some(be) = gpu_or_skip("GPU reference path") else {
         return;
     };
     let dev = Device::Cuda(be);
     // Feature axes outside the reduction axes: parameters along an axis not normalised.
     let cfg = NormConfig::flax().reduction_axes(-1).feature_axes(-2);
     let ln = LayerNorm::new(&dev, &cfg, &[2, 5, 7], 0).unwrap();
-    let x = Array::from_tensor(&dev, &Tensor::zeros([2, 5, 7], DType::F32).unwrap()).unwrap();
-    assert!(matches!(ln.forward(&x), Err(Error::Unsupported(_))));
+    assert!(matches!(
+        ln.kernels_cover(&[2, 5, 7], DType::F32, false),
+        Err(Error::Unsupported(_))
+    ));
+    let covered = LayerNorm::new(&dev, &NormConfig::flax(), &[2, 5, 7], 0).unwrap();
+    assert!(covered.kernels_cover(&[2, 5, 7], DType::F32, false).is_ok());
+    gpu_matches_cpu(&cfg, &[2, 5, 7], DType::F32, false);
+    // Non-adjacent reduction axes and a dtype combination the kernels do not take.
+    gpu_matches_cpu(
+        &NormConfig::flax()
+            .reduction_axes([0, 2])
+            .feature_axes([0, 2]),
+        &[3, 4, 5],
+        DType::F32,
+        false,
+    );
+    gpu_matches_cpu(
+        &NormConfig::flax().with_param_dtype(DType::BF16),
+        &[4, 64],
+        DType::F16,
+        false,
+    );
 }
