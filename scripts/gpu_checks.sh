@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# On a GPU machine, after unpacking .device/bundle.tar.xz (scripts/gpu_bundle.sh) into
-# .device/: records the machine, runs the GPU test suite, compute-sanitizer and the
+# On a GPU machine, with .device/bundle.tar.xz from scripts/gpu_bundle.sh (unpacked here
+# if needed): records the machine, runs the GPU test suite, compute-sanitizer and the
 # benchmark comparison, and writes everything under OUT (default ./gpu-results).
+# WARPNORM_CHECKS=tests,sanitizer,bench picks steps (the full comparison can take longer
+# than one call on a lent machine: run it as its own step). WARPNORM_PACK=1 leaves a single
+# results.tar.gz in OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-gpu-results}
@@ -24,17 +27,30 @@ if [[ -n $nccl ]]; then
     export LD_LIBRARY_PATH=/tmp/nccl-link:${LD_LIBRARY_PATH:-}
 fi
 
+steps=${WARPNORM_CHECKS:-tests,sanitizer,bench}
+want() { [[ ",$steps," == *",$1,"* ]]; }
+
 status=0
-for bin in "$bins"/test-*; do
+want tests && for bin in "$bins"/test-*; do
     name=$(basename "$bin")
     "$bin" --test-threads=1 >"$out/$name.log" 2>&1 || status=1
     echo "$name: $(grep -E '^test result' "$out/$name.log" | tail -n 1) $(grep -c '^SKIP' "$out/$name.log") skips"
 done
-"$bins/warpnorm" verify tests/fixtures >"$out/verify.log" 2>&1 || status=1
-tail -n 1 "$out/verify.log"
-bash scripts/sanitize.sh "$bins" "$out/sanitizer" | tee "$out/sanitizer-summary.txt" || status=1
-if [[ -f bench/compare.py ]]; then
+if want tests; then
+    "$bins/warpnorm" verify tests/fixtures >"$out/verify.log" 2>&1 || status=1
+    "$bins/warpnorm" check --json >"$out/check.json" 2>"$out/check.log" || status=1
+    grep -E "^(backend:|[0-9]+ passed)" "$out/verify.log"
+fi
+if want sanitizer; then
+    bash scripts/sanitize.sh "$bins" "$out/sanitizer" | tee "$out/sanitizer-summary.txt" || status=1
+fi
+if want bench && [[ -f bench/compare.py ]]; then
     python3 bench/compare.py --warpnorm "$bins/warpnorm" --out "$out/bench" >"$out/bench.log" 2>&1 || status=1
     tail -n 5 "$out/bench.log"
+fi
+# WARPNORM_PACK=1: everything in one archive (for transports that return few files).
+if [[ ${WARPNORM_PACK:-0} == 1 ]]; then
+    tar -C "$out" -czf /tmp/gpu-results.tar.gz . && find "$out" -mindepth 1 -delete
+    mv /tmp/gpu-results.tar.gz "$out/results.tar.gz"
 fi
 exit $status
