@@ -720,60 +720,43 @@ fn bad_arguments_are_errors_and_write_nothing() {
     let mut y = poisoned::<f32>(s, rows * cols);
     let untouched = |y: &CudaSlice<f32>| download(s, y).iter().all(|v| v.is_nan());
 
-    let short_scale = ops::forward::<f32, f32, f32>(
-        &be,
-        s,
-        &spec,
-        Layout::rows(rows, cols),
-        Forward {
-            x: &x,
-            scale: Some(&short),
-            bias: None,
-            mask: None,
-            y: &mut y,
-            stats: None,
-        },
-    );
+    // An f32 forward of x into y with the given spec, layout and scale.
+    let forward = |spec: &NormSpec,
+                   layout: Layout,
+                   scale: Option<&CudaSlice<f32>>,
+                   y: &mut CudaSlice<f32>| {
+        let scale = scale.map(|b| b as _);
+        ops::forward::<f32, f32, f32>(
+            &be,
+            s,
+            spec,
+            layout,
+            Forward {
+                x: &x,
+                scale,
+                bias: None,
+                mask: None,
+                y,
+                stats: None,
+            },
+        )
+    };
+
+    let short_scale = forward(&spec, Layout::rows(rows, cols), Some(&short), &mut y);
     assert!(
         matches!(short_scale, Err(Error::Shape { what: "scale", .. })),
         "{short_scale:?}"
     );
     assert!(untouched(&y));
 
-    let long_rows = ops::forward::<f32, f32, f32>(
-        &be,
-        s,
-        &spec,
-        Layout::rows(rows + 1, cols),
-        Forward {
-            x: &x,
-            scale: None,
-            bias: None,
-            mask: None,
-            y: &mut y,
-            stats: None,
-        },
-    );
+    let long_rows = forward(&spec, Layout::rows(rows + 1, cols), None, &mut y);
     assert!(
         matches!(long_rows, Err(Error::Shape { what: "x", .. })),
         "{long_rows:?}"
     );
 
     let bad_eps = NormSpec { eps: 0.0, ..spec };
-    let r = ops::forward::<f32, f32, f32>(
-        &be,
-        s,
-        &bad_eps,
-        Layout::rows(rows, cols),
-        Forward {
-            x: &x,
-            scale: None,
-            bias: None,
-            mask: None,
-            y: &mut y,
-            stats: None,
-        },
-    );
+    let r = forward(&bad_eps, Layout::rows(rows, cols), None, &mut y);
     assert!(matches!(r, Err(Error::InvalidConfig(_))), "{r:?}");
 
     let x16 = s.clone_htod(&vec![f16::ONE; rows * cols]).unwrap();
@@ -794,25 +777,13 @@ fn bad_arguments_are_errors_and_write_nothing() {
     );
     assert!(matches!(r, Err(Error::Unsupported(_))), "{r:?}");
 
-    let r = ops::forward::<f32, f32, f32>(
-        &be,
-        s,
-        &spec,
-        Layout::Rows {
-            rows,
-            cols,
-            x_stride: cols - 1,
-            y_stride: cols,
-        },
-        Forward {
-            x: &x,
-            scale: None,
-            bias: None,
-            mask: None,
-            y: &mut y,
-            stats: None,
-        },
-    );
+    let narrow = Layout::Rows {
+        rows,
+        cols,
+        x_stride: cols - 1,
+        y_stride: cols,
+    };
+    let r = forward(&spec, narrow, None, &mut y);
     assert!(
         matches!(r, Err(Error::Shape { what: "layout", .. })),
         "{r:?}"
