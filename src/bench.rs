@@ -392,7 +392,9 @@ pub struct BenchRecord {
 }
 
 impl BenchRecord {
-    fn new(
+    /// A record of `implementation` timing `pass` on `p` (median, min and max of
+    /// `times_ms`, GB/s from the pass's byte count), with no copy ceiling yet.
+    pub fn new(
         implementation: &str,
         p: &Problem,
         pass: Pass,

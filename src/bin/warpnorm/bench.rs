@@ -303,26 +303,7 @@ fn run_cpu(opts: &BenchOptions) -> Result<Vec<BenchRecord>> {
 }
 
 fn cpu_record(p: &Problem, pass: Pass, times_ms: &[f64], device: &Device) -> BenchRecord {
-    let ms = bench::median(times_ms).unwrap_or(0.0);
-    let bytes = p.bytes(pass);
-    BenchRecord {
-        implementation: "cpu_reference".to_string(),
-        dtype: p.dtype,
-        param_dtype: p.param_dtype,
-        cols: p.cols,
-        rows: p.rows,
-        pass,
-        bytes,
-        ms,
-        ms_min: times_ms.iter().copied().fold(f64::INFINITY, f64::min),
-        ms_max: times_ms.iter().copied().fold(0.0, f64::max),
-        iters: times_ms.len(),
-        gbps: bench::gbps(bytes, ms),
-        copy_gbps: 0.0,
-        pct_copy: 0.0,
-        sets: 1,
-        device: device.describe(),
-    }
+    BenchRecord::new("cpu_reference", p, pass, times_ms, 1, &device.describe())
 }
 
 /// The CPU records without the copy column they do not have.
