@@ -8,7 +8,7 @@
 //! strides and alignment it checked.
 
 use cudarc::driver::sys::CUfunction_attribute;
-use cudarc::driver::{CudaStream, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaFunction, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg};
 
 use super::params::{
     WarpnormBwdParams, WarpnormFinalizeParams, WarpnormFwdParams, WarpnormStridedBwdParams,
@@ -25,6 +25,15 @@ pub(crate) trait Launch {
     fn sm_count(&self) -> u32;
     /// Opt-in shared memory per CTA (bytes).
     fn max_smem_per_cta(&self) -> u32;
+    /// How many CTAs of kernel `expr` with `threads` threads and `smem` bytes of dynamic
+    /// shared memory fit on one SM at once (its occupancy); at least 1.
+    fn resident_ctas(
+        &self,
+        source: &'static str,
+        expr: &str,
+        threads: u32,
+        smem: u32,
+    ) -> Result<u32>;
     /// Runs kernel `expr` (a `tiers::expr` name) from `kernels/<source>.cu`.
     fn launch<P: DeviceRepr>(
         &self,
@@ -50,6 +59,18 @@ impl Launch for OnStream<'_> {
         self.be.info.max_smem_per_cta
     }
 
+    fn resident_ctas(
+        &self,
+        source: &'static str,
+        expr: &str,
+        threads: u32,
+        smem: u32,
+    ) -> Result<u32> {
+        let f = self.function_for(source, expr, smem)?;
+        let n = f.occupancy_max_active_blocks_per_multiprocessor(threads, smem as usize, None)?;
+        Ok(n.max(1))
+    }
+
     fn launch<P: DeviceRepr>(
         &self,
         source: &'static str,
@@ -57,14 +78,7 @@ impl Launch for OnStream<'_> {
         params: &P,
         cfg: LaunchConfig,
     ) -> Result<()> {
-        let f = self.be.function(source, expr)?;
-        if cfg.shared_mem_bytes > DEFAULT_SMEM {
-            // Beyond 48 KiB of dynamic shared memory a kernel must opt in.
-            f.set_attribute(
-                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                cfg.shared_mem_bytes as i32,
-            )?;
-        }
+        let f = self.function_for(source, expr, cfg.shared_mem_bytes)?;
         // SAFETY: `params` is the bindgen mirror of the C struct the kernel `expr` takes
         // by value (each `expr` is paired with its struct in the functions below). Its
         // pointers were checked by ops: x / y / dx / dy / mask cover every row at their
@@ -75,6 +89,21 @@ impl Launch for OnStream<'_> {
         // nothing else, and `cfg` comes from the same plan that sized the shared memory.
         unsafe { self.stream.launch_builder(&f).arg(params).launch(cfg) }?;
         Ok(())
+    }
+}
+
+impl OnStream<'_> {
+    /// The kernel, opted in to `smem` bytes of dynamic shared memory when that is more
+    /// than every kernel may use by default (48 KiB).
+    fn function_for(&self, source: &'static str, expr: &str, smem: u32) -> Result<CudaFunction> {
+        let f = self.be.function(source, expr)?;
+        if smem > DEFAULT_SMEM {
+            f.set_attribute(
+                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                smem as i32,
+            )?;
+        }
+        Ok(f)
     }
 }
 
@@ -163,7 +192,8 @@ pub(crate) fn backward_rows<L: Launch>(l: &L, b: &BwdBuffers) -> Result<()> {
             ..
         } => (expr::bwd_cta(d.x, d.param, d.out, vec, cached), smem_bytes),
     };
-    let grid = select::backward_grid(p.rows as u64, plan, l.sm_count());
+    let resident = l.resident_ctas("layernorm_bwd", &name, plan.threads(), smem)?;
+    let grid = select::backward_grid(p.rows as u64, plan, l.sm_count(), resident);
     l.launch(
         "layernorm_bwd",
         &name,

@@ -10,8 +10,8 @@ pub(crate) const CTA_SCRATCH_FLOATS: u32 = 3 * 1024 / 32;
 /// Shared memory every kernel may use without opting in.
 pub(crate) const DEFAULT_SMEM: u32 = 48 * 1024;
 
-/// CTAs per SM for the backward's persistent grid: each CTA writes one partial row of
-/// dscale/dbias, so fewer CTAs means less to finalize; 4 keeps every SM busy.
+/// At most this many CTAs per SM in the backward's persistent grid: each CTA writes one
+/// partial row of dscale/dbias, so fewer CTAs means less to finalize; 4 keeps every SM busy.
 const BWD_CTAS_PER_SM: u64 = 4;
 /// CTAs per SM the forward's grid-stride loop is capped at.
 const FWD_CTAS_PER_SM: u64 = 16;
@@ -121,9 +121,14 @@ pub(crate) fn max_parts(rows: u64, sm_count: u32) -> u64 {
         .max(STRIDED_WARPS)
 }
 
-pub(crate) fn backward_grid(rows: u64, plan: Plan, sm_count: u32) -> u32 {
+/// The backward's persistent grid: one wave, that is no more CTAs than fit on the GPU at
+/// once (`resident_per_sm` from the occupancy of the kernel chosen). CTAs beyond one wave
+/// would only run after others finish, adding partial rows (traffic for the finalize and,
+/// for long rows, L2 space) without adding parallelism.
+pub(crate) fn backward_grid(rows: u64, plan: Plan, sm_count: u32, resident_per_sm: u32) -> u32 {
     let needed = rows.div_ceil(plan.rows_per_cta()).max(1);
-    needed.min(sm_count as u64 * BWD_CTAS_PER_SM) as u32
+    let per_sm = (resident_per_sm.max(1) as u64).min(BWD_CTAS_PER_SM);
+    needed.min(sm_count as u64 * per_sm) as u32
 }
 
 /// Threads and warps per CTA of the strided kernels.
@@ -180,11 +185,23 @@ mod tests {
                 let parts = max_parts(rows, 132);
                 for vec in [1, 8] {
                     let plan = backward_plan(cols, vec, 227 * 1024);
-                    assert!(backward_grid(rows, plan, 132) as u64 <= parts);
+                    for resident in [0, 1, 2, 4, 32] {
+                        assert!(backward_grid(rows, plan, 132, resident) as u64 <= parts);
+                    }
                 }
                 assert!(strided_backward_grid(rows, 132) as u64 * STRIDED_WARPS <= parts);
             }
         }
+    }
+
+    #[test]
+    fn backward_grid_is_one_wave() {
+        let plan = backward_plan(16_384, 8, 227 * 1024);
+        // One 128 KiB-accumulator CTA per SM: 132 partial rows, not 4 waves' worth.
+        assert_eq!(backward_grid(1 << 14, plan, 132, 1), 132);
+        assert_eq!(backward_grid(1 << 14, plan, 132, 3), 396);
+        assert_eq!(backward_grid(1 << 14, plan, 132, 16), 528);
+        assert_eq!(backward_grid(100, plan, 132, 1), 100);
     }
 
     #[test]
