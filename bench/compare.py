@@ -182,6 +182,12 @@ def parse_args(argv=None):
     p.add_argument("--out", help="results folder (default bench/results/<date>-<device>/)")
     p.add_argument("--plot", choices=["auto", "png", "svg"], default="auto",
                    help="auto: PNG with matplotlib when installed, else SVG")
+    p.add_argument("--time-budget", type=float, metavar="SECONDS",
+                   help="start no new shape after this many seconds; what is left is named in "
+                        "the report (for machines lent by the call: pair with --merge)")
+    p.add_argument("--merge", nargs="+", metavar="RESULTS",
+                   help="measure nothing: combine the results.json of earlier runs (folders or "
+                        "files, on the same GPU) into one report in --out")
     p.add_argument("--dry-run", action="store_true",
                    help="no GPU, torch or jax: check the plumbing with synthetic numbers")
     a = p.parse_args(argv)
@@ -195,7 +201,11 @@ def parse_args(argv=None):
         p.error(str(e))
     if a.warmup < 0 or a.iters < 1:
         p.error("--warmup must be >= 0 and --iters >= 1")
-    if "warpnorm" in a.impls and not a.warpnorm and not a.dry_run:
+    if a.time_budget is not None and a.time_budget <= 0:
+        p.error("--time-budget must be positive")
+    if a.merge and not a.out:
+        p.error("--merge needs --out (the folder of the combined report)")
+    if "warpnorm" in a.impls and not a.warpnorm and not a.dry_run and not a.merge:
         p.error("--warpnorm PATH is required (or leave warpnorm out of --impls)")
     return a
 
@@ -290,7 +300,7 @@ def parse_warpnorm_output(text, passes):
             raise ValueError(f"unknown dtype {raw['dtype']!r} in warpnorm output")
         if impl == "copy":
             impl, pss = "copy_warpnorm", "copy"
-        elif impl != "warpnorm" or pss not in passes:
+        elif impl != "warpnorm" or (pss not in passes and pss != "bwd"):
             continue
         rows, cols, ms = int(raw["rows"]), int(raw["cols"]), float(raw["ms"])
         rec = {"impl": impl, "dtype": dtype, "cols": cols, "rows": rows, "pass": pss,
@@ -310,11 +320,28 @@ def parse_warpnorm_output(text, passes):
     return records, notes
 
 
-def run_warpnorm(args, records, notes):
+def warpnorm_passes(args):
+    """`warpnorm bench --pass`: the backward alone is timed too when forward + backward is
+    asked for, since the targets are stated for the backward alone."""
+    return "all" if "fwd_bwd" in args.passes else "fwd"
+
+
+def warpnorm_command(args, dtype):
     extra = args.warpnorm_args.split()
+    cmd = [args.warpnorm or "warpnorm", "bench", "--json", "--dtype", dtype,
+           "--cols", ",".join(map(str, args.cols)), "--bytes", args.bytes,
+           "--iters", str(args.iters), "--warmup", str(args.warmup)] + extra
+    if "--pass" not in extra:
+        cmd += ["--pass", warpnorm_passes(args)]
+    return cmd
+
+
+def run_warpnorm(args, records, notes, clock):
     for dtype in args.dtypes:
-        cmd = [args.warpnorm, "bench", "--json", "--dtype", dtype,
-               "--cols", ",".join(map(str, args.cols)), "--bytes", args.bytes] + extra
+        if clock.over():
+            notes.append(f"warpnorm {dtype}: not measured, the time budget was spent")
+            continue
+        cmd = warpnorm_command(args, dtype)
         print("running:", " ".join(cmd), flush=True)
         try:
             r = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
@@ -340,6 +367,16 @@ def run_warpnorm(args, records, notes):
 
 # ---------------------------------------------------------------------------------------
 # Timing on the GPU (imports happen here, never at module level)
+
+class Clock:
+    """The run's time budget (--time-budget): shapes are never cut in the middle; a shape
+    is not started once the budget is spent."""
+
+    def __init__(self, budget_s=None):
+        self.start, self.budget = time.monotonic(), budget_s
+
+    def over(self):
+        return self.budget is not None and time.monotonic() - self.start > self.budget
 
 def time_cuda_events(torch, step, sets, warmup, iters):
     """Milliseconds of each iteration (a CUDA event pair around each) after `warmup`;
@@ -496,8 +533,9 @@ def flax_impl(dtype, cols, rows, args, l2):
     return out
 
 
-def run_gpu(args, records, notes):
-    """The Python-side implementations, shape by shape; returns the torch module or None."""
+def run_gpu(args, records, notes, clock, checkpoint):
+    """The Python-side implementations, shape by shape; returns the torch module or None.
+    `checkpoint()` runs after every shape, so a run stopped from outside keeps its records."""
     gpu = None
     wanted = [i for i in IMPLS if i in args.impls and i not in ("warpnorm", "flax")]
     if wanted:
@@ -529,8 +567,12 @@ def run_gpu(args, records, notes):
             notes.append(f"flax skipped: {e}")
             use_flax = False
     l2 = gpu.l2 if gpu else 50 << 20
+    skipped = []
     for dtype in args.dtypes:
         for cols in args.cols:
+            if clock.over():
+                skipped.append(f"{dtype} D={cols}")
+                continue
             rows = rows_for_bytes(cols, dtype, args.nbytes)
             print(f"{dtype} D={cols} rows={rows}", flush=True)
             for impl in wanted:
@@ -550,6 +592,10 @@ def run_gpu(args, records, notes):
                     records.extend(flax_impl(dtype, cols, rows, args, l2))
                 except Exception as e:  # noqa: BLE001
                     notes.append(f"flax {dtype} D={cols}: {type(e).__name__}: {e}")
+            checkpoint()
+    if skipped and (wanted or use_flax):
+        notes.append(f"time budget of {clock.budget:g} s spent: the anchors were not run on "
+                     + ", ".join(skipped))
     return gpu.torch if gpu else None
 
 
@@ -575,6 +621,60 @@ def speedups(idx, dtype, pss, anchor, cols_list):
         wn, other = idx.get(("warpnorm", dtype, cols, pss)), idx.get((anchor, dtype, cols, pss))
         if wn and other and other["gbps"] > 0:
             out.append(wn["gbps"] / other["gbps"])
+    return out
+
+
+# The speed targets warpnorm is tuned to (16-bit dtypes; f32 is reported against them too).
+FWD_TARGET_LONG, FWD_TARGET_SHORT, BWD_TARGET = 90.0, 80.0, 85.0
+EAGER_SPEEDUP_TARGET = 1.3
+FAST_ANCHORS = ("torch_compile", "triton", "flax")
+
+
+def target_rows(idx, dtypes, cols_list):
+    """(target, dtype, worst case, met) for each target that the records can decide."""
+    out = []
+
+    def pct_rows(pss, wanted_cols):
+        got = []
+        for c in wanted_cols:
+            r, top = idx.get(("warpnorm", d, c, pss)), ceiling(idx, d, c)
+            if r and top:
+                got.append((100 * r["gbps"] / top, c))
+        return got
+
+    for d in dtypes:
+        long_cols = [c for c in cols_list if c >= 1024]
+        short_cols = [c for c in cols_list if 128 <= c <= 512]
+        for label, pss, cols, goal in [
+            (f"forward >= {FWD_TARGET_LONG:.0f}% of copy, D >= 1024", "fwd", long_cols, FWD_TARGET_LONG),
+            (f"forward >= {FWD_TARGET_SHORT:.0f}% of copy, D in 128..512", "fwd", short_cols, FWD_TARGET_SHORT),
+            (f"backward >= {BWD_TARGET:.0f}% of copy, D >= 1024", "bwd", long_cols, BWD_TARGET),
+        ]:
+            got = pct_rows(pss, cols)
+            if got:
+                worst = min(got)
+                out.append((label, d, f"lowest {worst[0]:.1f}% at D={worst[1]} ({len(got)} shapes)",
+                            worst[0] >= goal))
+        s = speedups(idx, d, "fwd_bwd", "torch", cols_list)
+        g = geomean(s)
+        if g:
+            out.append((f"forward + backward >= {EAGER_SPEEDUP_TARGET}x PyTorch eager (geomean)", d,
+                        f"{g:.2f}x over {len(s)} shapes", g >= EAGER_SPEEDUP_TARGET))
+        for pss in ("fwd", "fwd_bwd"):
+            behind, compared = [], 0
+            for c in cols_list:
+                wn = idx.get(("warpnorm", d, c, pss))
+                best = [(idx[(a, d, c, pss)]["gbps"], a) for a in FAST_ANCHORS if (a, d, c, pss) in idx]
+                if not wn or not best:
+                    continue
+                compared += 1
+                top, who = max(best)
+                if wn["gbps"] < top:
+                    behind.append(f"D={c} ({wn['gbps'] / top:.2f}x of {SHORT[who]})")
+            if compared:
+                out.append((f"{pss}: no slower than the best of torch.compile, Triton, flax", d,
+                            ("behind on " + ", ".join(behind)) if behind else f"ahead on all {compared} shapes",
+                            not behind))
     return out
 
 
@@ -646,8 +746,21 @@ def render_report(env, records, notes, args, plot_name, synthetic=False):
         L.append(f"**Forward + backward over PyTorch eager, geometric mean over {len(s)} shapes: "
                  f"{f'{g:.2f}x' if g else 'n/a'}.** (Count of shapes in parentheses above.)")
     L.append("")
+    targets = target_rows(idx, args.dtypes, args.cols)
+    if targets:
+        L.append("## Targets")
+        L.append("")
+        L.append("Stated for the 16-bit dtypes; f32 is held to the same lines for reference. "
+                 "The backward is warpnorm's backward alone (dx, dscale, dbias), timed by its CLI.")
+        L.append("")
+        L.append("| target | dtype | result | met |")
+        L.append("|---|---|---|---|")
+        for label, d, result, met in targets:
+            L.append(f"| {label} | {d} | {result} | {'yes' if met else '**no**'} |")
+        L.append("")
+    passes = args.passes + (["bwd"] if any(k[0] == "warpnorm" and k[3] == "bwd" for k in idx) else [])
     for d in args.dtypes:
-        for p in args.passes:
+        for p in passes:
             L.append(f"## {d}, {p}")
             L.append("")
             head = ["D", "rows", "copy GB/s"] + [f"{SHORT[i]} GB/s (%)" for i in impls] + \
@@ -845,10 +958,74 @@ def write_results(folder, env, records, notes, args, synthetic=False):
     plot_name = write_plot(folder, records, args, title)
     report = render_report(env, records, notes, args, plot_name, synthetic)
     (folder / "report.md").write_text(report)
-    payload = {"env": env, "synthetic": synthetic, "bytes": args.nbytes, "dtypes": args.dtypes,
-               "cols": args.cols, "passes": args.passes, "records": records, "notes": notes}
-    (folder / "results.json").write_text(json.dumps(payload, indent=1) + "\n")
+    write_json(folder, env, records, notes, args, synthetic)
     return folder / "report.md", folder / plot_name
+
+
+def write_json(folder, env, records, notes, args, synthetic=False):
+    payload = {"env": env, "synthetic": synthetic, "bytes": args.nbytes, "bytes_text": args.bytes,
+               "warmup": args.warmup, "iters": args.iters, "dtypes": args.dtypes,
+               "cols": args.cols, "passes": args.passes, "records": records, "notes": notes}
+    tmp = folder / "results.json.tmp"
+    tmp.write_text(json.dumps(payload, indent=1) + "\n")
+    tmp.replace(folder / "results.json")
+
+
+def load_results(path):
+    path = Path(path)
+    if path.is_dir():
+        path = path / "results.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"--merge: cannot read {path}: {e}")
+    for field in ("env", "records", "notes", "bytes"):
+        if field not in data:
+            raise SystemExit(f"--merge: {path} has no `{field}`: not a results.json of this script")
+    return path, data
+
+
+def merge(args):
+    """One report from several runs on the same GPU (a long comparison split into calls
+    that each fit a machine's time limit). A later run's record of a shape replaces an
+    earlier one's."""
+    runs = [load_results(p) for p in args.merge]
+    first = runs[0][1]
+    gpus = {d["env"].get("gpu") for _, d in runs}
+    if len(gpus) > 1:
+        raise SystemExit(f"--merge: runs from different GPUs ({', '.join(map(str, gpus))}) "
+                         "cannot share a report: timings compare only on one device")
+    sizes = {d["bytes"] for _, d in runs}
+    if len(sizes) > 1:
+        raise SystemExit(f"--merge: runs of different problem sizes ({sorted(sizes)} bytes)")
+    by_key, notes = {}, []
+    for path, data in runs:
+        if data.get("synthetic"):
+            raise SystemExit(f"--merge: {path} holds synthetic (dry-run) numbers")
+        for r in data["records"]:
+            by_key[(r["impl"], r["dtype"], r["cols"], r["pass"])] = r
+        notes += [n for n in data["notes"] if not n.startswith("partial:")]
+        if any(n.startswith("partial:") for n in data["notes"]):
+            notes.append(f"{path.parent.name}: stopped before it finished (a checkpoint); "
+                         "shapes it did not reach are missing")
+        notes.append(f"merged from {path.parent.name}/{path.name}: {data['env'].get('date')}, "
+                     f"commit {data['env'].get('warpnorm_commit')}, {len(data['records'])} records")
+    commits = {d["env"].get("warpnorm_commit") for _, d in runs}
+    if len(commits) > 1:
+        notes.append("the merged runs name different warpnorm commits: " + ", ".join(sorted(map(str, commits))))
+    env = dict(first["env"])
+    env["command"] = " ".join(sys.argv)
+    env["date"] = ", ".join(sorted({str(d["env"].get("date")) for _, d in runs}))
+    # The report's shape lists are the union of the runs', in the canonical order.
+    args.nbytes, args.bytes = first["bytes"], first.get("bytes_text", f"{first['bytes']} bytes")
+    args.warmup, args.iters = first.get("warmup", args.warmup), first.get("iters", args.iters)
+    args.dtypes = [d for d in DTYPES if any(d in r[1].get("dtypes", []) for r in runs)]
+    args.cols = sorted({c for _, d in runs for c in d.get("cols", [])})
+    args.passes = [p for p in PASSES if any(p in r[1].get("passes", []) for r in runs)]
+    folder = results_folder(args, env)
+    report, plot = write_results(folder, env, list(by_key.values()), notes, args)
+    print(f"merged {len(runs)} runs into {report}, {plot} and {folder / 'results.json'}")
+    return 0
 
 
 # ---------------------------------------------------------------------------------------
@@ -892,8 +1069,9 @@ def synthetic_records(args):
             rows = rows_for_bytes(c, d, args.nbytes)
             penalty = 1 - 0.25 * math.exp(-c / 512) - 0.1 * (c > 16384)
             for impl in ["copy"] + list(eff):
-                for p in (["copy"] if impl == "copy" else args.passes):
-                    f = 1.0 if impl == "copy" else eff[impl][p == "fwd_bwd"] * penalty
+                passes = args.passes + (["bwd"] if impl == "warpnorm" and "fwd_bwd" in args.passes else [])
+                for p in (["copy"] if impl == "copy" else passes):
+                    f = 1.0 if impl == "copy" else eff[impl][p != "fwd"] * penalty
                     if impl == "triton" and p == "fwd_bwd" and c * DTYPES[d] > 65536:
                         continue
                     ms = bytes_moved(d, rows, c, p) / (copy_bw * f * 1e9) * 1e3
@@ -916,8 +1094,7 @@ def dry_run(args):
     for d in args.dtypes:
         print("  " + d + ": " + ", ".join(f"{c}x{rows_for_bytes(c, d, args.nbytes)}" for c in args.cols))
     for d in args.dtypes:
-        print("would run:", args.warpnorm or "warpnorm", "bench --json --dtype", d,
-              "--cols", ",".join(map(str, args.cols)), "--bytes", args.bytes)
+        print("would run:", " ".join(warpnorm_command(args, d)))
     env = {"date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
            "gpu": "SYNTHETIC (dry run)", "host_python": platform.python_version(),
            "command": " ".join(sys.argv), "warpnorm_commit": warpnorm_commit(args)[0],
@@ -931,9 +1108,43 @@ def dry_run(args):
     report, plot = write_results(folder, env, records, notes, args, synthetic=True)
     text = report.read_text()
     assert "SYNTHETIC" in text and "PyTorch eager" in text and plot.stat().st_size > 0
+    assert "## Targets" in text and "backward >= 85%" in text, "the report names the targets"
     json.loads((folder / "results.json").read_text())
+    check_merge(folder, env, records, notes, args)
     print(f"dry run ok: {report} and {plot}")
     return 0
+
+
+def check_merge(folder, env, records, notes, args):
+    """Two halves of the synthetic run, merged, give back every record; other GPUs and
+    synthetic inputs are refused."""
+    halves = []
+    for k, part in enumerate((records[::2], records[1::2])):
+        sub = folder / f"merge-check-{k}"
+        sub.mkdir(exist_ok=True)
+        write_json(sub, {**env, "gpu": "check"}, part, notes, args)
+        halves.append(str(sub))
+    merged = folder / "merge-check"
+    argv = ["--merge", *halves, "--out", str(merged)]
+    assert main(argv) == 0
+    data = json.loads((merged / "results.json").read_text())
+    assert len(data["records"]) == len(records), (len(data["records"]), len(records))
+    write_json(Path(halves[1]), {**env, "gpu": "other"}, records[1::2], notes, args)
+    try:
+        main(argv)
+    except SystemExit as e:
+        assert "different GPUs" in str(e)
+    else:
+        raise AssertionError("--merge accepted runs from two GPUs")
+    write_json(Path(halves[1]), {**env, "gpu": "check"}, records[1::2], notes, args, synthetic=True)
+    try:
+        main(argv)
+    except SystemExit as e:
+        assert "synthetic" in str(e)
+    else:
+        raise AssertionError("--merge accepted synthetic numbers")
+    for h in halves + [str(merged)]:
+        shutil.rmtree(h)
 
 
 # ---------------------------------------------------------------------------------------
@@ -944,15 +1155,24 @@ def main(argv=None):
         return dry_run(args)
     # JAX would otherwise reserve most of the GPU memory at its first use.
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    if args.merge:
+        return merge(args)
     records, notes = [], []
+    clock = Clock(args.time_budget)
+    env = environment(args)
+    folder = results_folder(args, env)
+
+    def checkpoint():
+        write_json(folder, env, records, notes + ["partial: the run had not finished"], args)
+
     if "warpnorm" in args.impls:
         if shutil.which(args.warpnorm) is None and not Path(args.warpnorm).is_file():
             notes.append(f"warpnorm skipped: {args.warpnorm} not found")
         else:
-            run_warpnorm(args, records, notes)
-    torch = run_gpu(args, records, notes)
+            run_warpnorm(args, records, notes, clock)
+            checkpoint()
+    torch = run_gpu(args, records, notes, clock, checkpoint)
     env = environment(args, torch)
-    folder = results_folder(args, env)
     report, plot = write_results(folder, env, records, notes, args)
     print(f"wrote {report}, {plot} and {folder / 'results.json'}")
     for n in notes:

@@ -3,8 +3,9 @@
 # if needed): records the machine, runs the GPU test suite, compute-sanitizer and the
 # benchmark comparison, and writes everything under OUT (default ./gpu-results).
 # WARPNORM_CHECKS=tests,sanitizer,bench picks steps (the full comparison can take longer
-# than one call on a lent machine: run it as its own step). WARPNORM_PACK=1 leaves a single
-# results.tar.gz in OUT.
+# than one call on a lent machine: run it as its own step, split with WARPNORM_BENCH_ARGS,
+# e.g. "--dtypes bf16,f16 --time-budget 480", and join the parts with compare.py --merge).
+# WARPNORM_PACK=1 leaves a single results.tar.gz in OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-gpu-results}
@@ -45,7 +46,9 @@ if want sanitizer; then
     bash scripts/sanitize.sh "$bins" "$out/sanitizer" | tee "$out/sanitizer-summary.txt" || status=1
 fi
 if want bench && [[ -f bench/compare.py ]]; then
-    python3 bench/compare.py --warpnorm "$bins/warpnorm" --out "$out/bench" >"$out/bench.log" 2>&1 || status=1
+    # shellcheck disable=SC2086 # WARPNORM_BENCH_ARGS is a list of options
+    python3 bench/compare.py --warpnorm "$bins/warpnorm" --out "$out/bench" ${WARPNORM_BENCH_ARGS:-} \
+        >"$out/bench.log" 2>&1 || status=1
     tail -n 5 "$out/bench.log"
 fi
 # WARPNORM_PACK=1: everything in one archive (for transports that return few files).
