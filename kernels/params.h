@@ -106,4 +106,93 @@ typedef struct {
     int kind;
 } WarpnormStridedBwdParams;
 
+/*
+ * Sharded normalization (kernels/sharded.cu): each rank holds a [rows, cols] shard of rows
+ * whose features are split over its group. Per-row statistics layouts (`mode`):
+ * 0 = moments {n, mean, M2}, all-gathered as [group][rows][3];
+ * 1 = means {mean, mean of squares}, all-reduced as [rows][2].
+ */
+typedef struct {
+    const void* x;
+    float* out; /* rows * (3 or 2) f32 */
+    long long rows;
+    long long cols;
+    long long x_stride;
+    int mode;
+} WarpnormShardStatsParams;
+
+/* mean / rstd / dvar may be null (inference; dvar only for the fast variance). */
+typedef struct {
+    const void* x;
+    void* y;
+    const void* scale;
+    const void* bias;
+    const float* stats;
+    float* mean;
+    float* rstd;
+    float* dvar;
+    long long rows;
+    long long cols;
+    long long x_stride;
+    long long y_stride;
+    int group;
+    float eps;
+    int kind;
+    int mode;
+} WarpnormShardApplyParams;
+
+/*
+ * The backward's row sums and dx. sums is [rows][2]: shard_bwd_sums writes the shard's
+ * {sum g, sum g * xhat}; shard_dx reads the group's (after the all-reduce) and writes dx.
+ * dvar may be null (then 1). weight = 1 / (group * cols).
+ */
+typedef struct {
+    const void* x;
+    const void* dy;
+    const void* scale;
+    const float* mean;
+    const float* rstd;
+    const float* dvar;
+    float* sums;
+    void* dx;
+    long long rows;
+    long long cols;
+    long long x_stride;
+    long long dy_stride;
+    long long dx_stride;
+    float weight;
+    int kind;
+} WarpnormShardBwdParams;
+
+/* Partial dscale / dbias rows, one per chunk of chunk_rows rows (blockIdx.y); either may be null. */
+typedef struct {
+    const void* x;
+    const void* dy;
+    const float* mean;
+    const float* rstd;
+    float* partial_dscale;
+    float* partial_dbias;
+    long long rows;
+    long long cols;
+    long long x_stride;
+    long long dy_stride;
+    long long chunk_rows;
+    int kind;
+} WarpnormShardParamGradsParams;
+
+/* dst[i] = src[i] / divisor through f32; src may equal dst. */
+typedef struct {
+    const void* src;
+    void* dst;
+    long long n;
+    float divisor;
+} WarpnormCastParams;
+
+/* dst[i] += src[i] (f32), dst and src distinct. */
+typedef struct {
+    float* dst;
+    const float* src;
+    long long n;
+} WarpnormAccumulateParams;
+
 #endif /* WARPNORM_PARAMS_H */

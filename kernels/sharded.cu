@@ -19,8 +19,8 @@
 //
 // Correctness first: a warp per row with scalar, coalesced loads (a shard's slice may start
 // at any element), statistics in f32, every reduction in a fixed order so that results
-// are bitwise reproducible. Arguments are passed one by one (not as a params.h struct);
-// src/cuda/launch_sharded.rs pushes them in exactly the order of these signatures.
+// are bitwise reproducible. Each kernel takes one params.h struct by value, as the
+// single-device kernels do.
 #include "common.cuh"
 
 namespace warpnorm {
@@ -44,40 +44,38 @@ __device__ __forceinline__ WarpRows warp_rows() {
             int(threadIdx.x % kWarpSize)};
 }
 
-template <typename T>
-__global__ void __launch_bounds__(kShardThreads)
-    shard_row_stats(const T* __restrict__ x, float* __restrict__ out, long long rows, long long cols,
-                    long long x_stride, int mode) {
+template <typename T> __global__ void __launch_bounds__(kShardThreads) shard_row_stats(const WarpnormShardStatsParams p) {
     const WarpRows w = warp_rows();
-    const float n = float(cols);
-    for (long long row = w.first; row < rows; row += w.step) {
-        const T* xr = x + row * x_stride;
+    const T* x = static_cast<const T*>(p.x);
+    const float n = float(p.cols);
+    for (long long row = w.first; row < p.rows; row += w.step) {
+        const T* xr = x + row * p.x_stride;
         float s = 0.f, q = 0.f;
-        for (long long c = w.lane; c < cols; c += kWarpSize) {
+        for (long long c = w.lane; c < p.cols; c += kWarpSize) {
             const float v = to_float(xr[c]);
             s += v;
             q += v * v;
         }
         s = group_sum<kWarpSize>(s);
-        if (mode == kShardMeans) {
+        if (p.mode == kShardMeans) {
             q = group_sum<kWarpSize>(q);
             if (w.lane == 0) {
-                out[2 * row] = s / n;
-                out[2 * row + 1] = q / n;
+                p.out[2 * row] = s / n;
+                p.out[2 * row + 1] = q / n;
             }
         } else {
             // Exact two-pass: the second pass re-reads the row (from L1 / L2).
             const float mean = s / n;
             float m2 = 0.f;
-            for (long long c = w.lane; c < cols; c += kWarpSize) {
+            for (long long c = w.lane; c < p.cols; c += kWarpSize) {
                 const float d = to_float(xr[c]) - mean;
                 m2 += d * d;
             }
             m2 = group_sum<kWarpSize>(m2);
             if (w.lane == 0) {
-                out[3 * row] = n;
-                out[3 * row + 1] = mean;
-                out[3 * row + 2] = m2;
+                p.out[3 * row] = n;
+                p.out[3 * row + 1] = mean;
+                p.out[3 * row + 2] = m2;
             }
         }
     }
@@ -119,25 +117,25 @@ __device__ __forceinline__ ShardRowStats combine_stats(const float* stats, long 
     return {mean, rsqrtf(var + eps), dvar};
 }
 
+// The minimum of 8 resident CTAs gives ptxas a budget of 64 registers: left to itself it
+// settles on 32 for sm_80 and spills (tests/kernel_resources.rs).
 template <typename T, typename P, typename O>
-__global__ void __launch_bounds__(kShardThreads)
-    shard_apply(const T* __restrict__ x, O* __restrict__ y, const P* __restrict__ scale, const P* __restrict__ bias,
-                const float* __restrict__ stats, float* __restrict__ mean_out, float* __restrict__ rstd_out,
-                float* __restrict__ dvar_out, long long rows, long long cols, long long x_stride, long long y_stride,
-                int group, float eps, int kind, int mode) {
+__global__ void __launch_bounds__(kShardThreads, 8) shard_apply(const WarpnormShardApplyParams p) {
     const WarpRows w = warp_rows();
-    for (long long row = w.first; row < rows; row += w.step) {
+    const P* scale = static_cast<const P*>(p.scale);
+    const P* bias = static_cast<const P*>(p.bias);
+    for (long long row = w.first; row < p.rows; row += w.step) {
         // Every lane merges the same values in the same order: no broadcast needed.
-        const ShardRowStats st = combine_stats(stats, row, rows, group, eps, kind, mode);
+        const ShardRowStats st = combine_stats(p.stats, row, p.rows, p.group, p.eps, p.kind, p.mode);
         if (w.lane == 0) {
-            if (mean_out) mean_out[row] = st.mean;
-            if (rstd_out) rstd_out[row] = st.rstd;
-            if (dvar_out) dvar_out[row] = st.dvar;
+            if (p.mean) p.mean[row] = st.mean;
+            if (p.rstd) p.rstd[row] = st.rstd;
+            if (p.dvar) p.dvar[row] = st.dvar;
         }
-        const float shift = kind == WARPNORM_LAYER_NORM ? st.mean : 0.f;
-        const T* xr = x + row * x_stride;
-        O* yr = y + row * y_stride;
-        for (long long c = w.lane; c < cols; c += kWarpSize) {
+        const float shift = p.kind == WARPNORM_LAYER_NORM ? st.mean : 0.f;
+        const T* xr = static_cast<const T*>(p.x) + row * p.x_stride;
+        O* yr = static_cast<O*>(p.y) + row * p.y_stride;
+        for (long long c = w.lane; c < p.cols; c += kWarpSize) {
             const float g = scale ? to_float(scale[c]) : 1.f;
             const float b = bias ? to_float(bias[c]) : 0.f;
             yr[c] = from_float<O>((to_float(xr[c]) - shift) * st.rstd * g + b);
@@ -145,30 +143,44 @@ __global__ void __launch_bounds__(kShardThreads)
     }
 }
 
+// One row of the backward's inputs: x, dy and the saved statistics.
+template <typename T, typename P, typename O> struct ShardBwdRow {
+    const T* x;
+    const O* dy;
+    const P* scale;
+    float shift, rstd;
+
+    __device__ __forceinline__ ShardBwdRow(const WarpnormShardBwdParams& p, long long row)
+        : x(static_cast<const T*>(p.x) + row * p.x_stride),
+          dy(static_cast<const O*>(p.dy) + row * p.dy_stride),
+          scale(static_cast<const P*>(p.scale)),
+          shift(p.kind == WARPNORM_LAYER_NORM ? p.mean[row] : 0.f),
+          rstd(p.rstd[row]) {}
+    // g = dy * scale of column c.
+    __device__ __forceinline__ float g(long long c) const {
+        return to_float(dy[c]) * (scale ? to_float(scale[c]) : 1.f);
+    }
+    __device__ __forceinline__ float xhat(long long c) const { return (to_float(x[c]) - shift) * rstd; }
+};
+
 // Per-shard backward sums of each row: {sum g, sum g * xhat} with g = dy * scale and
 // xhat = (x - centre) * rstd from the saved (group-wide) statistics.
 template <typename T, typename P, typename O>
-__global__ void __launch_bounds__(kShardThreads)
-    shard_bwd_sums(const T* __restrict__ x, const O* __restrict__ dy, const P* __restrict__ scale,
-                   const float* __restrict__ mean, const float* __restrict__ rstd, float* __restrict__ sums,
-                   long long rows, long long cols, long long x_stride, long long dy_stride, int kind) {
+__global__ void __launch_bounds__(kShardThreads) shard_bwd_sums(const WarpnormShardBwdParams p) {
     const WarpRows w = warp_rows();
-    for (long long row = w.first; row < rows; row += w.step) {
-        const float shift = kind == WARPNORM_LAYER_NORM ? mean[row] : 0.f;
-        const float r = rstd[row];
-        const T* xr = x + row * x_stride;
-        const O* dyr = dy + row * dy_stride;
+    for (long long row = w.first; row < p.rows; row += w.step) {
+        const ShardBwdRow<T, P, O> r(p, row);
         float a = 0.f, b = 0.f;
-        for (long long c = w.lane; c < cols; c += kWarpSize) {
-            const float g = to_float(dyr[c]) * (scale ? to_float(scale[c]) : 1.f);
+        for (long long c = w.lane; c < p.cols; c += kWarpSize) {
+            const float g = r.g(c);
             a += g;
-            b += g * (to_float(xr[c]) - shift) * r;
+            b += g * r.xhat(c);
         }
         a = group_sum<kWarpSize>(a);
         b = group_sum<kWarpSize>(b);
         if (w.lane == 0) {
-            sums[2 * row] = a;
-            sums[2 * row + 1] = b;
+            p.sums[2 * row] = a;
+            p.sums[2 * row + 1] = b;
         }
     }
 }
@@ -177,25 +189,16 @@ __global__ void __launch_bounds__(kShardThreads)
 // weight of one element in the group mean (1 / (k * cols)) and c1 = 1 for LayerNorm, 0
 // for RMSNorm (see src/reference/row.rs for the derivation).
 template <typename T, typename P, typename O>
-__global__ void __launch_bounds__(kShardThreads)
-    shard_dx(const T* __restrict__ x, const O* __restrict__ dy, const P* __restrict__ scale,
-             const float* __restrict__ mean, const float* __restrict__ rstd, const float* __restrict__ dvar,
-             const float* __restrict__ sums, T* __restrict__ dx, long long rows, long long cols, long long x_stride,
-             long long dy_stride, long long dx_stride, float weight, int kind) {
+__global__ void __launch_bounds__(kShardThreads) shard_dx(const WarpnormShardBwdParams p) {
     const WarpRows w = warp_rows();
-    for (long long row = w.first; row < rows; row += w.step) {
-        const float shift = kind == WARPNORM_LAYER_NORM ? mean[row] : 0.f;
-        const float r = rstd[row];
-        const float f = dvar ? dvar[row] : 1.f;
-        const float c1a = kind == WARPNORM_LAYER_NORM ? sums[2 * row] : 0.f;
-        const float b = sums[2 * row + 1];
-        const T* xr = x + row * x_stride;
-        const O* dyr = dy + row * dy_stride;
-        T* dxr = dx + row * dx_stride;
-        for (long long c = w.lane; c < cols; c += kWarpSize) {
-            const float g = to_float(dyr[c]) * (scale ? to_float(scale[c]) : 1.f);
-            const float xhat = (to_float(xr[c]) - shift) * r;
-            dxr[c] = from_float<T>(r * (g - weight * (c1a + f * xhat * b)));
+    for (long long row = w.first; row < p.rows; row += w.step) {
+        const ShardBwdRow<T, P, O> r(p, row);
+        const float f = p.dvar ? p.dvar[row] : 1.f;
+        const float c1a = p.kind == WARPNORM_LAYER_NORM ? p.sums[2 * row] : 0.f;
+        const float b = p.sums[2 * row + 1];
+        T* dxr = static_cast<T*>(p.dx) + row * p.dx_stride;
+        for (long long c = w.lane; c < p.cols; c += kWarpSize) {
+            dxr[c] = from_float<T>(r.rstd * (r.g(c) - p.weight * (c1a + f * r.xhat(c) * b)));
         }
     }
 }
@@ -204,40 +207,38 @@ __global__ void __launch_bounds__(kShardThreads)
 // column (coalesced across the warp), blockIdx.y a chunk of `chunk_rows` rows whose sums
 // go to partial row blockIdx.y; finalize_partials adds the chunks in order.
 template <typename T, typename O>
-__global__ void __launch_bounds__(256)
-    shard_param_grads(const T* __restrict__ x, const O* __restrict__ dy, const float* __restrict__ mean,
-                      const float* __restrict__ rstd, float* __restrict__ partial_dscale,
-                      float* __restrict__ partial_dbias, long long rows, long long cols, long long x_stride,
-                      long long dy_stride, long long chunk_rows, int kind) {
-    const long long first = (long long)blockIdx.y * chunk_rows;
-    const long long last = first + chunk_rows < rows ? first + chunk_rows : rows;
-    for (long long c = (long long)blockIdx.x * blockDim.x + threadIdx.x; c < cols;
+__global__ void __launch_bounds__(256) shard_param_grads(const WarpnormShardParamGradsParams p) {
+    const T* x = static_cast<const T*>(p.x);
+    const O* dy = static_cast<const O*>(p.dy);
+    const long long first = (long long)blockIdx.y * p.chunk_rows;
+    const long long last = first + p.chunk_rows < p.rows ? first + p.chunk_rows : p.rows;
+    for (long long c = (long long)blockIdx.x * blockDim.x + threadIdx.x; c < p.cols;
          c += (long long)gridDim.x * blockDim.x) {
         float ds = 0.f, db = 0.f;
         for (long long row = first; row < last; ++row) {
-            const float shift = kind == WARPNORM_LAYER_NORM ? mean[row] : 0.f;
-            const float d = to_float(dy[row * dy_stride + c]);
-            ds += d * (to_float(x[row * x_stride + c]) - shift) * rstd[row];
+            const float shift = p.kind == WARPNORM_LAYER_NORM ? p.mean[row] : 0.f;
+            const float d = to_float(dy[row * p.dy_stride + c]);
+            ds += d * (to_float(x[row * p.x_stride + c]) - shift) * p.rstd[row];
             db += d;
         }
-        if (partial_dscale) partial_dscale[(long long)blockIdx.y * cols + c] = ds;
-        if (partial_dbias) partial_dbias[(long long)blockIdx.y * cols + c] = db;
+        if (p.partial_dscale) p.partial_dscale[(long long)blockIdx.y * p.cols + c] = ds;
+        if (p.partial_dbias) p.partial_dbias[(long long)blockIdx.y * p.cols + c] = db;
     }
 }
 
 // dst[i] = src[i] / divisor, converted through f32: psum / pmean of 16-bit buffers
 // accumulate in f32 scratch. src may equal dst (each element is read before it is written).
-template <typename S, typename D>
-__global__ void __launch_bounds__(256) cast_scale(const S* src, D* dst, long long n, float divisor) {
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
-        dst[i] = from_float<D>(to_float(src[i]) / divisor);
+template <typename S, typename D> __global__ void __launch_bounds__(256) cast_scale(const WarpnormCastParams p) {
+    const S* src = static_cast<const S*>(p.src);
+    D* dst = static_cast<D*>(p.dst);
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < p.n; i += (long long)gridDim.x * blockDim.x)
+        dst[i] = from_float<D>(to_float(src[i]) / p.divisor);
 }
 
 // dst[i] += src[i]: the in-process collective's sums, one rank at a time in a fixed order.
-template <typename T>
-__global__ void __launch_bounds__(256) accumulate(T* __restrict__ dst, const T* __restrict__ src, long long n) {
-    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (long long)gridDim.x * blockDim.x)
-        dst[i] += src[i];
+__global__ void __launch_bounds__(256) accumulate(const WarpnormAccumulateParams p) {
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < p.n; i += (long long)gridDim.x * blockDim.x)
+        p.dst[i] += p.src[i];
 }
 
 }  // namespace warpnorm

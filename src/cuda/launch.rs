@@ -1,4 +1,5 @@
-//! Kernel selection and launch: the only `unsafe` code of the single-device kernels.
+//! Kernel selection and launch: [`OnStream::launch`] is the one place any warpnorm kernel
+//! is launched, and the only `unsafe` launch code of the crate.
 //!
 //! The functions here turn checked parameter structs into launches through a [`Launch`]
 //! implementation: [`OnStream`] enqueues on a CUDA stream; the CPU emulation (feature
@@ -80,13 +81,15 @@ impl Launch for OnStream<'_> {
     ) -> Result<()> {
         let f = self.function_for(source, expr, cfg.shared_mem_bytes)?;
         // SAFETY: `params` is the bindgen mirror of the C struct the kernel `expr` takes
-        // by value (each `expr` is paired with its struct in the functions below). Its
-        // pointers were checked by ops: x / y / dx / dy / mask cover every row at their
-        // strides, scale / bias / dscale / dbias hold `cols` elements, mean / rstd `rows`,
-        // the workspace at least as many partial rows as the grid has CTAs (or warps, for
-        // the strided kernel), and every pointer and stride is aligned for the vector
-        // width chosen; all buffers belong to this stream's context. The kernels touch
-        // nothing else, and `cfg` comes from the same plan that sized the shared memory.
+        // by value (each `expr` is paired with its struct in the functions below and in
+        // `launch_sharded.rs`). Its pointers were checked by ops (or, for the sharded
+        // kernels, by crate::sharded and crate::dist): x / y / dx / dy / mask cover every
+        // row at their strides, scale / bias / dscale / dbias hold `cols` elements, mean /
+        // rstd / dvar `rows`, the statistics and sums their documented layouts, the
+        // workspace at least as many partial rows as the grid writes, and every pointer and
+        // stride is aligned for the vector width chosen; all buffers belong to this
+        // stream's context. The kernels touch nothing else, and `cfg` comes from the same
+        // plan that sized the shared memory.
         unsafe { self.stream.launch_builder(&f).arg(params).launch(cfg) }?;
         Ok(())
     }

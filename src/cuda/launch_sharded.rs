@@ -1,18 +1,21 @@
-//! The launches of the sharded-normalization kernels (`kernels/sharded.cu`): the only
-//! `unsafe` code of sharded normalization.
+//! The launches of the sharded-normalization kernels (`kernels/sharded.cu`).
 //!
-//! Callers ([`crate::sharded`], [`crate::dist`]) check every buffer's length and CUDA
-//! context first and pass device addresses whose stream-ordering guards they keep alive
-//! until these functions return. The kernels take their arguments one by one, so each
-//! launch pushes them in exactly the order of the kernel's signature (repeated above each
-//! launch) and with the same sizes: device pointers as `u64` (`CUdeviceptr`, 8 bytes like a
-//! pointer), `long long` as `i64`, `int` as `i32`, `float` as `f32`. A null pointer is 0.
+//! Each function turns typed arguments into the kernel's params.h struct and launches it
+//! through [`OnStream`], the one `unsafe` launch site of the crate. Callers
+//! ([`crate::sharded`], [`crate::dist`]) check every buffer's length and CUDA context first
+//! and pass device addresses (0 for an absent buffer) whose stream-ordering guards they keep
+//! alive until these functions return.
 
-use cudarc::driver::{CudaStream, LaunchConfig, PushKernelArg};
+use std::ffi::c_void;
 
-use super::params::WarpnormFinalizeParams;
+use cudarc::driver::{CudaStream, DeviceRepr, LaunchConfig};
+
+use super::params::{
+    WarpnormAccumulateParams, WarpnormCastParams, WarpnormFinalizeParams, WarpnormShardApplyParams,
+    WarpnormShardBwdParams, WarpnormShardParamGradsParams, WarpnormShardStatsParams,
+};
 use super::tiers::{expr, sharded as names};
-use super::{CudaBackend, Dtypes};
+use super::{CudaBackend, Dtypes, Launch, OnStream};
 use crate::{NormKind, Result};
 
 /// `kShardThreads`: a CTA of the warp-per-row kernels holds this many threads (4 warps).
@@ -89,6 +92,26 @@ fn flat_grid(be: &CudaBackend, n: i64) -> (u32, u32) {
     (needed.min(cap) as u32, 1)
 }
 
+/// Enqueues `params` for kernel `name` of `source` on `stream`.
+fn launch<P: DeviceRepr>(
+    be: &CudaBackend,
+    stream: &CudaStream,
+    source: &'static str,
+    name: &str,
+    params: &P,
+    cfg: LaunchConfig,
+) -> Result<()> {
+    OnStream { be, stream }.launch(source, name, params, cfg)
+}
+
+fn read(addr: u64) -> *const c_void {
+    addr as *const c_void
+}
+
+fn write(addr: u64) -> *mut c_void {
+    addr as *mut c_void
+}
+
 /// Per-shard row statistics of x (`[rows, cols]` at `x_stride`) into `out`
 /// (`rows * mode.floats_per_row()` f32).
 #[allow(clippy::too_many_arguments)]
@@ -102,25 +125,16 @@ pub(crate) fn row_stats(
     shape: Rows,
     mode: StatsMode,
 ) -> Result<()> {
-    let f = be.function("sharded", &names::row_stats(x_dtype))?;
-    let mode = mode.code();
-    // shard_row_stats<T>(const T* x, float* out, long long rows, long long cols,
-    //                    long long x_stride, int mode)
-    // SAFETY: the caller checked that x holds `rows` rows of `cols` elements at `x_stride`
-    // and `out` rows * floats_per_row f32, both in this stream's context; the kernel reads
-    // and writes only those.
-    unsafe {
-        stream
-            .launch_builder(&f)
-            .arg(&x)
-            .arg(&out)
-            .arg(&shape.rows)
-            .arg(&shape.cols)
-            .arg(&x_stride)
-            .arg(&mode)
-            .launch(config(row_grid(be, shape.rows), ROW_THREADS))
-    }?;
-    Ok(())
+    let p = WarpnormShardStatsParams {
+        x: read(x),
+        out: out as *mut f32,
+        rows: shape.rows,
+        cols: shape.cols,
+        x_stride,
+        mode: mode.code(),
+    };
+    let cfg = config(row_grid(be, shape.rows), ROW_THREADS);
+    launch(be, stream, "sharded", &names::row_stats(x_dtype), &p, cfg)
 }
 
 /// Device addresses and options of [`apply`] (0 for an absent optional buffer).
@@ -151,37 +165,27 @@ pub(crate) fn apply(
     shape: Rows,
     a: &ApplyArgs,
 ) -> Result<()> {
-    let f = be.function("sharded", &names::apply(d.x, d.param, d.out))?;
-    let (kind, mode) = (kind_code(a.kind), a.mode.code());
-    // shard_apply<T, P, O>(const T* x, O* y, const P* scale, const P* bias,
-    //     const float* stats, float* mean_out, float* rstd_out, float* dvar_out,
-    //     long long rows, long long cols, long long x_stride, long long y_stride,
-    //     int group, float eps, int kind, int mode)
-    // SAFETY: the caller checked x / y (rows x cols at their strides), scale / bias (cols,
-    // or 0), stats (rows * 3 * group or rows * 2 f32, written on this stream before) and
-    // mean / rstd / dvar (rows f32, or 0); the kernel touches only those.
-    unsafe {
-        stream
-            .launch_builder(&f)
-            .arg(&a.x)
-            .arg(&a.y)
-            .arg(&a.scale)
-            .arg(&a.bias)
-            .arg(&a.stats)
-            .arg(&a.mean)
-            .arg(&a.rstd)
-            .arg(&a.dvar)
-            .arg(&shape.rows)
-            .arg(&shape.cols)
-            .arg(&a.x_stride)
-            .arg(&a.y_stride)
-            .arg(&a.group)
-            .arg(&a.eps)
-            .arg(&kind)
-            .arg(&mode)
-            .launch(config(row_grid(be, shape.rows), ROW_THREADS))
-    }?;
-    Ok(())
+    let p = WarpnormShardApplyParams {
+        x: read(a.x),
+        y: write(a.y),
+        scale: read(a.scale),
+        bias: read(a.bias),
+        stats: a.stats as *const f32,
+        mean: a.mean as *mut f32,
+        rstd: a.rstd as *mut f32,
+        dvar: a.dvar as *mut f32,
+        rows: shape.rows,
+        cols: shape.cols,
+        x_stride: a.x_stride,
+        y_stride: a.y_stride,
+        group: a.group,
+        eps: a.eps,
+        kind: kind_code(a.kind),
+        mode: a.mode.code(),
+    };
+    let name = names::apply(d.x, d.param, d.out);
+    let cfg = config(row_grid(be, shape.rows), ROW_THREADS);
+    launch(be, stream, "sharded", &name, &p, cfg)
 }
 
 /// Device addresses and options of [`bwd_sums`] and [`dx`] (0 for an absent buffer).
@@ -205,6 +209,28 @@ pub(crate) struct BwdArgs {
     pub kind: NormKind,
 }
 
+impl BwdArgs {
+    fn params(&self, shape: Rows) -> WarpnormShardBwdParams {
+        WarpnormShardBwdParams {
+            x: read(self.x),
+            dy: read(self.dy),
+            scale: read(self.scale),
+            mean: self.mean as *const f32,
+            rstd: self.rstd as *const f32,
+            dvar: self.dvar as *const f32,
+            sums: self.sums as *mut f32,
+            dx: write(self.dx),
+            rows: shape.rows,
+            cols: shape.cols,
+            x_stride: self.x_stride,
+            dy_stride: self.dy_stride,
+            dx_stride: self.dx_stride,
+            weight: self.weight,
+            kind: kind_code(self.kind),
+        }
+    }
+}
+
 /// The shard's `{sum g, sum g * xhat}` per row into `a.sums`.
 pub(crate) fn bwd_sums(
     be: &CudaBackend,
@@ -213,30 +239,9 @@ pub(crate) fn bwd_sums(
     shape: Rows,
     a: &BwdArgs,
 ) -> Result<()> {
-    let f = be.function("sharded", &names::bwd_sums(d.x, d.param, d.out))?;
-    let kind = kind_code(a.kind);
-    // shard_bwd_sums<T, P, O>(const T* x, const O* dy, const P* scale, const float* mean,
-    //     const float* rstd, float* sums, long long rows, long long cols,
-    //     long long x_stride, long long dy_stride, int kind)
-    // SAFETY: the caller checked x / dy (rows x cols at their strides), scale (cols or 0),
-    // mean / rstd (rows f32) and sums (rows * 2 f32).
-    unsafe {
-        stream
-            .launch_builder(&f)
-            .arg(&a.x)
-            .arg(&a.dy)
-            .arg(&a.scale)
-            .arg(&a.mean)
-            .arg(&a.rstd)
-            .arg(&a.sums)
-            .arg(&shape.rows)
-            .arg(&shape.cols)
-            .arg(&a.x_stride)
-            .arg(&a.dy_stride)
-            .arg(&kind)
-            .launch(config(row_grid(be, shape.rows), ROW_THREADS))
-    }?;
-    Ok(())
+    let name = names::bwd_sums(d.x, d.param, d.out);
+    let cfg = config(row_grid(be, shape.rows), ROW_THREADS);
+    launch(be, stream, "sharded", &name, &a.params(shape), cfg)
 }
 
 /// dx from the group's sums in `a.sums`.
@@ -247,35 +252,9 @@ pub(crate) fn dx(
     shape: Rows,
     a: &BwdArgs,
 ) -> Result<()> {
-    let f = be.function("sharded", &names::dx(d.x, d.param, d.out))?;
-    let kind = kind_code(a.kind);
-    // shard_dx<T, P, O>(const T* x, const O* dy, const P* scale, const float* mean,
-    //     const float* rstd, const float* dvar, const float* sums, T* dx, long long rows,
-    //     long long cols, long long x_stride, long long dy_stride, long long dx_stride,
-    //     float weight, int kind)
-    // SAFETY: as in bwd_sums, plus dvar (rows f32 or 0) and dx (rows x cols at dx_stride),
-    // which the kernel writes and nothing else.
-    unsafe {
-        stream
-            .launch_builder(&f)
-            .arg(&a.x)
-            .arg(&a.dy)
-            .arg(&a.scale)
-            .arg(&a.mean)
-            .arg(&a.rstd)
-            .arg(&a.dvar)
-            .arg(&a.sums)
-            .arg(&a.dx)
-            .arg(&shape.rows)
-            .arg(&shape.cols)
-            .arg(&a.x_stride)
-            .arg(&a.dy_stride)
-            .arg(&a.dx_stride)
-            .arg(&a.weight)
-            .arg(&kind)
-            .launch(config(row_grid(be, shape.rows), ROW_THREADS))
-    }?;
-    Ok(())
+    let name = names::dx(d.x, d.param, d.out);
+    let cfg = config(row_grid(be, shape.rows), ROW_THREADS);
+    launch(be, stream, "sharded", &name, &a.params(shape), cfg)
 }
 
 /// How the parameter gradients split rows into chunks: `(chunk_rows, chunks)`.
@@ -328,69 +307,52 @@ pub(crate) fn param_grads(
     let half = chunks * shape.cols as u64 * 4;
     let partial_dscale = a.dscale.map_or(0, |_| a.workspace);
     let partial_dbias = a.dbias.map_or(0, |_| a.workspace + half);
-    let f = be.function("sharded", &names::param_grads(d.x, d.out))?;
-    let kind = kind_code(a.kind);
+    let p = WarpnormShardParamGradsParams {
+        x: read(a.x),
+        dy: read(a.dy),
+        mean: a.mean as *const f32,
+        rstd: a.rstd as *const f32,
+        partial_dscale: partial_dscale as *mut f32,
+        partial_dbias: partial_dbias as *mut f32,
+        rows: shape.rows,
+        cols: shape.cols,
+        x_stride: a.x_stride,
+        dy_stride: a.dy_stride,
+        chunk_rows,
+        kind: kind_code(a.kind),
+    };
     let col_blocks = (shape.cols as u64)
         .div_ceil(FLAT_THREADS as u64)
         .min(MAX_CHUNKS) as u32;
-    // shard_param_grads<T, O>(const T* x, const O* dy, const float* mean,
-    //     const float* rstd, float* partial_dscale, float* partial_dbias, long long rows,
-    //     long long cols, long long x_stride, long long dy_stride, long long chunk_rows,
-    //     int kind)
-    // SAFETY: x / dy hold rows x cols at their strides, mean / rstd rows f32, and the
-    // workspace 2 * chunks * cols f32 (caller checked); CTA row y writes only partial row y.
-    unsafe {
-        stream
-            .launch_builder(&f)
-            .arg(&a.x)
-            .arg(&a.dy)
-            .arg(&a.mean)
-            .arg(&a.rstd)
-            .arg(&partial_dscale)
-            .arg(&partial_dbias)
-            .arg(&shape.rows)
-            .arg(&shape.cols)
-            .arg(&a.x_stride)
-            .arg(&a.dy_stride)
-            .arg(&chunk_rows)
-            .arg(&kind)
-            .launch(config((col_blocks, chunks as u32), FLAT_THREADS))
-    }?;
-    let outputs = [(partial_dscale, a.dscale), (partial_dbias, a.dbias)];
-    for (partial, out) in outputs {
+    let cfg = config((col_blocks, chunks as u32), FLAT_THREADS);
+    launch(
+        be,
+        stream,
+        "sharded",
+        &names::param_grads(d.x, d.out),
+        &p,
+        cfg,
+    )?;
+    for (partial, out) in [(partial_dscale, a.dscale), (partial_dbias, a.dbias)] {
         if let Some(out) = out {
-            finalize(be, stream, d.param, partial, out, shape.cols, chunks as i32)?;
+            let p = WarpnormFinalizeParams {
+                partial: partial as *const f32,
+                out: write(out),
+                cols: shape.cols,
+                parts: chunks as i32,
+            };
+            let grid = (shape.cols as u64).div_ceil(256).clamp(1, 65_535) as u32;
+            let name = expr::finalize(d.param);
+            launch(
+                be,
+                stream,
+                "layernorm_bwd",
+                &name,
+                &p,
+                config((grid, 1), 256),
+            )?;
         }
     }
-    Ok(())
-}
-
-/// `out[c] = sum over parts of partial[p * cols + c]` in part order, cast to `param`.
-fn finalize(
-    be: &CudaBackend,
-    stream: &CudaStream,
-    param: &str,
-    partial: u64,
-    out: u64,
-    cols: i64,
-    parts: i32,
-) -> Result<()> {
-    let f = be.function("layernorm_bwd", &expr::finalize(param))?;
-    let p = WarpnormFinalizeParams {
-        partial: partial as *const f32,
-        out: out as *mut std::ffi::c_void,
-        cols: cols as _,
-        parts,
-    };
-    let grid = (cols as u64).div_ceil(256).clamp(1, 65_535) as u32;
-    // SAFETY: `partial` holds `parts` rows of `cols` f32 written just before on this
-    // stream; `out` holds `cols` elements of the param dtype (caller checked).
-    unsafe {
-        stream
-            .launch_builder(&f)
-            .arg(&p)
-            .launch(config((grid, 1), 256))
-    }?;
     Ok(())
 }
 
@@ -406,23 +368,18 @@ pub(crate) fn cast_scale(
     n: i64,
     divisor: f32,
 ) -> Result<()> {
-    let f = be.function("sharded", &names::cast_scale(src_dtype, dst_dtype))?;
-    // cast_scale<S, D>(const S* src, D* dst, long long n, float divisor)
-    // SAFETY: the caller checked that src and dst hold n elements of their dtypes in this
-    // stream's context; each thread reads element i before writing element i.
-    unsafe {
-        stream
-            .launch_builder(&f)
-            .arg(&src)
-            .arg(&dst)
-            .arg(&n)
-            .arg(&divisor)
-            .launch(config(flat_grid(be, n), FLAT_THREADS))
-    }?;
-    Ok(())
+    let p = WarpnormCastParams {
+        src: read(src),
+        dst: write(dst),
+        n,
+        divisor,
+    };
+    let name = names::cast_scale(src_dtype, dst_dtype);
+    let cfg = config(flat_grid(be, n), FLAT_THREADS);
+    launch(be, stream, "sharded", &name, &p, cfg)
 }
 
-/// `dst[i] += src[i]` for `n` f32.
+/// `dst[i] += src[i]` for `n` f32 (`dst` and `src` distinct).
 pub(crate) fn accumulate(
     be: &CudaBackend,
     stream: &CudaStream,
@@ -430,19 +387,13 @@ pub(crate) fn accumulate(
     src: u64,
     n: i64,
 ) -> Result<()> {
-    let f = be.function("sharded", &names::accumulate())?;
-    // accumulate<float>(float* dst, const float* src, long long n)
-    // SAFETY: the caller checked that dst and src are distinct buffers of at least n f32
-    // in this stream's context.
-    unsafe {
-        stream
-            .launch_builder(&f)
-            .arg(&dst)
-            .arg(&src)
-            .arg(&n)
-            .launch(config(flat_grid(be, n), FLAT_THREADS))
-    }?;
-    Ok(())
+    let p = WarpnormAccumulateParams {
+        dst: dst as *mut f32,
+        src: src as *const f32,
+        n,
+    };
+    let cfg = config(flat_grid(be, n), FLAT_THREADS);
+    launch(be, stream, "sharded", &names::accumulate(), &p, cfg)
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
-//! The CUDA backend: device discovery, the embedded kernels, and the (only) `unsafe`
-//! launches in `launch.rs` and `launch_sharded.rs`.
+//! The CUDA backend: device discovery, the embedded kernels, and the one `unsafe` launch
+//! site (`launch.rs`), which the sharded kernels' launches (`launch_sharded.rs`) go through too.
 //!
 //! [`CudaBackend`] owns a context, a stream and the loaded kernel modules of one GPU. The
 //! safe operations on caller-owned buffers live in [`crate::ops`].

@@ -19,3 +19,15 @@ unsafe impl cudarc::driver::DeviceRepr for WarpnormFinalizeParams {}
 unsafe impl cudarc::driver::DeviceRepr for WarpnormStridedFwdParams {}
 // SAFETY: as above.
 unsafe impl cudarc::driver::DeviceRepr for WarpnormStridedBwdParams {}
+// SAFETY: as above.
+unsafe impl cudarc::driver::DeviceRepr for WarpnormShardStatsParams {}
+// SAFETY: as above.
+unsafe impl cudarc::driver::DeviceRepr for WarpnormShardApplyParams {}
+// SAFETY: as above.
+unsafe impl cudarc::driver::DeviceRepr for WarpnormShardBwdParams {}
+// SAFETY: as above.
+unsafe impl cudarc::driver::DeviceRepr for WarpnormShardParamGradsParams {}
+// SAFETY: as above.
+unsafe impl cudarc::driver::DeviceRepr for WarpnormCastParams {}
+// SAFETY: as above.
+unsafe impl cudarc::driver::DeviceRepr for WarpnormAccumulateParams {}

@@ -272,7 +272,7 @@ pub mod sharded {
         format!("warpnorm::cast_scale<{}>", types(&[src, dst]))
     }
     pub fn accumulate() -> String {
-        "warpnorm::accumulate<float>".to_string()
+        "warpnorm::accumulate".to_string()
     }
 
     /// The (source, destination) dtypes of `cast_scale`: 16-bit buffers widen to f32

@@ -3,8 +3,8 @@
 // checks forward and backward against a double-precision reference of the unsharded layer
 // on the concatenated features. tests/sharded_emulated.rs compiles and runs it.
 //
-// The kernels take their arguments one by one, so they are called directly here (the
-// emulator's launch table is for the params.h kernels). Grids are small on purpose: two
+// The kernels are called directly with their params.h structs (the emulator's launch
+// table holds the single-device kernels). Grids are small on purpose: two
 // CTAs of four warps for eleven rows exercise the grid-stride loop, and three-row chunks
 // with a 2-D grid exercise the parameter-gradient partials.
 #include <barrier>
@@ -95,7 +95,10 @@ void run_case(int k, long long rows, long long d, int kind, bool fast, double to
     // Forward: stats per rank.
     std::vector<std::vector<float>> send(k, std::vector<float>(rows * per_row, NAN));
     for (int r = 0; r < k; ++r)
-        launch(2, 1, 128, [&] { shard_row_stats<T>(x[r].data(), send[r].data(), rows, d, d, mode); });
+        launch(2, 1, 128, [&] {
+            shard_row_stats<T>({.x = x[r].data(), .out = send[r].data(), .rows = rows, .cols = d, .x_stride = d,
+                                .mode = mode});
+        });
     // Collective.
     std::vector<std::vector<float>> stats(k);
     if (mode == kShardMoments) {
@@ -110,16 +113,42 @@ void run_case(int k, long long rows, long long d, int kind, bool fast, double to
     std::vector<std::vector<float>> mean(k, std::vector<float>(rows, NAN)), rstd = mean, dvar = mean;
     for (int r = 0; r < k; ++r)
         launch(2, 1, 128, [&] {
-            shard_apply<T, P, O>(x[r].data(), y[r].data(), sc[r].data(), bi[r].data(), stats[r].data(),
-                                 mean[r].data(), rstd[r].data(), fast && kind == 0 ? dvar[r].data() : nullptr, rows, d,
-                                 d, d, k, eps, kind, mode);
+            shard_apply<T, P, O>({.x = x[r].data(),
+                                  .y = y[r].data(),
+                                  .scale = sc[r].data(),
+                                  .bias = bi[r].data(),
+                                  .stats = stats[r].data(),
+                                  .mean = mean[r].data(),
+                                  .rstd = rstd[r].data(),
+                                  .dvar = fast && kind == 0 ? dvar[r].data() : nullptr,
+                                  .rows = rows,
+                                  .cols = d,
+                                  .x_stride = d,
+                                  .y_stride = d,
+                                  .group = k,
+                                  .eps = eps,
+                                  .kind = kind,
+                                  .mode = mode});
         });
     // Backward.
     std::vector<std::vector<float>> sums(k, std::vector<float>(rows * 2, NAN));
     for (int r = 0; r < k; ++r)
         launch(2, 1, 128, [&] {
-            shard_bwd_sums<T, P, O>(x[r].data(), dy[r].data(), sc[r].data(), mean[r].data(), rstd[r].data(),
-                                    sums[r].data(), rows, d, d, d, kind);
+            shard_bwd_sums<T, P, O>({.x = x[r].data(),
+                                     .dy = dy[r].data(),
+                                     .scale = sc[r].data(),
+                                     .mean = mean[r].data(),
+                                     .rstd = rstd[r].data(),
+                                     .dvar = nullptr,
+                                     .sums = sums[r].data(),
+                                     .dx = nullptr,
+                                     .rows = rows,
+                                     .cols = d,
+                                     .x_stride = d,
+                                     .dy_stride = d,
+                                     .dx_stride = d,
+                                     .weight = 0.f,
+                                     .kind = kind});
         });
     std::vector<float> total = sums[0];
     for (int r = 1; r < k; ++r) for (size_t i = 0; i < total.size(); ++i) total[i] += sums[r][i];
@@ -127,16 +156,38 @@ void run_case(int k, long long rows, long long d, int kind, bool fast, double to
     const float weight = float(1.0 / (double(k) * d));
     for (int r = 0; r < k; ++r)
         launch(2, 1, 128, [&] {
-            shard_dx<T, P, O>(x[r].data(), dy[r].data(), sc[r].data(), mean[r].data(), rstd[r].data(),
-                              fast && kind == 0 ? dvar[r].data() : nullptr, total.data(), dx[r].data(), rows, d, d,
-                              d, d, weight, kind);
+            shard_dx<T, P, O>({.x = x[r].data(),
+                               .dy = dy[r].data(),
+                               .scale = sc[r].data(),
+                               .mean = mean[r].data(),
+                               .rstd = rstd[r].data(),
+                               .dvar = fast && kind == 0 ? dvar[r].data() : nullptr,
+                               .sums = total.data(),
+                               .dx = dx[r].data(),
+                               .rows = rows,
+                               .cols = d,
+                               .x_stride = d,
+                               .dy_stride = d,
+                               .dx_stride = d,
+                               .weight = weight,
+                               .kind = kind});
         });
     const long long chunk_rows = 3, chunks = (rows + chunk_rows - 1) / chunk_rows;
     std::vector<std::vector<float>> pds(k, std::vector<float>(chunks * d, NAN)), pdb = pds;
     for (int r = 0; r < k; ++r)
         launch(unsigned((d + 255) / 256), unsigned(chunks), 256, [&] {
-            shard_param_grads<T, O>(x[r].data(), dy[r].data(), mean[r].data(), rstd[r].data(), pds[r].data(),
-                                    pdb[r].data(), rows, d, d, d, chunk_rows, kind);
+            shard_param_grads<T, O>({.x = x[r].data(),
+                                     .dy = dy[r].data(),
+                                     .mean = mean[r].data(),
+                                     .rstd = rstd[r].data(),
+                                     .partial_dscale = pds[r].data(),
+                                     .partial_dbias = pdb[r].data(),
+                                     .rows = rows,
+                                     .cols = d,
+                                     .x_stride = d,
+                                     .dy_stride = d,
+                                     .chunk_rows = chunk_rows,
+                                     .kind = kind});
         });
 
     // Reference on the concatenated row (double).
@@ -194,12 +245,12 @@ int main() {
         }
     // cast_scale and accumulate.
     std::vector<float> a = {1.f, 2.f, 3.f}, b = {0.5f, 0.25f, -1.f};
-    launch(1, 1, 256, [&] { accumulate<float>(a.data(), b.data(), 3); });
+    launch(1, 1, 256, [&] { accumulate({.dst = a.data(), .src = b.data(), .n = 3}); });
     expect_close("accumulate", a[0] + a[1] + a[2], 1.5 + 2.25 + 2.0, 0);
     std::vector<__half> h(3);
-    launch(1, 1, 256, [&] { cast_scale<float, __half>(a.data(), h.data(), 3, 2.f); });
+    launch(1, 1, 256, [&] { cast_scale<float, __half>({.src = a.data(), .dst = h.data(), .n = 3, .divisor = 2.f}); });
     expect_close("cast_scale", to_float(h[1]), 1.125, 1e-3);
-    launch(1, 1, 256, [&] { cast_scale<float, float>(a.data(), a.data(), 3, 2.f); });
+    launch(1, 1, 256, [&] { cast_scale<float, float>({.src = a.data(), .dst = a.data(), .n = 3, .divisor = 2.f}); });
     expect_close("cast_scale in place", a[2], 1.0, 0);
     std::printf("%s (%d mismatches)\n", failures ? "FAILED" : "ALL OK", failures);
     return failures ? 1 : 0;
