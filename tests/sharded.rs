@@ -14,7 +14,7 @@ use common::{error_ratio, gpu_or_skip, max_abs, random_tensor, skip};
 use warpnorm::cuda::CudaBackend;
 use warpnorm::dist::{
     nccl_available, pmean, pmean_host, psum, psum_host, AxisGroups, Buf, BufMut, Collective,
-    InProcessCuda, InProcessHost, NcclCollective, NcclIds,
+    InProcessCuda, InProcessHost, Membership, NcclCollective, NcclIds,
 };
 use warpnorm::fixture::Fixture;
 use warpnorm::reference::{self, Params};
@@ -621,17 +621,8 @@ impl Counting {
 }
 
 impl Collective for Counting {
-    fn axis_name(&self) -> &str {
-        self.inner.axis_name()
-    }
-    fn groups(&self) -> &AxisGroups {
-        self.inner.groups()
-    }
-    fn local_ranks(&self) -> &[usize] {
-        self.inner.local_ranks()
-    }
-    fn devices(&self) -> &[Device] {
-        self.inner.devices()
+    fn membership(&self) -> &Membership {
+        self.inner.membership()
     }
     fn all_reduce_sum(&self, bufs: &mut [BufMut<'_>]) -> warpnorm::Result<()> {
         self.calls.fetch_add(1, Ordering::SeqCst);

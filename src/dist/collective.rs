@@ -71,25 +71,106 @@ impl BufMut<'_> {
 /// Buffers of one call have equal lengths across the world (as in `pmap`). A call that
 /// returns an error for bad arguments has enqueued nothing.
 pub trait Collective {
+    /// The axis, its groups and the local ranks this handle was built for.
+    fn membership(&self) -> &Membership;
+
     /// The axis the ranks are mapped over (flax's and JAX's `axis_name`).
-    fn axis_name(&self) -> &str;
+    fn axis_name(&self) -> &str {
+        self.membership().axis_name()
+    }
 
     /// The groups that reduce independently (JAX's `axis_index_groups`), over the world.
-    fn groups(&self) -> &AxisGroups;
+    fn groups(&self) -> &AxisGroups {
+        self.membership().groups()
+    }
 
     /// The world ranks whose buffers this handle takes, in the order its calls take them.
-    fn local_ranks(&self) -> &[usize];
+    fn local_ranks(&self) -> &[usize] {
+        self.membership().ranks()
+    }
 
     /// Where each local rank's buffers live; on a GPU, its backend's stream is the one the
     /// collective is ordered on (launch the kernels that produce and consume the buffers on
     /// it, and nothing needs to wait on the host).
-    fn devices(&self) -> &[Device];
+    fn devices(&self) -> &[Device] {
+        self.membership().devices()
+    }
 
     /// Sums each buffer over its rank's group, in place.
     fn all_reduce_sum(&self, bufs: &mut [BufMut<'_>]) -> Result<()>;
 
     /// Gathers each group's `send` buffers, in position order, into every member's `recv`.
     fn all_gather(&self, send: &[Buf<'_>], recv: &mut [BufMut<'_>]) -> Result<()>;
+}
+
+/// Who takes part in a collective: the axis (its name and groups) and the world ranks one
+/// handle drives, each with the device its buffers live on.
+#[derive(Clone, Debug)]
+pub struct Membership {
+    axis_name: String,
+    groups: AxisGroups,
+    ranks: Vec<usize>,
+    devices: Vec<Device>,
+}
+
+impl Membership {
+    /// `ranks[i]` runs on `devices[i]`. Errors for an empty axis name, a rank outside the
+    /// world, or lists of different lengths.
+    pub fn new(
+        axis_name: impl Into<String>,
+        groups: AxisGroups,
+        ranks: Vec<usize>,
+        devices: Vec<Device>,
+    ) -> Result<Membership> {
+        let axis_name = axis_name.into();
+        if axis_name.is_empty() {
+            return Err(Error::InvalidConfig("axis_name must not be empty".into()));
+        }
+        if ranks.len() != devices.len() {
+            return Err(Error::InvalidConfig(format!(
+                "{} local rank(s) but {} device(s)",
+                ranks.len(),
+                devices.len()
+            )));
+        }
+        if let Some(&r) = ranks.iter().find(|&&r| r >= groups.world()) {
+            return Err(Error::InvalidConfig(format!(
+                "rank {r} is outside the world 0..{}",
+                groups.world()
+            )));
+        }
+        Ok(Membership {
+            axis_name,
+            groups,
+            ranks,
+            devices,
+        })
+    }
+
+    /// Every rank of the world, in rank order, rank r on `devices[r]`.
+    pub fn whole_world(
+        axis_name: impl Into<String>,
+        groups: AxisGroups,
+        devices: Vec<Device>,
+    ) -> Result<Membership> {
+        let ranks = (0..groups.world()).collect();
+        Membership::new(axis_name, groups, ranks, devices)
+    }
+
+    pub fn axis_name(&self) -> &str {
+        &self.axis_name
+    }
+    pub fn groups(&self) -> &AxisGroups {
+        &self.groups
+    }
+    /// The world ranks of this handle, in the order its calls take their buffers.
+    pub fn ranks(&self) -> &[usize] {
+        &self.ranks
+    }
+    /// `devices()[i]` holds the buffers of `ranks()[i]`.
+    pub fn devices(&self) -> &[Device] {
+        &self.devices
+    }
 }
 
 /// Errors unless a call brings exactly one buffer per local rank.
@@ -140,14 +221,6 @@ pub(crate) fn check_axis(c: &(impl Collective + ?Sized), axis_name: &str) -> Res
             "unbound axis name `{axis_name}`: this collective reduces over `{}`",
             c.axis_name()
         )));
-    }
-    Ok(())
-}
-
-/// Checks an axis name given to a backend's constructor.
-pub(crate) fn check_axis_name(name: &str) -> Result<()> {
-    if name.is_empty() {
-        return Err(Error::InvalidConfig("axis_name must not be empty".into()));
     }
     Ok(())
 }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use cudarc::driver::{CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceSlice};
 
-use super::collective::{check_axis_name, check_count, check_equal_lens};
+use super::collective::{check_count, check_equal_lens, Membership};
 use super::{AxisGroups, Buf, BufMut, Collective};
 use crate::cuda::{launch_sharded, CudaBackend};
 use crate::{Device, Error, NormConfig, Result};
@@ -30,23 +30,15 @@ fn axis_of(cfg: &NormConfig, world: usize) -> Result<(String, AxisGroups)> {
 /// reference backend.
 #[derive(Clone, Debug)]
 pub struct InProcessHost {
-    axis_name: String,
-    groups: AxisGroups,
-    ranks: Vec<usize>,
-    devices: Vec<Device>,
+    members: Membership,
 }
 
 impl InProcessHost {
     /// All ranks of `groups.world()` over the axis `axis_name`.
     pub fn new(axis_name: impl Into<String>, groups: AxisGroups) -> Result<InProcessHost> {
-        let axis_name = axis_name.into();
-        check_axis_name(&axis_name)?;
-        let world = groups.world();
+        let devices = vec![Device::Cpu; groups.world()];
         Ok(InProcessHost {
-            axis_name,
-            groups,
-            ranks: (0..world).collect(),
-            devices: vec![Device::Cpu; world],
+            members: Membership::whole_world(axis_name, groups, devices)?,
         })
     }
 
@@ -80,24 +72,15 @@ fn wrong_device(what: &str, expected: &str) -> Error {
 }
 
 impl Collective for InProcessHost {
-    fn axis_name(&self) -> &str {
-        &self.axis_name
-    }
-    fn groups(&self) -> &AxisGroups {
-        &self.groups
-    }
-    fn local_ranks(&self) -> &[usize] {
-        &self.ranks
-    }
-    fn devices(&self) -> &[Device] {
-        &self.devices
+    fn membership(&self) -> &Membership {
+        &self.members
     }
 
     fn all_reduce_sum(&self, bufs: &mut [BufMut<'_>]) -> Result<()> {
         check_count(self, "all_reduce_sum buffers", bufs.len())?;
         let mut bufs = host_bufs_mut(bufs)?;
         let n = check_equal_lens("all_reduce_sum buffer", bufs.iter().map(|b| b.len()), None)?;
-        for members in self.groups.groups() {
+        for members in self.groups().groups() {
             let mut sum = bufs[members[0]].to_vec();
             for &m in &members[1..] {
                 for (s, v) in sum.iter_mut().zip(bufs[m].iter()) {
@@ -117,13 +100,13 @@ impl Collective for InProcessHost {
         let send = host_bufs(send)?;
         let mut recv = host_bufs_mut(recv)?;
         let n = check_equal_lens("all_gather send buffer", send.iter().map(|b| b.len()), None)?;
-        let k = self.groups.group_size();
+        let k = self.groups().group_size();
         check_equal_lens(
             "all_gather recv buffer",
             recv.iter().map(|b| b.len()),
             Some(k * n),
         )?;
-        for members in self.groups.groups() {
+        for members in self.groups().groups() {
             for &r in members {
                 for (pos, &q) in members.iter().enumerate() {
                     recv[r][pos * n..(pos + 1) * n].copy_from_slice(send[q]);
@@ -138,10 +121,7 @@ impl Collective for InProcessHost {
 /// add kernels on the backend's stream in group-position order.
 #[derive(Clone, Debug)]
 pub struct InProcessCuda {
-    axis_name: String,
-    groups: AxisGroups,
-    ranks: Vec<usize>,
-    devices: Vec<Device>,
+    members: Membership,
     backend: Arc<CudaBackend>,
 }
 
@@ -152,14 +132,9 @@ impl InProcessCuda {
         axis_name: impl Into<String>,
         groups: AxisGroups,
     ) -> Result<InProcessCuda> {
-        let axis_name = axis_name.into();
-        check_axis_name(&axis_name)?;
-        let world = groups.world();
+        let devices = vec![Device::Cuda(backend.clone()); groups.world()];
         Ok(InProcessCuda {
-            axis_name,
-            groups,
-            ranks: (0..world).collect(),
-            devices: vec![Device::Cuda(backend.clone()); world],
+            members: Membership::whole_world(axis_name, groups, devices)?,
             backend,
         })
     }
@@ -232,17 +207,8 @@ fn pair<T>(items: &mut [T], a: usize, b: usize) -> (&mut T, &T) {
 }
 
 impl Collective for InProcessCuda {
-    fn axis_name(&self) -> &str {
-        &self.axis_name
-    }
-    fn groups(&self) -> &AxisGroups {
-        &self.groups
-    }
-    fn local_ranks(&self) -> &[usize] {
-        &self.ranks
-    }
-    fn devices(&self) -> &[Device] {
-        &self.devices
+    fn membership(&self) -> &Membership {
+        &self.members
     }
 
     fn all_reduce_sum(&self, bufs: &mut [BufMut<'_>]) -> Result<()> {
@@ -254,7 +220,7 @@ impl Collective for InProcessCuda {
         }
         let be = &*self.backend;
         let stream = be.stream();
-        for members in self.groups.groups() {
+        for members in self.groups().groups() {
             let first = members[0];
             // bufs[first] accumulates the group's sum in position order ...
             for &m in &members[1..] {
@@ -286,7 +252,7 @@ impl Collective for InProcessCuda {
         self.check_cuda(send.iter().map(|v| Some(v.stream())))?;
         self.check_cuda(recv.iter().map(stream_of))?;
         let n = check_equal_lens("all_gather send buffer", send.iter().map(|v| v.len()), None)?;
-        let k = self.groups.group_size();
+        let k = self.groups().group_size();
         check_equal_lens(
             "all_gather recv buffer",
             recv.iter().map(BufMut::len),
@@ -296,7 +262,7 @@ impl Collective for InProcessCuda {
             return Ok(());
         }
         let stream = self.backend.stream();
-        for members in self.groups.groups() {
+        for members in self.groups().groups() {
             for &r in members {
                 let dst = cuda_mut(&mut recv[r])?;
                 for (pos, &q) in members.iter().enumerate() {

@@ -16,7 +16,7 @@ mod in_process;
 mod nccl;
 mod reduce;
 
-pub use collective::{Buf, BufMut, Collective};
+pub use collective::{Buf, BufMut, Collective, Membership};
 pub use groups::AxisGroups;
 pub use in_process::{InProcessCuda, InProcessHost};
 pub use nccl::{nccl_available, NcclCollective, NcclIds};

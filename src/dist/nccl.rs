@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, DeviceSlice};
 use cudarc::nccl::{group_end, group_start, Comm, Id, ReduceOp};
 
-use super::collective::{check_axis_name, check_count, check_equal_lens};
+use super::collective::{check_count, check_equal_lens, Membership};
 use super::{AxisGroups, Buf, BufMut, Collective};
 use crate::cuda::CudaBackend;
 use crate::{Device, Error, Result};
@@ -192,10 +192,7 @@ impl NcclIds {
 /// threads at once.
 #[derive(Debug)]
 pub struct NcclCollective {
-    axis_name: String,
-    groups: AxisGroups,
-    ranks: Vec<usize>,
-    devices: Vec<Device>,
+    members: Membership,
     /// One per local rank: its group's communicator, on the rank's backend stream.
     comms: Vec<Comm>,
 }
@@ -208,8 +205,6 @@ impl NcclCollective {
         axis_name: impl Into<String>,
         groups: AxisGroups,
     ) -> Result<NcclCollective> {
-        let axis_name = axis_name.into();
-        check_axis_name(&axis_name)?;
         if backends.len() != groups.world() {
             return Err(Error::Shape {
                 what: "backends",
@@ -229,16 +224,19 @@ impl NcclCollective {
                 )));
             }
         }
+        let devices = backends.iter().map(|b| Device::Cuda(b.clone())).collect();
+        let members = Membership::whole_world(axis_name, groups, devices)?;
         nccl_available()?;
+        let groups = members.groups();
         let mut comms: Vec<Option<Comm>> = (0..groups.world()).map(|_| None).collect();
-        for members in groups.groups() {
-            let streams: Vec<Arc<CudaStream>> = members
+        for group in groups.groups() {
+            let streams: Vec<Arc<CudaStream>> = group
                 .iter()
                 .map(|&r| backends[r].stream().clone())
                 .collect();
             let group_comms =
                 Comm::from_devices(streams).map_err(|e| nccl_error("ncclCommInitAll", e))?;
-            for (&r, comm) in members.iter().zip(group_comms) {
+            for (&r, comm) in group.iter().zip(group_comms) {
                 comms[r] = Some(comm);
             }
         }
@@ -246,13 +244,7 @@ impl NcclCollective {
             .into_iter()
             .map(|c| c.ok_or_else(|| Error::Nccl("a rank got no communicator".into())))
             .collect::<Result<_>>()?;
-        Ok(NcclCollective {
-            axis_name,
-            ranks: (0..groups.world()).collect(),
-            devices: backends.iter().map(|b| Device::Cuda(b.clone())).collect(),
-            groups,
-            comms,
-        })
+        Ok(NcclCollective { members, comms })
     }
 
     /// This process is world rank `rank` on `backend`; `ids` holds one unique id per
@@ -264,8 +256,9 @@ impl NcclCollective {
         groups: AxisGroups,
         ids: &NcclIds,
     ) -> Result<NcclCollective> {
-        let axis_name = axis_name.into();
-        check_axis_name(&axis_name)?;
+        let device = Device::Cuda(backend.clone());
+        let members = Membership::new(axis_name, groups, vec![rank], vec![device])?;
+        let groups = members.groups();
         let (Some(group), Some(position)) = (groups.group_of(rank), groups.position(rank)) else {
             return Err(Error::InvalidConfig(format!(
                 "rank {rank} is outside the world 0..{}",
@@ -286,10 +279,7 @@ impl NcclCollective {
         let comm = Comm::from_rank(backend.stream().clone(), position, groups.group_size(), id)
             .map_err(|e| nccl_error("ncclCommInitRank", e))?;
         Ok(NcclCollective {
-            axis_name,
-            groups,
-            ranks: vec![rank],
-            devices: vec![Device::Cuda(backend)],
+            members,
             comms: vec![comm],
         })
     }
@@ -301,7 +291,7 @@ impl NcclCollective {
             Some(s) if Arc::ptr_eq(s.context(), comm.context()) => Ok(()),
             Some(_) => Err(Error::Unsupported(format!(
                 "the buffer of rank {} is not on its GPU cuda:{}",
-                self.ranks[i],
+                self.local_ranks()[i],
                 comm.ordinal()
             ))),
             None => Err(Error::Unsupported(
@@ -351,17 +341,8 @@ fn touch(buf: &mut BufMut<'_>, stream: &CudaStream) {
 }
 
 impl Collective for NcclCollective {
-    fn axis_name(&self) -> &str {
-        &self.axis_name
-    }
-    fn groups(&self) -> &AxisGroups {
-        &self.groups
-    }
-    fn local_ranks(&self) -> &[usize] {
-        &self.ranks
-    }
-    fn devices(&self) -> &[Device] {
-        &self.devices
+    fn membership(&self) -> &Membership {
+        &self.members
     }
 
     fn all_reduce_sum(&self, bufs: &mut [BufMut<'_>]) -> Result<()> {
@@ -399,7 +380,7 @@ impl Collective for NcclCollective {
             self.check_device(i, cuda_stream(b))?;
         }
         let n = check_equal_lens("all_gather send buffer", send.iter().map(Buf::len), None)?;
-        let k = self.groups.group_size();
+        let k = self.groups().group_size();
         // NCCL writes k * n elements into recv whatever its length: this check is what
         // keeps it inside the buffer.
         check_equal_lens(
