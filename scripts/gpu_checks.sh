@@ -35,7 +35,7 @@ status=0
 want tests && for bin in "$bins"/test-*; do
     name=$(basename "$bin")
     "$bin" --test-threads=1 >"$out/$name.log" 2>&1 || status=1
-    echo "$name: $(grep -E '^test result' "$out/$name.log" | tail -n 1) $(grep -c '^SKIP' "$out/$name.log") skips"
+    echo "$name: $(grep -E '^test result' "$out/$name.log" | tail -n 1) $(grep -c 'SKIP:' "$out/$name.log") skips"
 done
 if want tests; then
     "$bins/warpnorm" verify tests/fixtures >"$out/verify.log" 2>&1 || status=1
