@@ -178,13 +178,15 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=10, help="untimed iterations (default 10)")
     p.add_argument("--iters", type=int, default=100, help="timed iterations (default 100)")
     p.add_argument("--warpnorm-args", default="",
-                   help="extra arguments for `warpnorm bench` (one string, split on spaces)")
+                   help="extra arguments for `warpnorm bench`, one string split on spaces; "
+                        "write it --warpnorm-args=\"--iters 200\" (with '=') since it starts with --")
     p.add_argument("--out", help="results folder (default bench/results/<date>-<device>/)")
     p.add_argument("--plot", choices=["auto", "png", "svg"], default="auto",
                    help="auto: PNG with matplotlib when installed, else SVG")
     p.add_argument("--time-budget", type=float, metavar="SECONDS",
-                   help="start no new shape after this many seconds; what is left is named in "
-                        "the report (for machines lent by the call: pair with --merge)")
+                   help="start nothing new after this many seconds (warpnorm is run once per "
+                        "dtype, the anchors once per shape); what is left is named in the "
+                        "report. For machines lent by the call: pair with --merge")
     p.add_argument("--merge", nargs="+", metavar="RESULTS",
                    help="measure nothing: combine the results.json of earlier runs (folders or "
                         "files, on the same GPU) into one report in --out")
@@ -205,6 +207,8 @@ def parse_args(argv=None):
         p.error("--time-budget must be positive")
     if a.merge and not a.out:
         p.error("--merge needs --out (the folder of the combined report)")
+    if a.merge and (a.dry_run or a.time_budget is not None):
+        p.error("--merge measures nothing: it takes neither --dry-run nor --time-budget")
     if "warpnorm" in a.impls and not a.warpnorm and not a.dry_run and not a.merge:
         p.error("--warpnorm PATH is required (or leave warpnorm out of --impls)")
     return a
@@ -327,13 +331,20 @@ def warpnorm_passes(args):
 
 
 def warpnorm_command(args, dtype):
+    """`warpnorm bench` for one dtype; --warpnorm-args may override --iters, --warmup and
+    --pass (given as `--flag value` or `--flag=value`)."""
     extra = args.warpnorm_args.split()
+
+    def given(flag):
+        return any(t == flag or t.startswith(flag + "=") for t in extra)
+
     cmd = [args.warpnorm or "warpnorm", "bench", "--json", "--dtype", dtype,
-           "--cols", ",".join(map(str, args.cols)), "--bytes", args.bytes,
-           "--iters", str(args.iters), "--warmup", str(args.warmup)] + extra
-    if "--pass" not in extra:
-        cmd += ["--pass", warpnorm_passes(args)]
-    return cmd
+           "--cols", ",".join(map(str, args.cols)), "--bytes", args.bytes]
+    for flag, value in (("--iters", args.iters), ("--warmup", args.warmup),
+                        ("--pass", warpnorm_passes(args))):
+        if not given(flag):
+            cmd += [flag, str(value)]
+    return cmd + extra
 
 
 def run_warpnorm(args, records, notes, clock):
@@ -987,11 +998,13 @@ def load_results(path):
 
 def merge(args):
     """One report from several runs on the same GPU (a long comparison split into calls
-    that each fit a machine's time limit). A later run's record of a shape replaces an
-    earlier one's."""
+    that each fit a machine's time limit). Where two runs measured the same shape, the one
+    named later on the command line wins."""
     runs = [load_results(p) for p in args.merge]
     first = runs[0][1]
-    gpus = {d["env"].get("gpu") for _, d in runs}
+    # A checkpoint of a stopped run may lack what only a finished run records (torch's
+    # device facts; the GPU name where nvidia-smi is missing).
+    gpus = {d["env"]["gpu"] for _, d in runs if d["env"].get("gpu")}
     if len(gpus) > 1:
         raise SystemExit(f"--merge: runs from different GPUs ({', '.join(map(str, gpus))}) "
                          "cannot share a report: timings compare only on one device")
@@ -1013,7 +1026,15 @@ def merge(args):
     commits = {d["env"].get("warpnorm_commit") for _, d in runs}
     if len(commits) > 1:
         notes.append("the merged runs name different warpnorm commits: " + ", ".join(sorted(map(str, commits))))
-    env = dict(first["env"])
+    env = {}
+    for _, d in runs:
+        for key, value in d["env"].items():
+            if env.get(key) is None:
+                env[key] = value
+    timing = {(d.get("warmup"), d.get("iters")) for _, d in runs}
+    if len(timing) > 1:
+        notes.append("the merged runs used different warm-up / timed iterations: "
+                     + ", ".join(f"{w} / {i}" for w, i in sorted(timing, key=str)))
     env["command"] = " ".join(sys.argv)
     env["date"] = ", ".join(sorted({str(d["env"].get("date")) for _, d in runs}))
     # The report's shape lists are the union of the runs', in the canonical order.
@@ -1054,6 +1075,10 @@ def self_check():
     assert rotation_sets(8 * mib, 512 * mib, 16 * mib, 100 * mib) == 6
     assert median([3, 1, 2]) == 2 and median([4, 1, 3, 2]) == 2.5 and median([]) is None
     assert abs(geomean([2, 8]) - 4) < 1e-12
+    # --warpnorm-args overrides the flags the script would otherwise pass.
+    cmd = warpnorm_command(parse_args(["--warpnorm", "w", "--warpnorm-args=--iters=7 --pass bwd"]), "bf16")
+    assert cmd.count("--pass") == 1 and "--iters" not in cmd and "--iters=7" in cmd, cmd
+    assert "--warmup" in cmd and cmd[cmd.index("--pass") + 1] == "bwd", cmd
 
 
 def synthetic_records(args):

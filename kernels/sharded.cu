@@ -46,7 +46,7 @@ __device__ __forceinline__ WarpRows warp_rows() {
 
 template <typename T> __global__ void __launch_bounds__(kShardThreads) shard_row_stats(const WarpnormShardStatsParams p) {
     const WarpRows w = warp_rows();
-    const T* x = static_cast<const T*>(p.x);
+    const T* __restrict__ x = static_cast<const T*>(p.x);
     const float n = float(p.cols);
     for (long long row = w.first; row < p.rows; row += w.step) {
         const T* xr = x + row * p.x_stride;
@@ -122,8 +122,8 @@ __device__ __forceinline__ ShardRowStats combine_stats(const float* stats, long 
 template <typename T, typename P, typename O>
 __global__ void __launch_bounds__(kShardThreads, 8) shard_apply(const WarpnormShardApplyParams p) {
     const WarpRows w = warp_rows();
-    const P* scale = static_cast<const P*>(p.scale);
-    const P* bias = static_cast<const P*>(p.bias);
+    const P* __restrict__ scale = static_cast<const P*>(p.scale);
+    const P* __restrict__ bias = static_cast<const P*>(p.bias);
     for (long long row = w.first; row < p.rows; row += w.step) {
         // Every lane merges the same values in the same order: no broadcast needed.
         const ShardRowStats st = combine_stats(p.stats, row, p.rows, p.group, p.eps, p.kind, p.mode);
@@ -133,8 +133,8 @@ __global__ void __launch_bounds__(kShardThreads, 8) shard_apply(const WarpnormSh
             if (p.dvar) p.dvar[row] = st.dvar;
         }
         const float shift = p.kind == WARPNORM_LAYER_NORM ? st.mean : 0.f;
-        const T* xr = static_cast<const T*>(p.x) + row * p.x_stride;
-        O* yr = static_cast<O*>(p.y) + row * p.y_stride;
+        const T* __restrict__ xr = static_cast<const T*>(p.x) + row * p.x_stride;
+        O* __restrict__ yr = static_cast<O*>(p.y) + row * p.y_stride;
         for (long long c = w.lane; c < p.cols; c += kWarpSize) {
             const float g = scale ? to_float(scale[c]) : 1.f;
             const float b = bias ? to_float(bias[c]) : 0.f;
@@ -145,9 +145,9 @@ __global__ void __launch_bounds__(kShardThreads, 8) shard_apply(const WarpnormSh
 
 // One row of the backward's inputs: x, dy and the saved statistics.
 template <typename T, typename P, typename O> struct ShardBwdRow {
-    const T* x;
-    const O* dy;
-    const P* scale;
+    const T* __restrict__ x;
+    const O* __restrict__ dy;
+    const P* __restrict__ scale;
     float shift, rstd;
 
     __device__ __forceinline__ ShardBwdRow(const WarpnormShardBwdParams& p, long long row)
@@ -160,7 +160,8 @@ template <typename T, typename P, typename O> struct ShardBwdRow {
     __device__ __forceinline__ float g(long long c) const {
         return to_float(dy[c]) * (scale ? to_float(scale[c]) : 1.f);
     }
-    __device__ __forceinline__ float xhat(long long c) const { return (to_float(x[c]) - shift) * rstd; }
+    __device__ __forceinline__ float centred(long long c) const { return to_float(x[c]) - shift; }
+    __device__ __forceinline__ float xhat(long long c) const { return centred(c) * rstd; }
 };
 
 // Per-shard backward sums of each row: {sum g, sum g * xhat} with g = dy * scale and
@@ -174,7 +175,7 @@ __global__ void __launch_bounds__(kShardThreads) shard_bwd_sums(const WarpnormSh
         for (long long c = w.lane; c < p.cols; c += kWarpSize) {
             const float g = r.g(c);
             a += g;
-            b += g * r.xhat(c);
+            b += g * r.centred(c) * r.rstd;  // rstd last, as shard_param_grads rounds
         }
         a = group_sum<kWarpSize>(a);
         b = group_sum<kWarpSize>(b);
@@ -196,7 +197,7 @@ __global__ void __launch_bounds__(kShardThreads) shard_dx(const WarpnormShardBwd
         const float f = p.dvar ? p.dvar[row] : 1.f;
         const float c1a = p.kind == WARPNORM_LAYER_NORM ? p.sums[2 * row] : 0.f;
         const float b = p.sums[2 * row + 1];
-        T* dxr = static_cast<T*>(p.dx) + row * p.dx_stride;
+        T* __restrict__ dxr = static_cast<T*>(p.dx) + row * p.dx_stride;
         for (long long c = w.lane; c < p.cols; c += kWarpSize) {
             dxr[c] = from_float<T>(r.rstd * (r.g(c) - p.weight * (c1a + f * r.xhat(c) * b)));
         }
@@ -208,8 +209,8 @@ __global__ void __launch_bounds__(kShardThreads) shard_dx(const WarpnormShardBwd
 // go to partial row blockIdx.y; finalize_partials adds the chunks in order.
 template <typename T, typename O>
 __global__ void __launch_bounds__(256) shard_param_grads(const WarpnormShardParamGradsParams p) {
-    const T* x = static_cast<const T*>(p.x);
-    const O* dy = static_cast<const O*>(p.dy);
+    const T* __restrict__ x = static_cast<const T*>(p.x);
+    const O* __restrict__ dy = static_cast<const O*>(p.dy);
     const long long first = (long long)blockIdx.y * p.chunk_rows;
     const long long last = first + p.chunk_rows < p.rows ? first + p.chunk_rows : p.rows;
     for (long long c = (long long)blockIdx.x * blockDim.x + threadIdx.x; c < p.cols;
@@ -237,8 +238,10 @@ template <typename S, typename D> __global__ void __launch_bounds__(256) cast_sc
 
 // dst[i] += src[i]: the in-process collective's sums, one rank at a time in a fixed order.
 __global__ void __launch_bounds__(256) accumulate(const WarpnormAccumulateParams p) {
+    float* __restrict__ dst = p.dst;
+    const float* __restrict__ src = p.src;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < p.n; i += (long long)gridDim.x * blockDim.x)
-        p.dst[i] += p.src[i];
+        dst[i] += src[i];
 }
 
 }  // namespace warpnorm

@@ -1,5 +1,6 @@
-//! Kernel selection and launch: [`OnStream::launch`] is the one place any warpnorm kernel
-//! is launched, and the only `unsafe` launch code of the crate.
+//! Kernel selection and launch: [`OnStream::launch`] is the one place a warpnorm kernel is
+//! launched on a GPU, and the only `unsafe` CUDA launch of the crate (the CPU emulation has
+//! its own, in `emulator.rs`).
 //!
 //! The functions here turn checked parameter structs into launches through a [`Launch`]
 //! implementation: [`OnStream`] enqueues on a CUDA stream; the CPU emulation (feature
@@ -67,9 +68,12 @@ impl Launch for OnStream<'_> {
         threads: u32,
         smem: u32,
     ) -> Result<u32> {
-        let f = self.function_for(source, expr, smem)?;
-        let n = f.occupancy_max_active_blocks_per_multiprocessor(threads, smem as usize, None)?;
-        Ok(n.max(1))
+        self.be.occupancy((expr.to_string(), threads, smem), || {
+            let f = self.function_for(source, expr, smem)?;
+            let n =
+                f.occupancy_max_active_blocks_per_multiprocessor(threads, smem as usize, None)?;
+            Ok(n.max(1))
+        })
     }
 
     fn launch<P: DeviceRepr>(
@@ -99,6 +103,9 @@ impl OnStream<'_> {
     /// The kernel, opted in to `smem` bytes of dynamic shared memory when that is more
     /// than every kernel may use by default (48 KiB).
     fn function_for(&self, source: &'static str, expr: &str, smem: u32) -> Result<CudaFunction> {
+        // The attribute and occupancy calls act on the current context, and one thread may
+        // drive several devices.
+        self.stream.context().bind_to_thread()?;
         let f = self.be.function(source, expr)?;
         if smem > DEFAULT_SMEM {
             f.set_attribute(

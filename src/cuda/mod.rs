@@ -67,6 +67,8 @@ pub struct CudaBackend {
     info: DeviceInfo,
     modules: HashMap<&'static str, (Arc<CudaModule>, &'static Image)>,
     functions: Mutex<HashMap<String, CudaFunction>>,
+    /// CTAs per SM by (kernel, threads, dynamic shared memory): asked of the driver once.
+    occupancy: Mutex<HashMap<(String, u32, u32), u32>>,
 }
 
 impl std::fmt::Debug for CudaBackend {
@@ -123,6 +125,7 @@ impl CudaBackend {
             info,
             modules,
             functions: Mutex::new(HashMap::new()),
+            occupancy: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -163,6 +166,21 @@ impl CudaBackend {
         let f = module.load_function(lowered)?;
         cache.insert(expr.to_string(), f.clone());
         Ok(f)
+    }
+
+    /// The remembered occupancy of a kernel launch shape, or `compute`'s (then remembered).
+    pub(crate) fn occupancy(
+        &self,
+        key: (String, u32, u32),
+        compute: impl FnOnce() -> Result<u32>,
+    ) -> Result<u32> {
+        let mut cache = self.occupancy.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(&n) = cache.get(&key) {
+            return Ok(n);
+        }
+        let n = compute()?;
+        cache.insert(key, n);
+        Ok(n)
     }
 
     /// Errors unless `stream` belongs to this backend's context (a launch on another

@@ -115,7 +115,7 @@ pub struct Membership {
 
 impl Membership {
     /// `ranks[i]` runs on `devices[i]`. Errors for an empty axis name, a rank outside the
-    /// world, or lists of different lengths.
+    /// world or listed twice, or lists of different lengths.
     pub fn new(
         axis_name: impl Into<String>,
         groups: AxisGroups,
@@ -137,6 +137,16 @@ impl Membership {
             return Err(Error::InvalidConfig(format!(
                 "rank {r} is outside the world 0..{}",
                 groups.world()
+            )));
+        }
+        if let Some((i, r)) = ranks
+            .iter()
+            .enumerate()
+            .find(|&(i, r)| ranks[..i].contains(r))
+        {
+            return Err(Error::InvalidConfig(format!(
+                "rank {r} is listed twice (local ranks {} and {i})",
+                ranks.iter().position(|q| q == r).unwrap_or(0)
             )));
         }
         Ok(Membership {
@@ -223,4 +233,30 @@ pub(crate) fn check_axis(c: &(impl Collective + ?Sized), axis_name: &str) -> Res
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn world(n: usize) -> AxisGroups {
+        AxisGroups::new(n, None).unwrap()
+    }
+
+    #[test]
+    fn membership_rejects_what_no_collective_could_serve() {
+        let cpu = |n| vec![Device::Cpu; n];
+        let err = |m: Result<Membership>| m.unwrap_err().to_string();
+        assert!(err(Membership::whole_world("", world(2), cpu(2))).contains("axis_name"));
+        assert!(err(Membership::whole_world("i", world(2), cpu(3)))
+            .contains("2 local rank(s) but 3 device(s)"));
+        assert!(err(Membership::new("i", world(2), vec![2], cpu(1))).contains("outside the world"));
+        assert!(err(Membership::new("i", world(4), vec![1, 3, 1], cpu(3)))
+            .contains("rank 1 is listed twice"));
+        let m = Membership::new("i", world(4), vec![3, 1], cpu(2)).unwrap();
+        assert_eq!(
+            (m.axis_name(), m.ranks(), m.groups().world()),
+            ("i", &[3, 1][..], 4)
+        );
+    }
 }
