@@ -90,6 +90,63 @@ impl std::fmt::Display for Pass {
     }
 }
 
+/// Which normalization a problem times.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Norm {
+    /// LayerNorm with scale and bias; saves mean and rstd.
+    #[default]
+    LayerNorm,
+    /// RMSNorm with a scale and no bias; saves rstd.
+    RmsNorm,
+}
+
+impl Norm {
+    /// The name used in records and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Norm::LayerNorm => "layer_norm",
+            Norm::RmsNorm => "rms_norm",
+        }
+    }
+
+    /// Parses `layer_norm` (or `layer`, `ln`) and `rms_norm` (or `rms`).
+    pub fn parse(s: &str) -> Result<Norm> {
+        match s.trim().to_ascii_lowercase().replace('-', "_").as_str() {
+            "layer_norm" | "layernorm" | "layer" | "ln" => Ok(Norm::LayerNorm),
+            "rms_norm" | "rmsnorm" | "rms" => Ok(Norm::RmsNorm),
+            _ => Err(Error::InvalidConfig(format!(
+                "unknown normalization `{s}` (expected layer_norm or rms_norm)"
+            ))),
+        }
+    }
+
+    pub fn kind(self) -> NormKind {
+        match self {
+            Norm::LayerNorm => NormKind::LayerNorm,
+            Norm::RmsNorm => NormKind::RmsNorm,
+        }
+    }
+
+    fn has_bias(self) -> bool {
+        self == Norm::LayerNorm
+    }
+
+    /// f32 statistics a training forward saves per row.
+    fn stats_per_row(self) -> u64 {
+        match self {
+            Norm::LayerNorm => 2,
+            Norm::RmsNorm => 1,
+        }
+    }
+}
+
+impl std::fmt::Display for Norm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// The short dtype names the bench speaks (`f32`, `f16`, `bf16`).
 pub fn dtype_name(d: DType) -> &'static str {
     match d {
@@ -115,25 +172,33 @@ mod short_dtype {
     }
 }
 
-/// One LayerNorm problem: `rows` rows of `cols` elements of `dtype` (x, y, dy and dx all
-/// in `dtype`), with scale and bias in `param_dtype`.
+/// One normalization problem: `rows` rows of `cols` elements of `dtype` (x, y, dy and dx
+/// all in `dtype`), with scale (and, for LayerNorm, bias) in `param_dtype`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Problem {
     pub dtype: DType,
     pub param_dtype: DType,
     pub rows: usize,
     pub cols: usize,
+    pub norm: Norm,
 }
 
 impl Problem {
-    /// The problem whose x takes about `bytes`: `rows = bytes / (cols * size)`, at least 1.
+    /// The LayerNorm problem whose x takes about `bytes`: `rows = bytes / (cols * size)`,
+    /// at least 1.
     pub fn for_bytes(dtype: DType, param_dtype: DType, cols: usize, bytes: u64) -> Result<Problem> {
         Ok(Problem {
             dtype,
             param_dtype,
             rows: rows_for_bytes(cols, dtype, bytes)?,
             cols,
+            norm: Norm::LayerNorm,
         })
+    }
+
+    /// The same shapes, normalised by `norm`.
+    pub fn with_norm(self, norm: Norm) -> Problem {
+        Problem { norm, ..self }
     }
 
     /// Elements of x.
@@ -146,7 +211,8 @@ impl Problem {
         self.elems() * self.dtype.size() as u64
     }
 
-    /// Bytes a LayerNorm must move for `pass`, whatever the implementation does inside:
+    /// Bytes the normalization must move for `pass`, whatever the implementation does
+    /// inside (for RMSNorm drop the bias, dbias and mean):
     ///
     /// - forward: read x, scale, bias; write y, mean and rstd (f32 per row);
     /// - backward: read x, dy, scale, mean, rstd; write dx, dscale, dbias;
@@ -157,10 +223,12 @@ impl Problem {
     /// counted: it is a cost of the implementation, not of the problem.
     pub fn bytes(&self, pass: Pass) -> u64 {
         let act = self.x_bytes();
-        let stats = 2 * 4 * self.rows as u64;
+        let stats = 4 * self.norm.stats_per_row() * self.rows as u64;
         let param = self.cols as u64 * self.param_dtype.size() as u64;
-        let fwd = act + 2 * param + act + stats;
-        let bwd = 2 * act + param + stats + act + 2 * param;
+        // scale, and the bias for LayerNorm: read forward, their gradients written backward
+        let params = if self.norm.has_bias() { 2 } else { 1 } * param;
+        let fwd = act + params + act + stats;
+        let bwd = 2 * act + param + stats + act + params;
         match pass {
             Pass::Fwd => fwd,
             Pass::Bwd => bwd,
@@ -304,7 +372,9 @@ pub struct BenchOptions {
     pub iters: usize,
     /// Buffer sets to rotate through; `None` sizes them from the L2 (see [`rotation_sets`]).
     pub sets: Option<usize>,
-    /// LayerNorm epsilon (the value does not change the timing; kept for completeness).
+    /// LayerNorm or RMSNorm.
+    pub norm: Norm,
+    /// Epsilon (the value does not change the timing; kept for completeness).
     pub eps: f32,
 }
 
@@ -320,6 +390,7 @@ impl Default for BenchOptions {
             warmup: 10,
             iters: 100,
             sets: None,
+            norm: Norm::LayerNorm,
             eps: 1e-5,
         }
     }
@@ -365,6 +436,9 @@ pub struct BenchRecord {
     /// `warpnorm`, or `copy` for the ceiling.
     #[serde(rename = "impl")]
     pub implementation: String,
+    /// What was normalised (records written before RMSNorm was timed are LayerNorm).
+    #[serde(default)]
+    pub norm: Norm,
     #[serde(with = "short_dtype")]
     pub dtype: DType,
     #[serde(with = "short_dtype")]
@@ -406,6 +480,7 @@ impl BenchRecord {
         let bytes = p.bytes(pass);
         BenchRecord {
             implementation: implementation.to_string(),
+            norm: p.norm,
             dtype: p.dtype,
             param_dtype: p.param_dtype,
             cols: p.cols,
@@ -450,7 +525,7 @@ pub fn run_with(
     let timer = GpuTimer::new(opts.device)?;
     let device = format!("cuda:{} ({})", opts.device, timer.backend().info().name);
     let spec = NormSpec {
-        kind: NormKind::LayerNorm,
+        kind: opts.norm.kind(),
         eps: opts.eps,
         fast_variance: false,
     };
@@ -459,7 +534,8 @@ pub fn run_with(
     for &dtype in &opts.dtypes {
         for &cols in &opts.cols {
             let problem =
-                Problem::for_bytes(dtype, opts.param_dtype.unwrap_or(dtype), cols, opts.bytes)?;
+                Problem::for_bytes(dtype, opts.param_dtype.unwrap_or(dtype), cols, opts.bytes)?
+                    .with_norm(opts.norm);
             let mut case = timer.case_with(&problem, &spec, opts.sets, backward)?;
             let sets = case.sets();
             let mut measure = |pass: Pass| -> Result<BenchRecord> {
@@ -491,13 +567,14 @@ pub fn run_with(
 /// A plain-text table of records: one line each, aligned columns.
 pub fn render_table(records: &[BenchRecord]) -> String {
     let header = [
-        "impl", "dtype", "cols", "rows", "pass", "ms", "GB/s", "% copy",
+        "impl", "norm", "dtype", "cols", "rows", "pass", "ms", "GB/s", "% copy",
     ];
-    let rows: Vec<[String; 8]> = records
+    let rows: Vec<[String; 9]> = records
         .iter()
         .map(|r| {
             [
                 r.implementation.clone(),
+                r.norm.name().to_string(),
                 dtype_name(r.dtype).to_string(),
                 r.cols.to_string(),
                 r.rows.to_string(),
@@ -549,6 +626,7 @@ mod tests {
             param_dtype: param,
             rows,
             cols,
+            norm: Norm::LayerNorm,
         }
     }
 
@@ -564,6 +642,32 @@ mod tests {
         assert_eq!(p.bytes(Pass::Bwd), 3 * act + stats + 3 * param);
         assert_eq!(p.bytes(Pass::FwdBwd), 5 * act + 2 * stats + 5 * param);
         assert_eq!(p.bytes(Pass::Copy), 2 * act);
+    }
+
+    #[test]
+    fn rms_norm_moves_no_bias_and_one_statistic() {
+        let ln = problem(DType::BF16, DType::F32, 1000, 512);
+        let rms = ln.with_norm(Norm::RmsNorm);
+        let (act, param, row) = (1000 * 512 * 2, 512 * 4, 1000 * 4);
+        assert_eq!(rms.bytes(Pass::Fwd), 2 * act + param + row);
+        assert_eq!(rms.bytes(Pass::Bwd), 3 * act + 2 * param + row);
+        assert_eq!(ln.bytes(Pass::Fwd) - rms.bytes(Pass::Fwd), param + row);
+        assert_eq!(rms.bytes(Pass::Copy), ln.bytes(Pass::Copy));
+        for (text, norm) in [
+            ("rms", Norm::RmsNorm),
+            ("LayerNorm", Norm::LayerNorm),
+            ("layer-norm", Norm::LayerNorm),
+        ] {
+            assert_eq!(Norm::parse(text).unwrap(), norm);
+        }
+        assert!(Norm::parse("group").is_err());
+        // Records from before the field existed read as LayerNorm.
+        let mut v =
+            serde_json::to_value(BenchRecord::new("w", &rms, Pass::Fwd, &[1.0], 1, "d")).unwrap();
+        assert_eq!(v["norm"], "rms_norm");
+        v.as_object_mut().unwrap().remove("norm");
+        let old: BenchRecord = serde_json::from_value(v).unwrap();
+        assert_eq!(old.norm, Norm::LayerNorm);
     }
 
     #[test]

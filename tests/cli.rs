@@ -320,6 +320,27 @@ fn bench_on_the_cpu_prints_json_records_and_plots_them() {
 }
 
 #[test]
+fn bench_times_rms_norm_with_its_own_byte_count() {
+    let run = |norm: &str| {
+        let args = [
+            "bench", "--device", "cpu", "--json", "--dtype", "bf16", "--cols", "256", "--bytes",
+            "64KiB", "--pass", "fwd", "--norm", norm,
+        ];
+        let out = warpnorm_env(&args, &[]);
+        assert!(out.status.success(), "{}", text(&out));
+        json(&out)[0].clone()
+    };
+    let (ln, rms) = (run("layer_norm"), run("rms"));
+    assert_eq!(
+        (ln["norm"].as_str(), rms["norm"].as_str()),
+        (Some("layer_norm"), Some("rms_norm"))
+    );
+    // No bias read, and one f32 statistic per row instead of two (128 rows).
+    let saved = ln["bytes"].as_u64().unwrap() - rms["bytes"].as_u64().unwrap();
+    assert_eq!(saved, 256 * 2 + 128 * 4);
+}
+
+#[test]
 fn bench_plot_writes_an_svg() {
     let dir = temp_dir("cli_plot");
     let svg = dir.join("out.svg");
@@ -369,8 +390,9 @@ fn demo_runs_on_the_cpu() {
 
 #[test]
 fn bad_arguments_fail_and_name_the_value() {
-    let cases: [&[&str]; 10] = [
+    let cases: [&[&str]; 11] = [
         &["bench", "--dtype", "f64"],
+        &["bench", "--norm", "group_norm"],
         &["bench", "--dtype", "bf16,int8"],
         &["bench", "--cols", "0"],
         &["bench", "--cols", "128,abc"],

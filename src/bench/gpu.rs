@@ -48,10 +48,10 @@ impl GpuTimer {
         &self.be
     }
 
-    /// Buffers for `problem` (LayerNorm, epsilon 1e-5, scale and bias), for every pass.
+    /// Buffers for `problem` (its normalization, epsilon 1e-5), for every pass.
     pub fn case(&self, problem: &Problem) -> Result<Case> {
         let spec = NormSpec {
-            kind: NormKind::LayerNorm,
+            kind: problem.norm.kind(),
             eps: 1e-5,
             fast_variance: false,
         };
@@ -67,6 +67,12 @@ impl GpuTimer {
         sets: Option<usize>,
         backward: bool,
     ) -> Result<Case> {
+        if spec.kind != problem.norm.kind() {
+            return Err(Error::InvalidConfig(format!(
+                "the spec computes {:?} but the problem is {}",
+                spec.kind, problem.norm
+            )));
+        }
         let alloc = problem.set_bytes(backward);
         let (free, _) = self.be.context().mem_get_info()?;
         let budget = (free as f64 * MEMORY_SHARE) as u64;
@@ -316,7 +322,7 @@ impl<T: Element, P: Element> Runner for Buffers<T, P> {
             let args = Forward {
                 x: &s.x,
                 scale: Some(&*scale),
-                bias: Some(&*bias),
+                bias: (spec.kind == NormKind::LayerNorm).then_some(&*bias as _),
                 mask: None,
                 y: &mut s.y,
                 stats: Some(Stats {
@@ -339,7 +345,7 @@ impl<T: Element, P: Element> Runner for Buffers<T, P> {
                 rstd: &s.rstd,
                 dx,
                 dscale: Some(dscale),
-                dbias: Some(dbias),
+                dbias: (spec.kind == NormKind::LayerNorm).then_some(dbias as _),
                 workspace,
             };
             ops::backward(be, stream, spec, *layout, args)?;

@@ -60,6 +60,11 @@ pub fn parse_dtype(s: &str) -> Result<DType, String> {
     DType::parse(s.trim()).ok_or_else(|| format!("unknown dtype `{s}` (expected f32, f16 or bf16)"))
 }
 
+/// `layer_norm` (`layer`, `ln`) or `rms_norm` (`rms`).
+pub fn parse_norm(s: &str) -> Result<warpnorm::bench::Norm, String> {
+    warpnorm::bench::Norm::parse(s).map_err(|e| e.to_string())
+}
+
 /// A row length: a whole number >= 1.
 pub fn parse_cols(s: &str) -> Result<usize, String> {
     match s.trim().parse::<usize>() {

@@ -10,12 +10,12 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::ValueEnum;
-use warpnorm::bench::{self, dtype_name, BenchOptions, BenchRecord, Pass, Problem};
+use warpnorm::bench::{self, dtype_name, BenchOptions, BenchRecord, Norm, Pass, Problem};
 use warpnorm::plot::{Chart, Dash, Series};
 use warpnorm::rng::Rng;
 use warpnorm::{cuda, Array, DType, Device, Error, LayerNorm, NormConfig, Result, Tensor};
 
-use crate::args::{parse_bytes, parse_cols, parse_count, parse_dtype, DeviceSpec};
+use crate::args::{parse_bytes, parse_cols, parse_count, parse_dtype, parse_norm, DeviceSpec};
 use crate::output::{human_bytes, progress, table, Align, Notes};
 
 /// What to time.
@@ -60,6 +60,7 @@ impl PassArg {
     warpnorm bench                                   # every dtype, D = 128 .. 65536\n  \
     warpnorm bench --dtype bf16 --cols 1024,4096,8192 --pass fwd\n  \
     warpnorm bench --dtype bf16 --param-dtype f32 --bytes 1GiB\n  \
+    warpnorm bench --norm rms --dtype bf16 --pass all      # RMSNorm\n  \
     warpnorm bench --json > results.json --plot throughput.svg\n  \
     warpnorm bench --device cpu --cols 128 --bytes 1MiB   # the CPU reference, anywhere\n  \
     warpnorm bench --from results.json --plot throughput.svg   # chart an earlier run")]
@@ -82,6 +83,9 @@ pub struct Args {
     /// Passes to time (a copy is always timed as the ceiling on a GPU).
     #[arg(long, value_enum, default_value = "both")]
     pass: PassArg,
+    /// Normalization: layer_norm (scale and bias) or rms_norm (scale only).
+    #[arg(long, default_value = "layer_norm", value_parser = parse_norm)]
+    norm: Norm,
     /// Timed iterations per measurement; the median is reported [default GPU: 100; CPU: 5].
     #[arg(long, value_parser = parse_count)]
     iters: Option<usize>,
@@ -170,6 +174,7 @@ fn measure(args: &Args, notes: Notes) -> Result<Vec<BenchRecord>> {
             .bytes
             .unwrap_or(if on_gpu { defaults.bytes } else { CPU_BYTES }),
         passes: args.pass.passes(),
+        norm: args.norm,
         warmup: args
             .warmup
             .unwrap_or(if on_gpu { defaults.warmup } else { CPU_WARMUP }),
@@ -256,8 +261,12 @@ fn run_cpu(opts: &BenchOptions) -> Result<Vec<BenchRecord>> {
     for &dtype in &opts.dtypes {
         for &cols in &opts.cols {
             let param = opts.param_dtype.unwrap_or(dtype);
-            let p = Problem::for_bytes(dtype, param, cols, opts.bytes)?;
-            let cfg = NormConfig::flax()
+            let p = Problem::for_bytes(dtype, param, cols, opts.bytes)?.with_norm(opts.norm);
+            let base = match opts.norm {
+                Norm::LayerNorm => NormConfig::flax(),
+                Norm::RmsNorm => NormConfig::flax_rms(),
+            };
+            let cfg = base
                 .epsilon(f64::from(opts.eps))
                 .use_fast_variance(false)
                 .dtype(dtype)
@@ -313,6 +322,7 @@ fn cpu_table(records: &[BenchRecord]) -> String {
         .map(|r| {
             vec![
                 r.implementation.clone(),
+                r.norm.name().to_string(),
                 dtype_name(r.dtype).to_string(),
                 r.cols.to_string(),
                 r.rows.to_string(),
@@ -323,8 +333,11 @@ fn cpu_table(records: &[BenchRecord]) -> String {
         })
         .collect();
     table(
-        &["impl", "dtype", "cols", "rows", "pass", "ms", "GB/s"],
         &[
+            "impl", "norm", "dtype", "cols", "rows", "pass", "ms", "GB/s",
+        ],
+        &[
+            Align::Left,
             Align::Left,
             Align::Left,
             Align::Right,
