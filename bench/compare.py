@@ -46,6 +46,7 @@ DTYPES = {"f32": 4, "f16": 2, "bf16": 2}
 PASSES = ["fwd", "fwd_bwd"]
 IMPLS = ["warpnorm", "torch", "torch_compile", "triton", "flax", "copy"]
 ANCHORS = ["torch", "torch_compile", "triton", "flax"]
+NORMS = {"layer_norm": "LayerNorm", "rms_norm": "RMSNorm"}
 # Short names for table headers.
 SHORT = {"warpnorm": "warpnorm", "torch": "eager", "torch_compile": "compile",
          "triton": "Triton", "flax": "flax"}
@@ -112,15 +113,18 @@ def rows_for_bytes(cols, dtype, nbytes):
     return max(1, nbytes // (cols * DTYPES[dtype]))
 
 
-def bytes_moved(dtype, rows, cols, pss, param_dtype=None):
+def bytes_moved(dtype, rows, cols, pss, param_dtype=None, norm="layer_norm"):
     """Bytes a LayerNorm must move (see bench/README.md): forward reads x, scale, bias and
     writes y, mean, rstd (f32 per row); backward reads x, dy, scale, mean, rstd and writes
-    dx, dscale, dbias; fwd_bwd is both; copy reads x and writes as much."""
+    dx, dscale, dbias; fwd_bwd is both; copy reads x and writes as much. RMSNorm has no
+    bias (nor dbias) and saves only rstd."""
     act = rows * cols * DTYPES[dtype]
-    stats = 2 * 4 * rows
+    rms = norm == "rms_norm"
+    stats = (1 if rms else 2) * 4 * rows
     param = cols * DTYPES[param_dtype or dtype]
-    fwd = act + 2 * param + act + stats
-    bwd = 2 * act + param + stats + act + 2 * param
+    params = (1 if rms else 2) * param
+    fwd = act + params + act + stats
+    bwd = 2 * act + param + stats + act + params
     return {"fwd": fwd, "bwd": bwd, "fwd_bwd": fwd + bwd, "copy": 2 * act}[pss]
 
 
@@ -148,10 +152,10 @@ def geomean(values):
     return math.exp(sum(math.log(v) for v in values) / len(values)) if values else None
 
 
-def make_record(impl, dtype, cols, rows, pss, times_ms, timing, sets, note=None):
+def make_record(impl, dtype, cols, rows, pss, times_ms, timing, sets, norm, note=None):
     ms = median(times_ms)
-    nbytes = bytes_moved(dtype, rows, cols, pss)
-    rec = {"impl": impl, "dtype": dtype, "cols": cols, "rows": rows, "pass": pss,
+    nbytes = bytes_moved(dtype, rows, cols, pss, norm=norm)
+    rec = {"impl": impl, "norm": norm, "dtype": dtype, "cols": cols, "rows": rows, "pass": pss,
            "bytes": nbytes, "ms": ms, "ms_min": min(times_ms), "ms_max": max(times_ms),
            "iters": len(times_ms), "gbps": gbps(nbytes, ms), "timing": timing, "sets": sets}
     if note:
@@ -174,6 +178,9 @@ def parse_args(argv=None):
                    help="comma list of row lengths D")
     p.add_argument("--bytes", default="256MiB", help="size of x per problem (default 256MiB)")
     p.add_argument("--passes", default=",".join(PASSES), help="comma list of fwd, fwd_bwd")
+    p.add_argument("--norm", choices=list(NORMS), default="layer_norm",
+                   help="layer_norm (default) or rms_norm (flax RMSNorm, torch F.rms_norm; "
+                        "no Triton anchor)")
     p.add_argument("--impls", default=",".join(IMPLS), help="comma list of " + ", ".join(IMPLS))
     p.add_argument("--warmup", type=int, default=10, help="untimed iterations (default 10)")
     p.add_argument("--iters", type=int, default=100, help="timed iterations (default 100)")
@@ -281,7 +288,7 @@ def environment(args, torch=None):
 # ---------------------------------------------------------------------------------------
 # warpnorm (through its CLI)
 
-def parse_warpnorm_output(text, passes):
+def parse_warpnorm_output(text, passes, norm="layer_norm"):
     """Records of `warpnorm bench --json` (schema in bench/README.md) -> (records, notes)."""
     text = text.strip()
     try:
@@ -306,9 +313,11 @@ def parse_warpnorm_output(text, passes):
             impl, pss = "copy_warpnorm", "copy"
         elif impl != "warpnorm" or (pss not in passes and pss != "bwd"):
             continue
+        if raw.get("norm", "layer_norm") != norm:
+            raise ValueError(f"warpnorm bench timed {raw.get('norm')}, not {norm}")
         rows, cols, ms = int(raw["rows"]), int(raw["cols"]), float(raw["ms"])
-        rec = {"impl": impl, "dtype": dtype, "cols": cols, "rows": rows, "pass": pss,
-               "bytes": bytes_moved(dtype, rows, cols, pss), "ms": ms,
+        rec = {"impl": impl, "norm": norm, "dtype": dtype, "cols": cols, "rows": rows, "pass": pss,
+               "bytes": bytes_moved(dtype, rows, cols, pss, norm=norm), "ms": ms,
                "ms_min": raw.get("ms_min", ms), "ms_max": raw.get("ms_max", ms),
                "iters": raw.get("iters"), "timing": "cuda_events (warpnorm CLI)",
                "sets": raw.get("sets")}
@@ -339,7 +348,7 @@ def warpnorm_command(args, dtype):
         return any(t == flag or t.startswith(flag + "=") for t in extra)
 
     cmd = [args.warpnorm or "warpnorm", "bench", "--json", "--dtype", dtype,
-           "--cols", ",".join(map(str, args.cols)), "--bytes", args.bytes]
+           "--cols", ",".join(map(str, args.cols)), "--bytes", args.bytes, "--norm", args.norm]
     for flag, value in (("--iters", args.iters), ("--warmup", args.warmup),
                         ("--pass", warpnorm_passes(args))):
         if not given(flag):
@@ -363,7 +372,7 @@ def run_warpnorm(args, records, notes, clock):
             notes.append(f"warpnorm {dtype}: `{' '.join(cmd)}` exited with {r.returncode}")
             continue
         try:
-            recs, more = parse_warpnorm_output(r.stdout, args.passes)
+            recs, more = parse_warpnorm_output(r.stdout, args.passes, args.norm)
         except ValueError as e:
             notes.append(f"warpnorm {dtype}: {e}")
             continue
@@ -452,17 +461,18 @@ def torch_impl(gpu, impl, dtype, cols, rows, args):
     dt = gpu.tdtype[dtype]
     act = rows * cols * DTYPES[dtype]
     backward = "fwd_bwd" in args.passes and impl != "copy"
-    touched = bytes_moved(dtype, rows, cols, "fwd_bwd" if backward else "fwd")
+    rms = args.norm == "rms_norm"
+    touched = bytes_moved(dtype, rows, cols, "fwd_bwd" if backward else "fwd", norm=args.norm)
     sets = gpu.sets(touched, act * (4 if backward else 2))
     grad = backward and impl in ("torch", "torch_compile")
     xs = [torch.randn(rows, cols, device="cuda", dtype=dt).requires_grad_(grad) for _ in range(sets)]
     if impl == "copy":
         dst = torch.empty_like(xs[0])
         times = time_cuda_events(torch, lambda i: dst.copy_(xs[i]), sets, args.warmup, args.iters)
-        return [make_record("copy", dtype, cols, rows, "copy", times, "cuda_events", sets)]
+        return [make_record("copy", dtype, cols, rows, "copy", times, "cuda_events", sets, args.norm)]
     dys = [torch.randn(rows, cols, device="cuda", dtype=dt) for _ in range(sets)] if backward else []
     w = (1 + 0.1 * torch.randn(cols, device="cuda")).to(dt).requires_grad_(grad)
-    b = (0.1 * torch.randn(cols, device="cuda")).to(dt).requires_grad_(grad)
+    b = None if rms else (0.1 * torch.randn(cols, device="cuda")).to(dt).requires_grad_(grad)
     if impl == "triton":
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         import triton_ln
@@ -474,10 +484,14 @@ def torch_impl(gpu, impl, dtype, cols, rows, args):
             y, mean, rstd = triton_ln.forward(xs[i], w, b, EPS)
             return y, triton_ln.backward(xs[i], dys[i], w, mean, rstd)
     else:
-        ln = lambda x, w, b: F.layer_norm(x, (cols,), w, b, EPS)  # noqa: E731
+        if rms:
+            ln = lambda x, w, b: F.rms_norm(x, (cols,), w, EPS)  # noqa: E731
+        else:
+            ln = lambda x, w, b: F.layer_norm(x, (cols,), w, b, EPS)  # noqa: E731
         if impl == "torch_compile":
             torch._dynamo.reset()
             ln = torch.compile(ln, dynamic=False)
+        wanted = (w,) if rms else (w, b)
 
         def fwd(i):
             return ln(xs[i], w, b)
@@ -485,7 +499,7 @@ def torch_impl(gpu, impl, dtype, cols, rows, args):
         def fwd_bwd(i):
             # autograd.grad returns fresh gradients: nothing accumulates into .grad.
             y = ln(xs[i], w, b)
-            return y, torch.autograd.grad(y, (xs[i], w, b), dys[i])
+            return y, torch.autograd.grad(y, (xs[i],) + wanted, dys[i])
     out = []
     for pss in args.passes:
         warmup = max(args.warmup, 2)  # torch.compile compiles on the first calls
@@ -499,7 +513,7 @@ def torch_impl(gpu, impl, dtype, cols, rows, args):
             out.append({"impl": impl, "dtype": dtype, "cols": cols, "rows": rows, "pass": pss,
                         "skipped": str(e)})
             continue
-        out.append(make_record(impl, dtype, cols, rows, pss, times, "cuda_events", sets))
+        out.append(make_record(impl, dtype, cols, rows, pss, times, "cuda_events", sets, args.norm))
     return out
 
 
@@ -512,7 +526,8 @@ def flax_impl(dtype, cols, rows, args, l2):
     jdt = {"f32": jnp.float32, "f16": jnp.float16, "bf16": jnp.bfloat16}[dtype]
     # Parameters and output in x's dtype, as PyTorch and warpnorm are run; flax's defaults
     # (use_fast_variance=True) otherwise.
-    ln = nn.LayerNorm(epsilon=EPS, dtype=jdt, param_dtype=jdt)
+    module = nn.RMSNorm if args.norm == "rms_norm" else nn.LayerNorm
+    ln = module(epsilon=EPS, dtype=jdt, param_dtype=jdt)
     params = ln.init(jax.random.PRNGKey(0), jnp.zeros((1, cols), jdt))
     fwd = jax.jit(lambda p, x: ln.apply(p, x))
 
@@ -523,7 +538,7 @@ def flax_impl(dtype, cols, rows, args, l2):
     fwd_bwd = jax.jit(step)
     backward = "fwd_bwd" in args.passes
     act = rows * cols * DTYPES[dtype]
-    touched = bytes_moved(dtype, rows, cols, "fwd_bwd" if backward else "fwd")
+    touched = bytes_moved(dtype, rows, cols, "fwd_bwd" if backward else "fwd", norm=args.norm)
     free = jax.devices()[0].memory_stats() or {}
     budget = int((free.get("bytes_limit", 0) - free.get("bytes_in_use", 0)) * 0.6) or (16 << 30)
     sets = rotation_sets(touched, max(MIN_ROTATION_FOOTPRINT, 8 * l2), act * (4 if backward else 2), budget)
@@ -540,7 +555,8 @@ def flax_impl(dtype, cols, rows, args, l2):
         else:
             times = time_batched(lambda i: fwd_bwd(params, xs[i], dys[i]), block, sets,
                                  max(args.warmup, 2), args.iters)
-        out.append(make_record("flax", dtype, cols, rows, pss, times, "host clock over batches of 20", sets))
+        out.append(make_record("flax", dtype, cols, rows, pss, times, "host clock over batches of 20",
+                               sets, args.norm))
     return out
 
 
@@ -567,6 +583,16 @@ def run_gpu(args, records, notes, clock, checkpoint):
         except Exception as e:  # noqa: BLE001
             notes.append(f"triton skipped: {e}")
             wanted.remove("triton")
+    if args.norm == "rms_norm":
+        if "triton" in wanted:
+            wanted.remove("triton")
+            notes.append("triton skipped: the tutorial-style anchor has no RMSNorm")
+        if gpu and not hasattr(gpu.torch.nn.functional, "rms_norm"):
+            for impl in ("torch", "torch_compile"):
+                if impl in wanted:
+                    wanted.remove(impl)
+                    notes.append(f"{impl} skipped: torch {gpu.torch.__version__} has no "
+                                 "F.rms_norm (it came in torch 2.4)")
     use_flax = "flax" in args.impls
     if use_flax:
         try:
@@ -695,7 +721,8 @@ def render_report(env, records, notes, args, plot_name, synthetic=False):
     anchors = [a for a in ANCHORS if a in impls]
     L = []
     device = env.get("gpu", "unknown GPU")
-    L.append(f"# LayerNorm bandwidth: warpnorm and anchors on {device}")
+    label = NORMS[args.norm]
+    L.append(f"# {label} bandwidth: warpnorm and anchors on {device}")
     L.append("")
     if synthetic:
         L.append("> **Dry run: every number below is SYNTHETIC**, made up to exercise the report "
@@ -717,12 +744,18 @@ def render_report(env, records, notes, args, plot_name, synthetic=False):
     L.append("")
     L.append("## Method")
     L.append("")
-    L.append(f"- Shapes: x is `[rows, D]` with rows = {args.bytes} / (D x element size); "
-             "parameters (scale, bias) and outputs in x's dtype; epsilon 1e-5.")
-    L.append("- GB/s = bytes a LayerNorm must move / median time, the same count for every "
-             "implementation: forward reads x, scale, bias and writes y, mean, rstd (f32 per "
-             "row); backward reads x, dy, scale, mean, rstd and writes dx, dscale, dbias; "
-             "fwd_bwd is both. The copy reads x and writes as much. Decimal GB (1e9).")
+    params = "scale" if args.norm == "rms_norm" else "scale, bias"
+    L.append(f"- {label}, shapes: x is `[rows, D]` with rows = {args.bytes} / (D x element "
+             f"size); parameters ({params}) and outputs in x's dtype; epsilon 1e-5.")
+    if args.norm == "rms_norm":
+        moved = ("forward reads x, scale and writes y, rstd (f32 per row); backward reads x, dy, "
+                 "scale, rstd and writes dx, dscale")
+    else:
+        moved = ("forward reads x, scale, bias and writes y, mean, rstd (f32 per row); backward "
+                 "reads x, dy, scale, mean, rstd and writes dx, dscale, dbias")
+    L.append(f"- GB/s = bytes a {label} must move / median time, the same count for every "
+             f"implementation: {moved}; fwd_bwd is both. The copy reads x and writes as much. "
+             "Decimal GB (1e9).")
     L.append("- % = share of the device-to-device copy's GB/s on the same shape, measured in "
              "the same run (the bandwidth ceiling): this script's torch copy, or the warpnorm "
              "CLI's own copy where torch is missing.")
@@ -732,9 +765,11 @@ def render_report(env, records, notes, args, plot_name, synthetic=False):
              "are out of reach of torch's events). Inputs rotate through several buffer sets "
              "(together at least 512 MiB or 8x L2) so L2 does not flatter.")
     L.append("- Ratios: warpnorm GB/s / anchor GB/s (> 1: warpnorm faster). Column names: "
-             "eager = PyTorch F.layer_norm, compile = torch.compile of it, Triton = the "
-             "tutorial-style kernel (bench/triton_ln.py), flax = flax.linen.LayerNorm under "
-             "jax.jit (its default use_fast_variance=True).")
+             + ("eager = PyTorch F.rms_norm, compile = torch.compile of it, flax = "
+                "flax.linen.RMSNorm under jax.jit." if args.norm == "rms_norm" else
+                "eager = PyTorch F.layer_norm, compile = torch.compile of it, Triton = the "
+                "tutorial-style kernel (bench/triton_ln.py), flax = flax.linen.LayerNorm under "
+                "jax.jit (its default use_fast_variance=True)."))
     L.append("")
     L.append("## Summary: geometric-mean speedup of warpnorm")
     L.append("")
@@ -953,7 +988,8 @@ def results_folder(args, env):
         folder = Path(args.out)
     else:
         day = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d")
-        base = REPO / "bench" / "results" / f"{day}-{slug(env.get('gpu', 'gpu'))}"
+        suffix = "-rms-norm" if args.norm == "rms_norm" else ""
+        base = REPO / "bench" / "results" / f"{day}-{slug(env.get('gpu', 'gpu'))}{suffix}"
         folder, n = base, 2
         while folder.exists() and any(folder.iterdir()):
             folder, n = base.with_name(f"{base.name}-{n}"), n + 1
@@ -963,7 +999,7 @@ def results_folder(args, env):
 
 def write_results(folder, env, records, notes, args, synthetic=False):
     title = (f"{env.get('gpu', 'unknown GPU')}, warpnorm {str(env.get('warpnorm_commit'))[:12]}, "
-             f"{env.get('date')}; GB/s of the bytes a LayerNorm must move")
+             f"{env.get('date')}; GB/s of the bytes a {NORMS[args.norm]} must move")
     if synthetic:
         title = "SYNTHETIC NUMBERS (dry run), nothing measured; " + title
     plot_name = write_plot(folder, records, args, title)
@@ -974,7 +1010,8 @@ def write_results(folder, env, records, notes, args, synthetic=False):
 
 
 def write_json(folder, env, records, notes, args, synthetic=False):
-    payload = {"env": env, "synthetic": synthetic, "bytes": args.nbytes, "bytes_text": args.bytes,
+    payload = {"env": env, "synthetic": synthetic, "norm": args.norm, "bytes": args.nbytes,
+               "bytes_text": args.bytes,
                "warmup": args.warmup, "iters": args.iters, "dtypes": args.dtypes,
                "cols": args.cols, "passes": args.passes, "records": records, "notes": notes}
     tmp = folder / "results.json.tmp"
@@ -1011,6 +1048,10 @@ def merge(args):
     sizes = {d["bytes"] for _, d in runs}
     if len(sizes) > 1:
         raise SystemExit(f"--merge: runs of different problem sizes ({sorted(sizes)} bytes)")
+    norms = {d.get("norm", "layer_norm") for _, d in runs}
+    if len(norms) > 1:
+        raise SystemExit(f"--merge: runs of different normalizations ({', '.join(sorted(norms))})")
+    args.norm = norms.pop()
     by_key, notes = {}, []
     for path, data in runs:
         if data.get("synthetic"):
@@ -1070,6 +1111,9 @@ def self_check():
     assert bytes_moved("bf16", 1000, 512, "bwd", "f32") == 3 * act + stats + 3 * param
     assert bytes_moved("bf16", 1000, 512, "fwd_bwd", "f32") == 5 * act + 2 * stats + 5 * param
     assert bytes_moved("bf16", 1000, 512, "copy") == 2 * act
+    # RMSNorm: no bias or dbias, rstd only (the same numbers as the Rust unit test).
+    assert bytes_moved("bf16", 1000, 512, "fwd", "f32", "rms_norm") == 2 * act + stats // 2 + param
+    assert bytes_moved("bf16", 1000, 512, "bwd", "f32", "rms_norm") == 3 * act + stats // 2 + 2 * param
     mib = 1 << 20
     assert rotation_sets(256 * mib, 512 * mib, 512 * mib, 64 << 30) == 2
     assert rotation_sets(8 * mib, 512 * mib, 16 * mib, 100 * mib) == 6
@@ -1097,18 +1141,21 @@ def synthetic_records(args):
                 passes = args.passes + (["bwd"] if impl == "warpnorm" and "fwd_bwd" in args.passes else [])
                 for p in (["copy"] if impl == "copy" else passes):
                     f = 1.0 if impl == "copy" else eff[impl][p != "fwd"] * penalty
-                    if impl == "triton" and p == "fwd_bwd" and c * DTYPES[d] > 65536:
+                    if impl == "triton" and (args.norm == "rms_norm" or
+                                             (p == "fwd_bwd" and c * DTYPES[d] > 65536)):
                         continue
-                    ms = bytes_moved(d, rows, c, p) / (copy_bw * f * 1e9) * 1e3
+                    ms = bytes_moved(d, rows, c, p, norm=args.norm) / (copy_bw * f * 1e9) * 1e3
                     times = [ms * (1 + 0.01 * k) for k in (-1, 0, 1)]
                     if impl == "warpnorm":
-                        rec = make_record(impl, d, c, rows, p, times, "cuda_events", 2)
+                        rec = make_record(impl, d, c, rows, p, times, "cuda_events", 2, args.norm)
                         cli_output.append({**rec, "param_dtype": d, "copy_gbps": copy_bw,
                                            "pct_copy": 100 * rec["gbps"] / copy_bw,
                                            "device": "cuda:0 (synthetic)"})
                     else:
-                        records.append(make_record(impl, d, c, rows, p, times, "synthetic", 2))
-    parsed, notes = parse_warpnorm_output("progress line\n" + json.dumps(cli_output), args.passes)
+                        records.append(make_record(impl, d, c, rows, p, times, "synthetic", 2,
+                                                   args.norm))
+    parsed, notes = parse_warpnorm_output("progress line\n" + json.dumps(cli_output), args.passes,
+                                          args.norm)
     assert len(parsed) == len(cli_output) and not notes, notes
     return records + parsed
 

@@ -87,6 +87,39 @@ fn dry_run_renders_the_report_with_targets_and_merges_runs() {
 }
 
 #[test]
+fn dry_run_of_rms_norm_has_no_triton_anchor() {
+    if !python3_or_skip("dry_run_of_rms_norm_has_no_triton_anchor") {
+        return;
+    }
+    let out_dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("compare_dry_run_rms");
+    let _ = std::fs::remove_dir_all(&out_dir);
+    let out = python(
+        &[
+            "bench/compare.py",
+            "--dry-run",
+            "--norm",
+            "rms_norm",
+            "--dtypes",
+            "bf16",
+            "--cols",
+            "1024",
+            "--out",
+            out_dir.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    let report = std::fs::read_to_string(out_dir.join("report.md")).unwrap();
+    assert!(report.starts_with("# RMSNorm bandwidth"), "{report}");
+    assert!(report.contains("F.rms_norm") && !report.contains("Triton GB/s"));
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("results.json")).unwrap())
+            .unwrap();
+    let records = results["records"].as_array().unwrap();
+    assert!(!records.is_empty() && records.iter().all(|r| r["norm"] == "rms_norm"));
+}
+
+#[test]
 fn it_reads_the_records_warpnorm_bench_prints() {
     if !python3_or_skip("it_reads_the_records_warpnorm_bench_prints") {
         return;
