@@ -114,10 +114,12 @@ typedef struct {
  */
 typedef struct {
     const void* x;
-    float* out; /* rows * (3 or 2) f32 */
+    const unsigned char* mask; /* may be null; mask[r * mask_stride + c] != 0 selects */
+    float* out;                /* rows * (3 or 2) f32 */
     long long rows;
     long long cols;
     long long x_stride;
+    long long mask_stride;
     int mode;
 } WarpnormShardStatsParams;
 
@@ -144,7 +146,8 @@ typedef struct {
 /*
  * The backward's row sums and dx. sums is [rows][2]: shard_bwd_sums writes the shard's
  * {sum g, sum g * xhat}; shard_dx reads the group's (after the all-reduce) and writes dx.
- * dvar may be null (then 1). weight = 1 / (group * cols).
+ * dvar may be null (then 1). weight = 1 / (group * cols), or with a mask (shard_dx only)
+ * 1 / group, divided per row by this shard's count of selected elements.
  */
 typedef struct {
     const void* x;
@@ -153,6 +156,7 @@ typedef struct {
     const float* mean;
     const float* rstd;
     const float* dvar;
+    const unsigned char* mask;
     float* sums;
     void* dx;
     long long rows;
@@ -160,6 +164,7 @@ typedef struct {
     long long x_stride;
     long long dy_stride;
     long long dx_stride;
+    long long mask_stride;
     float weight;
     int kind;
 } WarpnormShardBwdParams;

@@ -44,19 +44,30 @@ __device__ __forceinline__ WarpRows warp_rows() {
             int(threadIdx.x % kWarpSize)};
 }
 
+// Whether element `c` of row `row` takes part in the statistics (flax's mask).
+__device__ __forceinline__ float selected(const unsigned char* mask, long long mask_stride, long long row,
+                                          long long c) {
+    return (!mask || mask[row * mask_stride + c]) ? 1.f : 0.f;
+}
+
+// Per-shard statistics of the selected elements of each row. A row with none selected
+// gets NaN means (0 / 0), as flax's mean(where=all false): NaN for the whole group.
 template <typename T> __global__ void __launch_bounds__(kShardThreads) shard_row_stats(const WarpnormShardStatsParams p) {
     const WarpRows w = warp_rows();
     const T* __restrict__ x = static_cast<const T*>(p.x);
-    const float n = float(p.cols);
     for (long long row = w.first; row < p.rows; row += w.step) {
         const T* xr = x + row * p.x_stride;
-        float s = 0.f, q = 0.f;
+        float s = 0.f, q = 0.f, count = 0.f;
         for (long long c = w.lane; c < p.cols; c += kWarpSize) {
-            const float v = to_float(xr[c]);
+            const float m = selected(p.mask, p.mask_stride, row, c);
+            // Not m * x: an unselected NaN must not reach the sums.
+            const float v = m != 0.f ? to_float(xr[c]) : 0.f;
             s += v;
             q += v * v;
+            count += m;
         }
         s = group_sum<kWarpSize>(s);
+        const float n = p.mask ? group_sum<kWarpSize>(count) : float(p.cols);
         if (p.mode == kShardMeans) {
             q = group_sum<kWarpSize>(q);
             if (w.lane == 0) {
@@ -69,7 +80,7 @@ template <typename T> __global__ void __launch_bounds__(kShardThreads) shard_row
             float m2 = 0.f;
             for (long long c = w.lane; c < p.cols; c += kWarpSize) {
                 const float d = to_float(xr[c]) - mean;
-                m2 += d * d;
+                if (selected(p.mask, p.mask_stride, row, c) != 0.f) m2 += d * d;
             }
             m2 = group_sum<kWarpSize>(m2);
             if (w.lane == 0) {
@@ -92,14 +103,20 @@ __device__ __forceinline__ ShardRowStats combine_stats(const float* stats, long 
                                                        float eps, int kind, int mode) {
     float mean, var, dvar = 1.f;
     if (mode == kShardMoments) {
-        // stats: [group][rows][3], position order; Chan's merge in that order.
-        Moments m = {stats[3 * row], stats[3 * row + 1], stats[3 * row + 2]};
-        for (int q = 1; q < group; ++q) {
+        // stats: [group][rows][3] = (n, mean, M2), position order. Every rank weighs 1/k,
+        // as flax's pmean weighs it: mean = avg mean_q, var = avg (M2_q / n_q + (mean_q -
+        // mean)^2). Without a mask the n_q are equal and this is the merged variance.
+        const float inv_k = 1.f / float(group);
+        float sum = 0.f;
+        for (int q = 0; q < group; ++q) sum += stats[3 * ((long long)q * rows + row) + 1];
+        mean = sum * inv_k;
+        float spread = 0.f;
+        for (int q = 0; q < group; ++q) {
             const float* s = stats + 3 * ((long long)q * rows + row);
-            m = chan_merge(m, {s[0], s[1], s[2]});
+            const float d = s[1] - mean;
+            spread += s[2] / s[0] + d * d;
         }
-        mean = m.mean;
-        var = m.m2 / m.n;
+        var = spread * inv_k;
     } else {
         // stats: [rows][2], summed over the group: pmean divides by the group size.
         const float mean_x = stats[2 * row] / float(group);
@@ -189,6 +206,9 @@ __global__ void __launch_bounds__(kShardThreads) shard_bwd_sums(const WarpnormSh
 // dx_j = rstd * (g_j - w * (c1 * A + dvar * xhat_j * B)) with A, B the group's sums, w the
 // weight of one element in the group mean (1 / (k * cols)) and c1 = 1 for LayerNorm, 0
 // for RMSNorm (see src/reference/row.rs for the derivation).
+//
+// With a mask, w is m_j / (k * n) for this rank's count n of selected elements in the row
+// (p.weight is then 1 / k): the weight flax's pmean of the ranks' masked means gives x_j.
 template <typename T, typename P, typename O>
 __global__ void __launch_bounds__(kShardThreads) shard_dx(const WarpnormShardBwdParams p) {
     const WarpRows w = warp_rows();
@@ -197,9 +217,16 @@ __global__ void __launch_bounds__(kShardThreads) shard_dx(const WarpnormShardBwd
         const float f = p.dvar ? p.dvar[row] : 1.f;
         const float c1a = p.kind == WARPNORM_LAYER_NORM ? p.sums[2 * row] : 0.f;
         const float b = p.sums[2 * row + 1];
+        float weight = p.weight;
+        if (p.mask) {
+            float count = 0.f;
+            for (long long c = w.lane; c < p.cols; c += kWarpSize) count += selected(p.mask, p.mask_stride, row, c);
+            weight /= group_sum<kWarpSize>(count);
+        }
         T* __restrict__ dxr = static_cast<T*>(p.dx) + row * p.dx_stride;
         for (long long c = w.lane; c < p.cols; c += kWarpSize) {
-            dxr[c] = from_float<T>(r.rstd * (r.g(c) - p.weight * (c1a + f * r.xhat(c) * b)));
+            const float wc = weight * selected(p.mask, p.mask_stride, row, c);
+            dxr[c] = from_float<T>(r.rstd * (r.g(c) - wc * (c1a + f * r.xhat(c) * b)));
         }
     }
 }

@@ -400,8 +400,35 @@ def run_keras(name, config, xshape, xdtype, x_mean=2.5, x_std=1.5):
     return fx
 
 
-def run_sharded(name, api, config, world, rows, feat_per_rank, xdtype):
-    """flax LayerNorm/RMSNorm under jax.pmap; rank r holds features [r*F, (r+1)*F) of each row."""
+def weighted_reference(x, dy, scale, bias, w, eps, mode):
+    """float64 y, dx, dscale, dbias of rows [rows, D] whose statistics weigh element j by
+    w[:, j] (weights of a row sum to 1): mean = sum(w x), var = sum(w (x - mean)^2) ("ln") or
+    sum(w x^2) ("rms"). A masked row sharded over k ranks has w = m / (k * n_rank), which is
+    flax's pmean of each rank's mean(where=mask)."""
+    x = np.asarray(x, np.float64)
+    g_out = np.asarray(dy, np.float64)
+    s = 1.0 if scale is None else np.asarray(scale, np.float64)
+    b = 0.0 if bias is None else np.asarray(bias, np.float64)
+    mu = np.zeros((x.shape[0], 1)) if mode == "rms" else np.sum(w * x, axis=1, keepdims=True)
+    var = np.sum(w * (x - mu) ** 2, axis=1, keepdims=True)
+    r = 1.0 / np.sqrt(var + eps)
+    xhat = (x - mu) * r
+    g = g_out * s
+    sg = np.sum(g, axis=1, keepdims=True) if mode == "ln" else 0.0
+    dx = r * g - r * w * (sg + xhat * np.sum(g * xhat, axis=1, keepdims=True))
+    out = {"y": xhat * s + b, "dx": dx}
+    if scale is not None:
+        out["dscale"] = np.sum(g_out * xhat, axis=0)
+    if bias is not None:
+        out["dbias"] = np.sum(g_out, axis=0)
+    return out
+
+
+def run_sharded(name, api, config, world, rows, feat_per_rank, xdtype, mask=None):
+    """flax LayerNorm/RMSNorm under jax.pmap; rank r holds features [r*F, (r+1)*F) of each row.
+    `mask` ([world, rows, F] bool) is flax's `mask` argument on each rank."""
+    if mask is not None and mask.shape != (world, rows, feat_per_rank):
+        raise FixtureError(f"{name}: mask shape {mask.shape}")
     if jax.device_count() < world:
         raise FixtureError(f"{name}: needs {world} devices, have {jax.device_count()}")
     rng = case_rng(name)
@@ -421,14 +448,15 @@ def run_sharded(name, api, config, world, rows, feat_per_rank, xdtype):
     )
     dy = make_dy(rng, (world, rows, feat_per_rank), str(jnp.dtype(ydt)))
 
-    def per_rank(xx, pp, dd):
-        y, vjp = jax.vjp(lambda a, b: module.apply({"params": b}, a), xx, pp)
+    def per_rank(xx, pp, dd, mm):
+        y, vjp = jax.vjp(lambda a, b: module.apply({"params": b}, a, mask=mm), xx, pp)
         dx, dp = vjp(dd)
         return y, dx, dp
 
     jp = {k: jnp.asarray(v) for k, v in params.items()}
+    jm = None if mask is None else jnp.asarray(mask)  # None: flax's unmasked path
     y, dx, dp = jax.pmap(per_rank, axis_name=full["axis_name"], devices=jax.devices()[:world])(
-        jnp.asarray(x), jp, jnp.asarray(dy)
+        jnp.asarray(x), jp, jnp.asarray(dy), jm
     )
     fx = {
         "name": name,
@@ -436,6 +464,7 @@ def run_sharded(name, api, config, world, rows, feat_per_rank, xdtype):
         "config": config,
         "world": world,
         "x": x,
+        "mask": mask,
         "scale": params.get("scale"),
         "bias": params.get("bias"),
         "y": np.asarray(y),
@@ -460,6 +489,18 @@ def run_sharded(name, api, config, world, rows, feat_per_rank, xdtype):
         cat = lambda a: np.concatenate([a[r] for r in g], axis=-1)
         xg, dyg = cat(x), cat(dy)
         pg = {k: cat(v) for k, v in params.items()}
+        if mask is not None:
+            # Each rank's selected elements weigh 1 / (k * its count): pmean of local means.
+            counts = [mask[r].sum(axis=-1, keepdims=True) for r in g]
+            wg = np.concatenate([mask[r] / (len(g) * c) for r, c in zip(g, counts)], axis=-1)
+            ref = weighted_reference(xg, dyg, pg.get("scale"), pg.get("bias"), wg,
+                                     full["epsilon"], mode)
+            got = {"y": cat(fx["y"]), "dx": cat(fx["dx"])}
+            for k in params:
+                got["d" + k] = cat(fx["d" + k])
+            for k, v in ref.items():
+                check_close(name, f"{k} vs float64 weighted reference (group {g})", got[k], v, tol)
+            continue
         yg, vjp = jax.vjp(lambda a, b: plain.apply({"params": b}, a), jnp.asarray(xg),
                           {k: jnp.asarray(v) for k, v in pg.items()})
         dxg, dpg = vjp(jnp.asarray(dyg))
@@ -499,8 +540,20 @@ def keras_ln(name, desc, config, xshape, xdtype="float32", **kw):
     case(name, desc, run_keras, config, xshape, xdtype, **kw)
 
 
-def sharded(name, desc, api, config, world, rows, fpr, xdtype="float32"):
-    case(name, desc, run_sharded, api, config, world, rows, fpr, xdtype)
+def sharded(name, desc, api, config, world, rows, fpr, xdtype="float32", mask=None):
+    case(name, desc, run_sharded, api, config, world, rows, fpr, xdtype, mask=mask)
+
+
+def shard_mask(world, rows, fpr):
+    """Per rank and row a different number of selected features (1 to all), so the ranks'
+    counts differ within a row: flax's pmean of local means then differs from the mean over
+    the whole row's selected elements."""
+    m = np.zeros((world, rows, fpr), bool)
+    for r in range(world):
+        for i in range(rows):
+            count = 1 + (3 * r + 5 * i) % fpr
+            m[r, i, (np.arange(count) * 7 + i) % fpr] = True
+    return m
 
 
 def row_mask(rows, d):
@@ -650,6 +703,19 @@ sharded("flax_rms_sharded_w4", "RMSNorm world 4, groups null, x f32 [4,3,16]",
         API_FLAX_RMS, {"axis_name": "i"}, 4, 3, 16)
 sharded("flax_rms_sharded_w4_groups_pairs", "RMSNorm world 4, groups [[0,1],[2,3]], x f32 [4,3,16]",
         API_FLAX_RMS, {"axis_name": "i", "axis_index_groups": [[0, 1], [2, 3]]}, 4, 3, 16)
+sharded("flax_ln_sharded_w4_mask", "EXTENSION mask, LayerNorm world 4, unequal counts per rank, x f32 [4,5,16]",
+        API_FLAX_LN, {"axis_name": "i"}, 4, 5, 16, mask=shard_mask(4, 5, 16))
+sharded("flax_ln_sharded_w4_mask_slow_variance",
+        "EXTENSION mask, LayerNorm world 4, use_fast_variance False, unequal counts, x f32 [4,5,16]",
+        API_FLAX_LN, {"axis_name": "i", "use_fast_variance": False}, 4, 5, 16, mask=shard_mask(4, 5, 16))
+sharded("flax_ln_sharded_w8_groups_halves_mask",
+        "EXTENSION mask, LayerNorm world 8, groups [[0,1,2,3],[4,5,6,7]], x f32 [8,3,8]",
+        API_FLAX_LN, {"axis_name": "i", "axis_index_groups": [[0, 1, 2, 3], [4, 5, 6, 7]]}, 8, 3, 8,
+        mask=shard_mask(8, 3, 8))
+sharded("flax_rms_sharded_w4_groups_pairs_mask",
+        "EXTENSION mask, RMSNorm world 4, groups [[0,1],[2,3]], unequal counts, x f32 [4,5,16]",
+        API_FLAX_RMS, {"axis_name": "i", "axis_index_groups": [[0, 1], [2, 3]]}, 4, 5, 16,
+        mask=shard_mask(4, 5, 16))
 
 
 # --------------------------------------------------------------------------------------------
@@ -729,7 +795,10 @@ Cases whose name contains `mask` carry one extra top-level field,
 `"mask": {"shape": [...], "dtype": "bool", "data": [true, false, ...]}`: flax's
 `__call__(x, mask=...)`, broadcastable to `x`. Only selected elements enter the mean and variance
 (`mean(..., where=mask)`); every element of `y`, selected or not, is normalised with those
-statistics.
+statistics. In sharded cases the mask has the leading rank axis too, and each rank's
+masked mean is averaged over the group by `lax.pmean`: every rank weighs the same whatever its
+count of selected elements (so a rank with none makes its group's rows NaN). The generator checks
+these against a float64 reference with those weights instead of the unsharded layer.
 
 ## Notes on particular cases
 

@@ -7,16 +7,18 @@
 //! direction takes exactly one collective, enqueued between two kernels on each rank's
 //! stream, with no host synchronisation:
 //!
-//! * forward: per-shard `(n, mean, M2)` per row, one all-gather within the group, Chan's
-//!   merge in group-position order (exact and deterministic), then normalise. With flax's
+//! * forward: per-shard `(n, mean, M2)` per row, one all-gather within the group, merged in
+//!   group-position order (exact and deterministic), then normalise. With flax's
 //!   `use_fast_variance` (its default) and for RMSNorm: per-shard `(mean, mean of squares)`
 //!   and one all-reduce, which is flax's single `pmean`.
 //! * backward: per-shard `(sum g, sum g * xhat)` per row (`g = dy * scale`), one all-reduce,
 //!   then dx. dscale / dbias are the shard's own, summed over its rows.
 //!
 //! flax's exact-variance path takes two pmeans (the mean, then the mean squared
-//! deviation); merging every rank's moments gives the same statistics up to rounding with
-//! one collective. The gradients are those of `jax.vjp` inside `pmap` (the transpose of
+//! deviation); every rank's moments give the same statistics up to rounding with one
+//! collective: `mean = avg_q mean_q`, `var = avg_q (M2_q / n_q + (mean_q - mean)^2)`, the
+//! ranks weighing the same whatever their counts, as `pmean` weighs them (which matters
+//! with flax's `mask`: [`ShardedLayerNorm::forward_train_masked`]). The gradients are those of `jax.vjp` inside `pmap` (the transpose of
 //! `pmean` is `pmean`), as [`crate::reference::sharded_backward`] computes them.
 //!
 //! On the CPU ([`crate::dist::InProcessHost`]) the same algorithm runs in f64: it is what
@@ -63,6 +65,8 @@ pub struct ShardSaved {
     /// The fast variance's clamp derivative per row (1, 1/2 at a zero variance, 0 below):
     /// what makes dx follow JAX's gradient of `maximum(0, E[x^2] - E[x]^2)` exactly.
     dvar: Option<Array>,
+    /// flax's mask of this rank's shard, when the forward had one.
+    mask: Option<Vec<bool>>,
 }
 
 /// One rank's parameters: its slice of scale and bias.
@@ -222,12 +226,25 @@ impl ShardedLayerNorm {
 
     /// Inference: y for every local rank's shard.
     pub fn forward(&self, xs: &[Array]) -> Result<Vec<Array>> {
-        self.run_forward(xs, false).map(|(ys, _)| ys)
+        self.run_forward(xs, None, false).map(|(ys, _)| ys)
     }
 
     /// Training: y and what backward needs, for every local rank's shard.
     pub fn forward_train(&self, xs: &[Array]) -> Result<(Vec<Array>, Vec<ShardSaved>)> {
-        self.run_forward(xs, true)
+        self.run_forward(xs, None, true)
+    }
+
+    /// Training with flax's mask: `masks[i]` has one entry per element of `xs[i]`, `true`
+    /// where the element takes part in the statistics (every element is still normalised).
+    /// As in flax under `pmap`, each rank's masked mean enters its group's `pmean` with the
+    /// same weight, whatever its count; a rank with no selected element in a row makes that
+    /// row NaN for the whole group.
+    pub fn forward_train_masked(
+        &self,
+        xs: &[Array],
+        masks: &[Vec<bool>],
+    ) -> Result<(Vec<Array>, Vec<ShardSaved>)> {
+        self.run_forward(xs, Some(masks), true)
     }
 
     /// Gradients for cotangents `dys` (shapes of x, dtype of y): dx of every local rank's
@@ -244,9 +261,13 @@ impl ShardedLayerNorm {
         for (x, dy) in xs.iter().zip(dys) {
             crate::layer::check_cotangent(&self.cfg, x, dy)?;
         }
-        for s in saved {
+        for (s, x) in saved.iter().zip(xs) {
             let dvar_rows = s.dvar.as_ref().map_or(view.rows, Array::numel);
-            if s.mean.numel() != view.rows || s.rstd.numel() != view.rows || dvar_rows != view.rows
+            let mask_len = s.mask.as_ref().map_or(x.numel(), Vec::len);
+            if s.mean.numel() != view.rows
+                || s.rstd.numel() != view.rows
+                || dvar_rows != view.rows
+                || mask_len != x.numel()
             {
                 return Err(Error::Shape {
                     what: "saved statistics",
@@ -262,12 +283,29 @@ impl ShardedLayerNorm {
         }
     }
 
-    fn run_forward(&self, xs: &[Array], train: bool) -> Result<(Vec<Array>, Vec<ShardSaved>)> {
+    fn run_forward(
+        &self,
+        xs: &[Array],
+        masks: Option<&[Vec<bool>]>,
+        train: bool,
+    ) -> Result<(Vec<Array>, Vec<ShardSaved>)> {
         let view = self.check_inputs(xs)?;
+        if let Some(masks) = masks {
+            check_count("masks", xs.len(), masks.len())?;
+            for (x, m) in xs.iter().zip(masks) {
+                if m.len() != x.numel() {
+                    return Err(Error::Shape {
+                        what: "mask",
+                        expected: format!("{} elements (one per element of x)", x.numel()),
+                        got: format!("{} elements", m.len()),
+                    });
+                }
+            }
+        }
         if self.on_gpu() {
-            self.cuda_forward(xs, view, train)
+            self.cuda_forward(xs, masks, view, train)
         } else {
-            self.host_forward(xs, view)
+            self.host_forward(xs, masks, view)
         }
     }
 

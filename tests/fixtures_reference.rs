@@ -77,6 +77,7 @@ fn the_fixture_set_covers_the_apis_and_features() {
     assert!(any(&|f| f.config.api() == Api::Keras));
     assert!(any(&|f| f.config.rms_scaling_flag()));
     assert!(any(&|f| f.mask.is_some()));
+    assert!(any(&|f| f.mask.is_some() && f.world.is_some()));
     assert!(any(
         &|f| f.world.is_some() && f.config.index_groups().is_some()
     ));

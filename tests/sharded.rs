@@ -396,6 +396,136 @@ fn gpu_sharded_results_are_bitwise_reproducible() {
     }
 }
 
+// ----- flax's mask on sharded rows ----------------------------------------------------------
+
+/// Per rank and row a different count of selected features (1 to d), so that flax's
+/// pmean of the ranks' masked means differs from the mean of the row's selected elements.
+fn shard_masks(world: usize, rows: usize, d: usize, salt: usize) -> Vec<Vec<bool>> {
+    (0..world)
+        .map(|r| {
+            (0..rows)
+                .flat_map(|i| {
+                    let count = 1 + (3 * r + 5 * i + salt) % d;
+                    // d is prime to 7 in these tests: c -> (7c + i) mod d is a permutation.
+                    (0..d).map(move |c| (7 * c + i) % d < count)
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// forward_train_masked + backward against reference::sharded_forward / sharded_backward
+/// with the same masks, every rank.
+fn check_masked_case(
+    case: &Case,
+    masks: &[Vec<bool>],
+    comm: Rc<dyn Collective>,
+    device: &Device,
+    tol: &dyn Fn(DType, usize) -> (f64, f64),
+    label: &str,
+) {
+    let ln = case.layer(comm);
+    let xs = case.arrays(device, &case.xs);
+    let dys = case.arrays(device, &case.dys);
+    let (ys, saved) = ln.forward_train_masked(&xs, masks).unwrap();
+    let grads = ln.backward(&xs, &dys, &saved).unwrap();
+    let groups = case.cfg.groups_for(case.world).unwrap();
+    let params: Vec<Params> = (0..case.world)
+        .map(|r| Params::new(case.scales[r].as_ref(), case.biases[r].as_ref()))
+        .collect();
+    let f = reference::sharded_forward(&case.cfg, &case.xs, &params, Some(masks), &groups).unwrap();
+    let g = reference::sharded_backward(
+        &case.cfg,
+        &case.xs,
+        &params,
+        Some(masks),
+        &case.dys,
+        &groups,
+    )
+    .unwrap();
+    let cols = groups.group_size() * case.xs[0].shape()[1];
+    for r in 0..case.world {
+        let l = format!("{label}, rank {r}");
+        let y = ys[r].to_tensor().unwrap();
+        let (rel, abs) = tol(y.dtype(), cols);
+        assert_close(&y, &f[r].y, rel, abs, &format!("{l}: y"));
+        let dx = grads[r].dx.to_tensor().unwrap();
+        let (rel, abs) = tol(dx.dtype(), cols);
+        assert_close(&dx, &g[r].dx, rel, 4.0 * abs, &format!("{l}: dx"));
+        for (name, got, want) in [
+            ("dscale", &grads[r].dscale, &g[r].dscale),
+            ("dbias", &grads[r].dbias, &g[r].dbias),
+        ] {
+            match (got, want) {
+                (Some(got), Some(want)) => {
+                    let got = got.to_tensor().unwrap();
+                    let (rel, abs) = tol(got.dtype(), case.xs[0].shape()[0]);
+                    assert_close(&got, want, rel, 4.0 * abs, &format!("{l}: {name}"));
+                }
+                (None, None) => {}
+                _ => panic!("{l}: {name} present on one side only"),
+            }
+        }
+    }
+}
+
+#[test]
+fn cpu_masked_sharded_layer_follows_flax_pmean_of_masked_means() {
+    let mut checked = 0;
+    for (ci, (name, base)) in configs().into_iter().enumerate() {
+        for (li, (world, groups)) in layouts().into_iter().enumerate() {
+            let salt = (ci * 10 + li) as u64;
+            let case = Case::new(&base, world, &groups, [6, 9], DType::F32, 500 + salt);
+            let masks = shard_masks(world, 6, 9, salt as usize);
+            let comm = Rc::new(InProcessHost::for_config(&case.cfg, world).unwrap());
+            let label = format!("cpu masked {name}, world {world}, groups {groups:?}");
+            check_masked_case(&case, &masks, comm, &Device::Cpu, &cpu_tol, &label);
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 3 * 6);
+}
+
+#[test]
+fn gpu_masked_sharded_layer_follows_flax_pmean_of_masked_means() {
+    let Some(be) = gpu_or_skip("gpu_masked_sharded_layer_follows_flax_pmean_of_masked_means")
+    else {
+        return;
+    };
+    let device = Device::Cuda(be.clone());
+    for (ci, (name, base)) in configs().into_iter().enumerate() {
+        for (li, (world, groups)) in layouts().into_iter().enumerate() {
+            for d in [9usize, 300] {
+                let salt = (ci * 10 + li) as u64;
+                let case = Case::new(&base, world, &groups, [6, d], DType::F32, 500 + salt);
+                let masks = shard_masks(world, 6, d, salt as usize);
+                let comm =
+                    Rc::new(InProcessCuda::for_config(be.clone(), &case.cfg, world).unwrap());
+                let label = format!("gpu masked {name}, world {world}, groups {groups:?}, d {d}");
+                check_masked_case(&case, &masks, comm, &device, &gpu_tol, &label);
+            }
+        }
+    }
+}
+
+#[test]
+fn masks_must_match_their_shards() {
+    let case = Case::new(&NormConfig::flax(), 2, &None, [3, 4], DType::F32, 1);
+    let comm = Rc::new(InProcessHost::for_config(&case.cfg, 2).unwrap());
+    let ln = case.layer(comm);
+    let xs = case.arrays(&Device::Cpu, &case.xs);
+    let one = vec![vec![true; 12]];
+    assert!(matches!(
+        ln.forward_train_masked(&xs, &one),
+        Err(Error::Shape { what: "masks", .. })
+    ));
+    let short = vec![vec![true; 12], vec![true; 11]];
+    assert!(matches!(
+        ln.forward_train_masked(&xs, &short),
+        Err(Error::Shape { what: "mask", .. })
+    ));
+}
+
 // ----- flax's pmap fixtures ---------------------------------------------------------------
 
 fn sharded_fixtures() -> Vec<Fixture> {
@@ -434,7 +564,11 @@ fn check_fixture(fx: &Fixture, comm: Rc<dyn Collective>, device: &Device) {
         .iter()
         .map(|r| Array::from_tensor(device, r.dy.as_ref().unwrap()).unwrap())
         .collect();
-    let (ys, saved) = ln.forward_train(&xs).unwrap();
+    let masks: Option<Vec<Vec<bool>>> = ranks.iter().map(|r| r.mask.clone()).collect();
+    let (ys, saved) = match &masks {
+        Some(m) => ln.forward_train_masked(&xs, m).unwrap(),
+        None => ln.forward_train(&xs).unwrap(),
+    };
     let grads = ln.backward(&xs, &dys, &saved).unwrap();
     let stack = |ts: Vec<Tensor>| Tensor::stack(&ts).unwrap();
     let params = |f: &dyn Fn(&warpnorm::Gradients) -> Option<&Array>| -> Option<Tensor> {

@@ -112,7 +112,8 @@ fn write(addr: u64) -> *mut c_void {
     addr as *mut c_void
 }
 
-/// Per-shard row statistics of x (`[rows, cols]` at `x_stride`) into `out`
+/// Per-shard row statistics of x (`[rows, cols]` at `x_stride`) over the elements `mask`
+/// selects (`[rows, cols]` u8, contiguous; 0: every element) into `out`
 /// (`rows * mode.floats_per_row()` f32).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn row_stats(
@@ -121,16 +122,19 @@ pub(crate) fn row_stats(
     x_dtype: &str,
     x: u64,
     x_stride: i64,
+    mask: u64,
     out: u64,
     shape: Rows,
     mode: StatsMode,
 ) -> Result<()> {
     let p = WarpnormShardStatsParams {
         x: read(x),
+        mask: mask as *const u8,
         out: out as *mut f32,
         rows: shape.rows,
         cols: shape.cols,
         x_stride,
+        mask_stride: shape.cols,
         mode: mode.code(),
     };
     let cfg = config(row_grid(be, shape.rows), ROW_THREADS);
@@ -198,13 +202,16 @@ pub(crate) struct BwdArgs {
     pub rstd: u64,
     /// The fast variance's clamp derivative per row, or 0 (then 1).
     pub dvar: u64,
+    /// flax's mask (`[rows, cols]` u8, contiguous) for dx, or 0.
+    pub mask: u64,
     /// `[rows][2]`: the shard's sums (bwd_sums) or the group's (dx).
     pub sums: u64,
     pub dx: u64,
     pub x_stride: i64,
     pub dy_stride: i64,
     pub dx_stride: i64,
-    /// The weight of one element in the group mean: `1 / (group * cols)`.
+    /// The weight of one element in the group mean: `1 / (group * cols)`, or `1 / group`
+    /// with a mask (the kernel divides by each row's count of selected elements).
     pub weight: f32,
     pub kind: NormKind,
 }
@@ -218,6 +225,7 @@ impl BwdArgs {
             mean: self.mean as *const f32,
             rstd: self.rstd as *const f32,
             dvar: self.dvar as *const f32,
+            mask: self.mask as *const u8,
             sums: self.sums as *mut f32,
             dx: write(self.dx),
             rows: shape.rows,
@@ -225,6 +233,7 @@ impl BwdArgs {
             x_stride: self.x_stride,
             dy_stride: self.dy_stride,
             dx_stride: self.dx_stride,
+            mask_stride: shape.cols,
             weight: self.weight,
             kind: kind_code(self.kind),
         }

@@ -105,15 +105,25 @@ impl ShardedLayerNorm {
     pub(super) fn cuda_forward(
         &self,
         xs: &[Array],
+        masks: Option<&[Vec<bool>]>,
         v: View,
         train: bool,
     ) -> Result<(Vec<Array>, Vec<ShardSaved>)> {
         dispatch!(
             self,
             xs[0].dtype(),
-            gpu_forward(xs, v, train),
+            gpu_forward(xs, masks, v, train),
             "use the CPU collective"
         )
+    }
+
+    /// Local rank `i`'s mask on its GPU (one byte per element), if there is one.
+    fn mask_on_gpu(&self, i: usize, mask: Option<&[bool]>) -> Result<Option<CudaSlice<u8>>> {
+        let Some(mask) = mask else {
+            return Ok(None);
+        };
+        let bytes: Vec<u8> = mask.iter().map(|&m| u8::from(m)).collect();
+        Ok(Some(self.backend(i)?.stream().clone_htod(&bytes)?))
     }
 
     pub(super) fn cuda_backward(
@@ -134,6 +144,7 @@ impl ShardedLayerNorm {
     fn gpu_forward<T: DeviceElement, P: DeviceElement, O: DeviceElement>(
         &self,
         xs: &[Array],
+        masks: Option<&[Vec<bool>]>,
         v: View,
         train: bool,
     ) -> Result<(Vec<Array>, Vec<ShardSaved>)> {
@@ -150,11 +161,15 @@ impl ShardedLayerNorm {
             let be = self.backend(i)?;
             let stream = be.stream();
             let mut send = stream.alloc_zeros::<f32>(v.rows * per_row)?;
+            let mask = self.mask_on_gpu(i, masks.map(|m| &m[i][..]))?;
             if v.rows > 0 {
                 let mut g = Guards::new(stream);
                 let x_ptr = g.read(slice::<T>(x, "x")?);
+                let mask_ptr = g.read_opt(mask.as_ref());
                 let out = g.write(&mut send);
-                launch_sharded::row_stats(be, stream, d.x, x_ptr, shape.cols, out, shape, mode)?;
+                launch_sharded::row_stats(
+                    be, stream, d.x, x_ptr, shape.cols, mask_ptr, out, shape, mode,
+                )?;
             }
             sends.push(send);
         }
@@ -236,6 +251,7 @@ impl ShardedLayerNorm {
                     mean: stat(mean),
                     rstd: stat(rstd),
                     dvar: dvar.map(stat),
+                    mask: masks.map(|m| m[i].clone()),
                 });
             }
         }
@@ -276,6 +292,8 @@ impl ShardedLayerNorm {
         let shape = rows_of(v);
         let kind = self.cfg.kind();
         let weight = (1.0 / (self.group_size() as f64 * v.cols as f64)) as f32;
+        // With a mask the kernel divides this by each row's count of selected elements.
+        let masked_weight = (1.0 / self.group_size() as f64) as f32;
 
         // 1. Per-shard sums of every row.
         let mut sums = Vec::with_capacity(xs.len());
@@ -298,6 +316,7 @@ impl ShardedLayerNorm {
                     mean: g.read(slice::<f32>(&s.mean, "saved mean")?),
                     rstd: g.read(slice::<f32>(&s.rstd, "saved rstd")?),
                     dvar: 0,
+                    mask: 0,
                     sums: g.write(&mut out),
                     dx: 0,
                     x_stride: shape.cols,
@@ -348,6 +367,7 @@ impl ShardedLayerNorm {
                     stream.alloc_zeros::<f32>(len)
                 })
                 .transpose()?;
+            let mask = self.mask_on_gpu(i, s.mask.as_deref())?;
             if v.rows > 0 {
                 let mut g = Guards::new(stream);
                 let x_ptr = g.read(slice::<T>(x, "x")?);
@@ -371,12 +391,17 @@ impl ShardedLayerNorm {
                             .map(|a| slice::<f32>(a, "saved dvar"))
                             .transpose()?,
                     ),
+                    mask: g.read_opt(mask.as_ref()),
                     sums: g.read(group_sums),
                     dx: g.write(&mut dx),
                     x_stride: shape.cols,
                     dy_stride: shape.cols,
                     dx_stride: shape.cols,
-                    weight,
+                    weight: if mask.is_some() {
+                        masked_weight
+                    } else {
+                        weight
+                    },
                     kind,
                 };
                 launch_sharded::dx(be, stream, d, shape, &a)?;

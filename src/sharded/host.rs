@@ -17,18 +17,27 @@ struct RowStats {
     dvar: f64,
 }
 
-/// Per-shard statistics of every row of `x` (`rows` x `cols`, row-major).
-fn shard_stats(x: &[f64], v: View, mode: StatsMode) -> Vec<f64> {
-    let n = v.cols as f64;
+/// Per-shard statistics of every row of `x` (`rows` x `cols`, row-major) over the elements
+/// `mask` selects (all without one). A row with none selected has NaN means, as flax's
+/// `mean(where=all false)`.
+fn shard_stats(x: &[f64], mask: Option<&[bool]>, v: View, mode: StatsMode) -> Vec<f64> {
     let mut out = Vec::with_capacity(v.rows * mode.floats_per_row());
-    for row in x.chunks_exact(v.cols).take(v.rows) {
-        let mean = row.iter().sum::<f64>() / n;
+    for (r, row) in x.chunks_exact(v.cols).take(v.rows).enumerate() {
+        let selected = |c: usize| mask.map_or(true, |m| m[r * v.cols + c]);
+        let values = || {
+            row.iter()
+                .enumerate()
+                .filter(|&(c, _)| selected(c))
+                .map(|(_, &x)| x)
+        };
+        let n = values().count() as f64;
+        let mean = values().sum::<f64>() / n;
         match mode {
             StatsMode::Means => {
-                out.extend([mean, row.iter().map(|x| x * x).sum::<f64>() / n]);
+                out.extend([mean, values().map(|x| x * x).sum::<f64>() / n]);
             }
             StatsMode::Moments => {
-                let m2 = row.iter().map(|x| (x - mean) * (x - mean)).sum::<f64>();
+                let m2 = values().map(|x| (x - mean) * (x - mean)).sum::<f64>();
                 out.extend([n, mean, m2]);
             }
         }
@@ -36,22 +45,16 @@ fn shard_stats(x: &[f64], v: View, mode: StatsMode) -> Vec<f64> {
     out
 }
 
-/// Chan et al.'s merge of two parts' (n, mean, M2).
-fn chan_merge(a: [f64; 3], b: [f64; 3]) -> [f64; 3] {
-    if b[0] == 0.0 {
-        return a;
-    }
-    if a[0] == 0.0 {
-        return b;
-    }
-    let n = a[0] + b[0];
-    let delta = b[1] - a[1];
-    let b_share = b[0] / n;
-    [
-        n,
-        a[1] + delta * b_share,
-        a[2] + b[2] + delta * delta * a[0] * b_share,
-    ]
+/// The group's mean and variance from every rank's `(n, mean, M2)` of a row, each rank
+/// weighing `1 / k` (flax's `pmean` of the ranks' means, then of their mean squared
+/// deviations from the group's mean), in position order.
+fn merge_moments(parts: impl Iterator<Item = [f64; 3]> + Clone, k: f64) -> (f64, f64) {
+    let mean = parts.clone().map(|p| p[1]).sum::<f64>() / k;
+    let var = parts
+        .map(|[n, m, m2]| m2 / n + (m - mean) * (m - mean))
+        .sum::<f64>()
+        / k;
+    (mean, var)
 }
 
 /// Row `row`'s statistics from the combined buffer (see `kernels/sharded.cu`).
@@ -66,12 +69,12 @@ fn combine(
 ) -> RowStats {
     let (mean, var, dvar) = match mode {
         StatsMode::Moments => {
-            let part = |q: usize| {
+            let parts = (0..group).map(|q| {
                 let s = &stats[3 * (q * rows + row)..][..3];
                 [s[0], s[1], s[2]]
-            };
-            let m = (1..group).fold(part(0), |m, q| chan_merge(m, part(q)));
-            (m[1], m[2] / m[0], 1.0)
+            });
+            let (mean, var) = merge_moments(parts, group as f64);
+            (mean, var, 1.0)
         }
         StatsMode::Means => {
             let k = group as f64;
@@ -127,10 +130,19 @@ impl ShardedLayerNorm {
     }
 
     /// Every local rank's row statistics: per-shard statistics, then one collective.
-    fn host_row_stats(&self, xs: &[Tensor], v: View) -> Result<Vec<Vec<RowStats>>> {
+    fn host_row_stats(
+        &self,
+        xs: &[Tensor],
+        masks: Option<&[Vec<bool>]>,
+        v: View,
+    ) -> Result<Vec<Vec<RowStats>>> {
         let mode = self.mode();
         let k = self.group_size();
-        let mut sends: Vec<Vec<f64>> = xs.iter().map(|x| shard_stats(x.data(), v, mode)).collect();
+        let mut sends: Vec<Vec<f64>> = xs
+            .iter()
+            .enumerate()
+            .map(|(i, x)| shard_stats(x.data(), masks.map(|m| &m[i][..]), v, mode))
+            .collect();
         let combined = match mode {
             StatsMode::Moments => {
                 let mut recvs = vec![vec![0.0; k * sends[0].len()]; sends.len()];
@@ -159,14 +171,15 @@ impl ShardedLayerNorm {
     pub(super) fn host_forward(
         &self,
         xs: &[Array],
+        masks: Option<&[Vec<bool>]>,
         v: View,
     ) -> Result<(Vec<Array>, Vec<ShardSaved>)> {
         let xs: Vec<Tensor> = xs.iter().map(|x| x.host("x")).collect::<Result<_>>()?;
-        let stats = self.host_row_stats(&xs, v)?;
+        let stats = self.host_row_stats(&xs, masks, v)?;
         let out_dtype = self.cfg.output_dtype(xs[0].dtype());
         let mut ys = Vec::with_capacity(xs.len());
         let mut saved = Vec::with_capacity(xs.len());
-        for ((x, st), p) in xs.iter().zip(&stats).zip(&self.params) {
+        for (i, ((x, st), p)) in xs.iter().zip(&stats).zip(&self.params).enumerate() {
             let scale = param_values(&p.scale, "scale")?;
             let bias = param_values(&p.bias, "bias")?;
             let mut y = Vec::with_capacity(x.numel());
@@ -188,6 +201,7 @@ impl ShardedLayerNorm {
                 dvar: self
                     .has_dvar()
                     .then(|| host_stats(st.iter().map(|s| s.dvar).collect())),
+                mask: masks.map(|m| m[i].clone()),
             });
         }
         Ok((ys, saved))
@@ -252,7 +266,7 @@ impl ShardedLayerNorm {
             self.comm.all_reduce_sum(&mut bufs)?;
         }
 
-        let weight = 1.0 / (self.group_size() * v.cols) as f64;
+        let k = self.group_size() as f64;
         let layer_norm = self.cfg.kind() == NormKind::LayerNorm;
         let x_dtype = xs[0].dtype();
         let mut out = Vec::with_capacity(xs.len());
@@ -265,12 +279,17 @@ impl ShardedLayerNorm {
                 .chunks_exact(v.cols)
                 .zip(dy.data().chunks_exact(v.cols))
                 .zip(st);
+            let mask = saved[i].mask.as_deref();
             for (r, ((xr, dyr), rs)) in rows.enumerate() {
                 let centre = self.centre(rs);
                 let a = if layer_norm { s[2 * r] } else { 0.0 };
                 let b = s[2 * r + 1];
+                // Each selected element's weight in the group mean: 1 / (k * this rank's count).
+                let selected = |c: usize| mask.map_or(true, |m| m[r * v.cols + c]);
+                let count = (0..v.cols).filter(|&c| selected(c)).count() as f64;
                 for (c, (&x, &d)) in xr.iter().zip(dyr).enumerate() {
                     let xhat = (x - centre) * rs.rstd;
+                    let weight = if selected(c) { 1.0 / (k * count) } else { 0.0 };
                     dx.push(rs.rstd * (g(i, c, d) - weight * (a + rs.dvar * xhat * b)));
                     dscale[c] += d * xhat;
                     dbias[c] += d;

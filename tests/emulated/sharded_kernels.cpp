@@ -69,9 +69,11 @@ void expect_close(const char* what, double got, double want, double tol) {
     }
 }
 
-// kind 0 LayerNorm, 1 RMSNorm; fast: fast variance (mode means) else moments.
+// kind 0 LayerNorm, 1 RMSNorm; fast: fast variance (mode means) else moments. masked: flax's
+// mask with a different count of selected elements per rank and row (at least one).
 template <typename T, typename P, typename O>
-void run_case(int k, long long rows, long long d, int kind, bool fast, double tol, unsigned seed) {
+void run_case(int k, long long rows, long long d, int kind, bool fast, double tol, unsigned seed,
+              bool masked = false) {
     const int failures_before = failures;
     const double ux = sizeof(T) == 4 ? 0.0 : (sizeof(T) == 2 && std::is_same<T, __half>::value ? 1.0 / 2048 : 1.0 / 256);
     const double uo = sizeof(O) == 4 ? 0.0 : (std::is_same<O, __half>::value ? 1.0 / 2048 : 1.0 / 256);
@@ -91,12 +93,35 @@ void run_case(int k, long long rows, long long d, int kind, bool fast, double to
     }
     std::vector<std::vector<T>> x(k); std::vector<std::vector<O>> dy(k); std::vector<std::vector<P>> sc(k), bi(k);
     for (int r = 0; r < k; ++r) { x[r] = to<T>(xs[r]); dy[r] = to<O>(dys[r]); sc[r] = to<P>(scales[r]); bi[r] = to<P>(biases[r]); }
+    // Masks (u8 for the kernels) and every element's weight in its group's mean: flax's pmean
+    // of the ranks' masked means gives a selected element 1 / (k * its rank's count).
+    std::vector<std::vector<unsigned char>> masks(k, std::vector<unsigned char>(rows * d, 1));
+    std::vector<std::vector<double>> weights(k, std::vector<double>(rows * d, 1.0 / (double(k) * d)));
+    if (masked) {
+        for (int r = 0; r < k; ++r)
+            for (long long row = 0; row < rows; ++row) {
+                const long long count = 1 + (3 * r + 5 * row) % d;
+                for (long long c = 0; c < d; ++c) {
+                    const long long i = row * d + c;
+                    masks[r][i] = (c * 7 + row) % d < count;  // d prime to 7: exactly count
+                    weights[r][i] = masks[r][i] ? 1.0 / (double(k) * count) : 0.0;
+                }
+            }
+    }
+    const unsigned char* no_mask = nullptr;
+    auto mask_of = [&](int r) { return masked ? masks[r].data() : no_mask; };
 
     // Forward: stats per rank.
     std::vector<std::vector<float>> send(k, std::vector<float>(rows * per_row, NAN));
     for (int r = 0; r < k; ++r)
         launch(2, 1, 128, [&] {
-            shard_row_stats<T>({.x = x[r].data(), .out = send[r].data(), .rows = rows, .cols = d, .x_stride = d,
+            shard_row_stats<T>({.x = x[r].data(),
+                                .mask = mask_of(r),
+                                .out = send[r].data(),
+                                .rows = rows,
+                                .cols = d,
+                                .x_stride = d,
+                                .mask_stride = d,
                                 .mode = mode});
         });
     // Collective.
@@ -162,6 +187,7 @@ void run_case(int k, long long rows, long long d, int kind, bool fast, double to
                                .mean = mean[r].data(),
                                .rstd = rstd[r].data(),
                                .dvar = fast && kind == 0 ? dvar[r].data() : nullptr,
+                               .mask = mask_of(r),
                                .sums = total.data(),
                                .dx = dx[r].data(),
                                .rows = rows,
@@ -169,7 +195,8 @@ void run_case(int k, long long rows, long long d, int kind, bool fast, double to
                                .x_stride = d,
                                .dy_stride = d,
                                .dx_stride = d,
-                               .weight = weight,
+                               .mask_stride = d,
+                               .weight = masked ? float(1.0 / k) : weight,
                                .kind = kind});
         });
     const long long chunk_rows = 3, chunks = (rows + chunk_rows - 1) / chunk_rows;
@@ -190,19 +217,21 @@ void run_case(int k, long long rows, long long d, int kind, bool fast, double to
                                      .kind = kind});
         });
 
-    // Reference on the concatenated row (double).
-    const double n = double(k) * d;
+    // Reference on the concatenated row (double), each element weighted as in the group mean:
+    // mean = sum w x, var = sum w (x - mean)^2, dx = rstd (g - w (c1 sum g + xhat sum g xhat)).
     for (long long row = 0; row < rows; ++row) {
-        double s = 0, q = 0;
-        for (int r = 0; r < k; ++r) for (long long c = 0; c < d; ++c) { double v = xs[r][row * d + c]; s += v; q += v * v; }
-        double mu = s / n, var;
-        if (kind == 1) { var = q / n; mu = 0; }
-        else { double m2 = 0; for (int r = 0; r < k; ++r) for (long long c = 0; c < d; ++c) { double dd = xs[r][row * d + c] - mu; m2 += dd * dd; } var = m2 / n; }
+        double mu = 0, var = 0;
+        for (int r = 0; r < k; ++r) for (long long c = 0; c < d; ++c) mu += weights[r][row * d + c] * xs[r][row * d + c];
+        if (kind == 1) mu = 0;
+        for (int r = 0; r < k; ++r) for (long long c = 0; c < d; ++c) {
+            const double dd = xs[r][row * d + c] - mu;
+            var += weights[r][row * d + c] * dd * dd;
+        }
         const double rs = 1.0 / std::sqrt(var + eps);
-        double mg = 0, mgx = 0;
+        double sg = 0, sgx = 0;
         for (int r = 0; r < k; ++r) for (long long c = 0; c < d; ++c) {
             double g = dys[r][row * d + c] * scales[r][c], xh = (xs[r][row * d + c] - mu) * rs;
-            mg += g / n; mgx += g * xh / n;
+            sg += g; sgx += g * xh;
         }
         for (int r = 0; r < k; ++r) {
             expect_close("mean", mean[r][row], mu, tol);
@@ -211,7 +240,8 @@ void run_case(int k, long long rows, long long d, int kind, bool fast, double to
                 const long long i = row * d + c;
                 double xh = (xs[r][i] - mu) * rs, g = dys[r][i] * scales[r][c];
                 double want_y = xh * scales[r][c] + biases[r][c];
-                double want_dx = rs * (g - (kind == 0 ? mg : 0.0) - xh * mgx);
+                const double w = weights[r][i];
+                double want_dx = rs * (g - w * ((kind == 0 ? sg : 0.0) + xh * sgx));
                 expect_close("y", to_float(y[r][i]), want_y, tol * (1 + std::fabs(want_y)) + uo * std::fabs(want_y));
                 expect_close("dx", to_float(dx[r][i]), want_dx, tol * 4 * rs + ux * std::fabs(want_dx));
             }
@@ -228,8 +258,8 @@ void run_case(int k, long long rows, long long d, int kind, bool fast, double to
         expect_close("dscale", ds_got, ds, tol * rows * 4);
         expect_close("dbias", db_got, db, tol * rows * 4);
     }
-    std::printf("k=%d rows=%lld d=%lld kind=%d fast=%d T=%zu: %s\n", k, rows, d, kind, int(fast), sizeof(T),
-                failures > failures_before ? "FAIL" : "ok");
+    std::printf("k=%d rows=%lld d=%lld kind=%d fast=%d masked=%d T=%zu: %s\n", k, rows, d, kind, int(fast),
+                int(masked), sizeof(T), failures > failures_before ? "FAIL" : "ok");
 }
 
 int main() {
@@ -242,6 +272,7 @@ int main() {
             }
             run_case<__nv_bfloat16, float, float>(4, 9, 33, kind, fast, 2e-5, 99);
             run_case<__half, __half, __half>(2, 9, 40, kind, fast, 4e-3, 98);
+            for (int k : {1, 4}) run_case<float, float, float>(k, 11, 33, kind, fast, 2e-5, 50 + k, true);
         }
     // cast_scale and accumulate.
     std::vector<float> a = {1.f, 2.f, 3.f}, b = {0.5f, 0.25f, -1.f};
