@@ -131,6 +131,11 @@ impl LayerNorm {
         self.run_forward(x, None, true)
     }
 
+    /// Inference with flax's mask (see [`LayerNorm::forward_train_masked`]).
+    pub fn forward_masked(&self, x: &Array, mask: &[bool]) -> Result<Array> {
+        self.run_forward(x, Some(mask), false).map(|(y, _)| y)
+    }
+
     /// Training with flax's mask (`true` = the element takes part in the statistics;
     /// every element is still normalised). `mask` has one entry per element of x.
     pub fn forward_train_masked(&self, x: &Array, mask: &[bool]) -> Result<(Array, Saved)> {

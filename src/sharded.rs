@@ -18,8 +18,9 @@
 //! deviation); every rank's moments give the same statistics up to rounding with one
 //! collective: `mean = avg_q mean_q`, `var = avg_q (M2_q / n_q + (mean_q - mean)^2)`, the
 //! ranks weighing the same whatever their counts, as `pmean` weighs them (which matters
-//! with flax's `mask`: [`ShardedLayerNorm::forward_train_masked`]). The gradients are those of `jax.vjp` inside `pmap` (the transpose of
-//! `pmean` is `pmean`), as [`crate::reference::sharded_backward`] computes them.
+//! with flax's `mask`: [`ShardedLayerNorm::forward_train_masked`]). The gradients are those
+//! of `jax.vjp` inside `pmap` (the transpose of `pmean` is `pmean`), as
+//! [`crate::reference::sharded_backward`] computes them.
 //!
 //! On the CPU ([`crate::dist::InProcessHost`]) the same algorithm runs in f64: it is what
 //! the tests check against the reference (which gathers whole rows) and flax's fixtures.
@@ -227,6 +228,11 @@ impl ShardedLayerNorm {
     /// Inference: y for every local rank's shard.
     pub fn forward(&self, xs: &[Array]) -> Result<Vec<Array>> {
         self.run_forward(xs, None, false).map(|(ys, _)| ys)
+    }
+
+    /// Inference with flax's mask (see [`ShardedLayerNorm::forward_train_masked`]).
+    pub fn forward_masked(&self, xs: &[Array], masks: &[Vec<bool>]) -> Result<Vec<Array>> {
+        self.run_forward(xs, Some(masks), false).map(|(ys, _)| ys)
     }
 
     /// Training: y and what backward needs, for every local rank's shard.

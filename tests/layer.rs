@@ -62,6 +62,27 @@ fn cpu_forward_train_and_backward_have_the_right_shapes_and_dtypes() {
 }
 
 #[test]
+fn masked_inference_equals_masked_training_and_the_mask_matters() {
+    let cfg = NormConfig::flax();
+    let ln = LayerNorm::new(&Device::cpu(), &cfg, &[4, 16], 0).unwrap();
+    let x = Array::from_tensor(
+        &Device::cpu(),
+        &random_tensor(&[4, 16], DType::F32, 1.0, 2.0, 3),
+    )
+    .unwrap();
+    let mask: Vec<bool> = (0..64).map(|i| i % 5 != 0).collect();
+    let y = ln.forward_masked(&x, &mask).unwrap().to_tensor().unwrap();
+    let (y_train, _) = ln.forward_train_masked(&x, &mask).unwrap();
+    assert_eq!(y.data(), y_train.to_tensor().unwrap().data());
+    let unmasked = ln.forward(&x).unwrap().to_tensor().unwrap();
+    assert!(y.data().iter().zip(unmasked.data()).any(|(a, b)| a != b));
+    assert!(matches!(
+        ln.forward_masked(&x, &mask[1..]),
+        Err(Error::Shape { what: "mask", .. })
+    ));
+}
+
+#[test]
 fn bad_inputs_are_errors() {
     let ln = LayerNorm::new(&Device::cpu(), &NormConfig::flax(), &[4, 16], 0).unwrap();
     let wrong =

@@ -429,6 +429,7 @@ fn check_masked_case(
     let dys = case.arrays(device, &case.dys);
     let (ys, saved) = ln.forward_train_masked(&xs, masks).unwrap();
     let grads = ln.backward(&xs, &dys, &saved).unwrap();
+    let inference = to_tensors(&ln.forward_masked(&xs, masks).unwrap());
     let groups = case.cfg.groups_for(case.world).unwrap();
     let params: Vec<Params> = (0..case.world)
         .map(|r| Params::new(case.scales[r].as_ref(), case.biases[r].as_ref()))
@@ -449,6 +450,7 @@ fn check_masked_case(
         let y = ys[r].to_tensor().unwrap();
         let (rel, abs) = tol(y.dtype(), cols);
         assert_close(&y, &f[r].y, rel, abs, &format!("{l}: y"));
+        assert_eq!(inference[r].data(), y.data(), "{l}: forward_masked differs");
         let dx = grads[r].dx.to_tensor().unwrap();
         let (rel, abs) = tol(dx.dtype(), cols);
         assert_close(&dx, &g[r].dx, rel, 4.0 * abs, &format!("{l}: dx"));
