@@ -81,6 +81,11 @@ template <int GROUP> __device__ __forceinline__ float group_sum(float v) {
     return v;
 }
 
+// w * v for a mask weight w of 0 or 1, except that an element the mask leaves out adds an
+// exact 0 even when v is NaN or infinite: as flax's mean(where=mask), padding never reaches
+// the statistics, nor the gradient of an element the statistics do not see.
+__device__ __forceinline__ float weighted(float w, float v) { return w != 0.f ? w * v : 0.f; }
+
 // Partial statistics of a set of values: count, mean and M2 = sum of squared deviations.
 struct Moments {
     float n;

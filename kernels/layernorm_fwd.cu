@@ -61,7 +61,7 @@ __device__ __forceinline__ float2 row_mean_var(const float (&x)[VEC * VECS], con
 #pragma unroll
         for (int i = 0; i < VEC; ++i) {
             n += w(v, i);
-            s += w(v, i) * x[v * VEC + i];
+            s += weighted(w(v, i), x[v * VEC + i]);
         }
     }
     if (kind == WARPNORM_RMS_NORM || fast_variance) {
@@ -69,7 +69,7 @@ __device__ __forceinline__ float2 row_mean_var(const float (&x)[VEC * VECS], con
 #pragma unroll
         for (int v = 0; v < VECS; ++v) {
 #pragma unroll
-            for (int i = 0; i < VEC; ++i) q += w(v, i) * x[v * VEC + i] * x[v * VEC + i];
+            for (int i = 0; i < VEC; ++i) q += weighted(w(v, i), x[v * VEC + i] * x[v * VEC + i]);
         }
         float sums[3] = {n, s, q};
         row_sum<GROUP, 3>(sums, scratch);
@@ -88,7 +88,7 @@ __device__ __forceinline__ float2 row_mean_var(const float (&x)[VEC * VECS], con
 #pragma unroll
         for (int i = 0; i < VEC; ++i) {
             const float d = x[v * VEC + i] - mean;
-            m2 += w(v, i) * d * d;
+            m2 += weighted(w(v, i), d * d);
         }
     }
     m2 = group_sum<kLanes>(m2);
@@ -190,13 +190,13 @@ template <int VEC> __device__ __forceinline__ Moments add_chunk(Moments m, const
 #pragma unroll
     for (int i = 0; i < VEC; ++i) {
         n += w[i];
-        s += w[i] * x[i];
+        s += weighted(w[i], x[i]);
     }
     if (n == 0.f) return m;
     const float mean = s / n;
     float m2 = 0.f;
 #pragma unroll
-    for (int i = 0; i < VEC; ++i) m2 += w[i] * (x[i] - mean) * (x[i] - mean);
+    for (int i = 0; i < VEC; ++i) m2 += weighted(w[i], (x[i] - mean) * (x[i] - mean));
     return chan_merge(m, {n, mean, m2});
 }
 
@@ -236,8 +236,8 @@ __global__ void __launch_bounds__(1024, 1) layer_norm_fwd_cta(const WarpnormFwdP
 #pragma unroll
                 for (int i = 0; i < VEC; ++i) {
                     sums[0] += w[i];
-                    sums[1] += w[i] * x[i];
-                    sums[2] += w[i] * x[i] * x[i];
+                    sums[1] += weighted(w[i], x[i]);
+                    sums[2] += weighted(w[i], x[i] * x[i]);
                 }
             } else {
                 m = add_chunk<VEC>(m, x, w);

@@ -13,9 +13,9 @@
 //                               order by finalize_partials (layernorm_bwd.cu)
 //
 // The statistics follow flax under `axis_name`: the fast variance and RMSNorm take one
-// pmean of the per-rank (mean, mean of squares); the exact variance is merged from every
-// rank's (n, mean, M2) with Chan's formula in group-position order, which equals flax's
-// pmean(mean) then pmean(mean((x - mean)^2)) up to rounding, in one collective.
+// pmean of the per-rank (mean, mean of squares); the exact variance comes from every rank's
+// (n, mean, M2), each weighing 1/k in group-position order, which equals flax's pmean(mean)
+// then pmean(mean((x - mean)^2)) up to rounding (with flax's mask too), in one collective.
 //
 // Correctness first: a warp per row with scalar, coalesced loads (a shard's slice may start
 // at any element), statistics in f32, every reduction in a fixed order so that results
@@ -60,8 +60,7 @@ template <typename T> __global__ void __launch_bounds__(kShardThreads) shard_row
         float s = 0.f, q = 0.f, count = 0.f;
         for (long long c = w.lane; c < p.cols; c += kWarpSize) {
             const float m = selected(p.mask, p.mask_stride, row, c);
-            // Not m * x: an unselected NaN must not reach the sums.
-            const float v = m != 0.f ? to_float(xr[c]) : 0.f;
+            const float v = weighted(m, to_float(xr[c]));
             s += v;
             q += v * v;
             count += m;
@@ -80,7 +79,7 @@ template <typename T> __global__ void __launch_bounds__(kShardThreads) shard_row
             float m2 = 0.f;
             for (long long c = w.lane; c < p.cols; c += kWarpSize) {
                 const float d = to_float(xr[c]) - mean;
-                if (selected(p.mask, p.mask_stride, row, c) != 0.f) m2 += d * d;
+                m2 += weighted(selected(p.mask, p.mask_stride, row, c), d * d);
             }
             m2 = group_sum<kWarpSize>(m2);
             if (w.lane == 0) {
@@ -225,8 +224,8 @@ __global__ void __launch_bounds__(kShardThreads) shard_dx(const WarpnormShardBwd
         }
         T* __restrict__ dxr = static_cast<T*>(p.dx) + row * p.dx_stride;
         for (long long c = w.lane; c < p.cols; c += kWarpSize) {
-            const float wc = weight * selected(p.mask, p.mask_stride, row, c);
-            dxr[c] = from_float<T>(r.rstd * (r.g(c) - wc * (c1a + f * r.xhat(c) * b)));
+            const float m = selected(p.mask, p.mask_stride, row, c);
+            dxr[c] = from_float<T>(r.rstd * (r.g(c) - weighted(m, weight * (c1a + f * r.xhat(c) * b))));
         }
     }
 }

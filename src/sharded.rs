@@ -277,8 +277,17 @@ impl ShardedLayerNorm {
             {
                 return Err(Error::Shape {
                     what: "saved statistics",
-                    expected: format!("{} rows (from forward_train of these shards)", view.rows),
-                    got: format!("{} means, {} rstds", s.mean.numel(), s.rstd.numel()),
+                    expected: format!(
+                        "{} rows and a mask of {} elements, or none (from forward_train of these shards)",
+                        view.rows,
+                        x.numel()
+                    ),
+                    got: format!(
+                        "{} means, {} rstds, {} dvars, a mask of {mask_len} elements",
+                        s.mean.numel(),
+                        s.rstd.numel(),
+                        dvar_rows
+                    ),
                 });
             }
         }

@@ -377,6 +377,45 @@ fn a_nan_row_leaves_the_other_rows_exact() {
 }
 
 #[test]
+fn nan_padding_outside_the_mask_reaches_neither_the_statistics_nor_their_gradient() {
+    let configs = [
+        NormConfig::flax(),
+        NormConfig::flax().use_fast_variance(false),
+        NormConfig::flax_rms(),
+    ];
+    for cfg in configs {
+        // Register tiers, and the CTA kernel (f32 rows beyond 4096).
+        for cols in [33usize, 1000, 6000] {
+            let rows = 5;
+            let layout = Layout::rows(rows, cols);
+            let clean = Case::new(cfg.clone(), &[rows, cols], layout, DType::F32, true, 9);
+            let mask = clean.mask.clone().unwrap();
+            let mut padded = Case::new(cfg.clone(), &[rows, cols], layout, DType::F32, true, 9);
+            let data = clean.x.data().iter().zip(&mask);
+            let data = data.map(|(&x, &m)| if m { x } else { f64::NAN }).collect();
+            padded.x = Tensor::new([rows, cols], DType::F32, data).unwrap();
+            let (a, b) = (
+                clean.emulate::<f32, f32, f32>(),
+                padded.emulate::<f32, f32, f32>(),
+            );
+            let label = format!("{:?} D={cols}", cfg.kind());
+            let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&a.mean), bits(&b.mean), "{label}: mean");
+            assert_eq!(bits(&a.rstd), bits(&b.rstd), "{label}: rstd");
+            for (i, &m) in mask.iter().enumerate() {
+                if m {
+                    assert_eq!(a.y[i].to_bits(), b.y[i].to_bits(), "{label}: y[{i}]");
+                } else {
+                    // Outside the statistics only y itself depends on x: dx = rstd * dy * scale.
+                    assert!(b.dx[i].is_finite(), "{label}: dx[{i}] = {}", b.dx[i]);
+                    assert_eq!(a.dx[i].to_bits(), b.dx[i].to_bits(), "{label}: dx[{i}]");
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn two_runs_are_bitwise_identical() {
     for cols in [32usize, 1024, 12288] {
         let rows = 9;

@@ -818,3 +818,46 @@ fn sharded_input_errors() {
         })
     ));
 }
+
+/// x with NaN wherever `mask` leaves an element out.
+fn nan_padded(x: &Tensor, mask: &[bool]) -> Tensor {
+    let data = x.data().iter().zip(mask);
+    let data = data.map(|(&v, &m)| if m { v } else { f64::NAN }).collect();
+    Tensor::new(x.shape(), x.dtype(), data).unwrap()
+}
+
+#[test]
+fn nan_padding_outside_the_mask_reaches_neither_the_statistics_nor_their_gradient() {
+    let mut rng = Rng::new(17);
+    let mut random = |shape: [usize; 2]| {
+        let data = (0..shape[0] * shape[1])
+            .map(|_| rng.normal_with(1.0, 2.0))
+            .collect();
+        Tensor::new(shape, DType::F32, data).unwrap()
+    };
+    let (x, dy) = (random([4, 12]), random([4, 12]));
+    let mask: Vec<bool> = (0..48).map(|i| i % 4 != 1).collect();
+    let padded = nan_padded(&x, &mask);
+    let bare = NormConfig::flax().use_scale(false).use_bias(false);
+    for cfg in [
+        bare.clone(),
+        bare.use_fast_variance(false),
+        NormConfig::flax_rms().use_scale(false),
+    ] {
+        let p = Params::none();
+        let a = reference::forward(&cfg, &x, p, Some(&mask)).unwrap();
+        let b = reference::forward(&cfg, &padded, p, Some(&mask)).unwrap();
+        assert_eq!((&a.mean, &a.rstd), (&b.mean, &b.rstd), "{:?}", cfg.kind());
+        let ga = reference::backward(&cfg, &x, p, Some(&mask), &dy).unwrap();
+        let gb = reference::backward(&cfg, &padded, p, Some(&mask), &dy).unwrap();
+        for (i, &m) in mask.iter().enumerate() {
+            if m {
+                assert_eq!(a.y.data()[i], b.y.data()[i], "y[{i}]");
+            } else {
+                // Outside the statistics only y itself depends on x: dx = rstd * dy.
+                assert!(gb.dx.data()[i].is_finite(), "dx[{i}]");
+                assert_eq!(ga.dx.data()[i], gb.dx.data()[i], "dx[{i}]");
+            }
+        }
+    }
+}

@@ -511,6 +511,45 @@ fn gpu_masked_sharded_layer_follows_flax_pmean_of_masked_means() {
 }
 
 #[test]
+fn cpu_nan_padding_outside_the_masks_stays_out_of_the_statistics() {
+    for (name, base) in configs() {
+        let groups = Some(vec![vec![0, 1], vec![2, 3]]);
+        let case = Case::new(&base, 4, &groups, [5, 8], DType::F32, 40);
+        let masks = shard_masks(4, 5, 8, 2);
+        let comm = Rc::new(InProcessHost::for_config(&case.cfg, 4).unwrap());
+        let ln = case.layer(comm);
+        let run = |xs: &[Tensor]| {
+            let xs = case.arrays(&Device::Cpu, xs);
+            let (ys, saved) = ln.forward_train_masked(&xs, &masks).unwrap();
+            let stats: Vec<Vec<f64>> = saved
+                .iter()
+                .flat_map(|s| [s.mean.to_tensor().unwrap(), s.rstd.to_tensor().unwrap()])
+                .map(Tensor::into_data)
+                .collect();
+            (to_tensors(&ys), stats)
+        };
+        let (ys, stats) = run(&case.xs);
+        let padded: Vec<Tensor> = case
+            .xs
+            .iter()
+            .zip(&masks)
+            .map(|(x, m)| {
+                let data = x.data().iter().zip(m);
+                let data = data.map(|(&v, &m)| if m { v } else { f64::NAN }).collect();
+                Tensor::new(x.shape(), x.dtype(), data).unwrap()
+            })
+            .collect();
+        let (ys_padded, stats_padded) = run(&padded);
+        assert_eq!(stats, stats_padded, "{name}: statistics");
+        for ((y, yp), m) in ys.iter().zip(&ys_padded).zip(&masks) {
+            for (i, _) in m.iter().enumerate().filter(|(_, &m)| m) {
+                assert_eq!(y.data()[i], yp.data()[i], "{name}: y[{i}]");
+            }
+        }
+    }
+}
+
+#[test]
 fn masks_must_match_their_shards() {
     let case = Case::new(&NormConfig::flax(), 2, &None, [3, 4], DType::F32, 1);
     let comm = Rc::new(InProcessHost::for_config(&case.cfg, 2).unwrap());

@@ -38,7 +38,8 @@ pub(crate) struct Rows {
 /// What the per-shard statistics are and how the group combines them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum StatsMode {
-    /// `{n, mean, M2}` per row, all-gathered and merged with Chan's formula (exact variance).
+    /// `{n, mean, M2}` per row, all-gathered and averaged over the group, each rank weighing
+    /// 1/k as in flax's `pmean` (exact variance).
     Moments,
     /// `{mean, mean of squares}` per row, all-reduced (fast variance, RMSNorm).
     Means,

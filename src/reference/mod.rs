@@ -14,6 +14,7 @@
 mod engine;
 mod layout;
 mod row;
+pub(crate) use row::weighted;
 
 use engine::{Engine, RankInput};
 use layout::Layout;

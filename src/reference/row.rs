@@ -33,9 +33,20 @@
 //! ```
 //! For LayerNorm `(x_j - v) rstd = xhat_j`, giving the familiar
 //! `rstd (gy_j - w_j (A + xhat_j B))`. Elements a mask leaves out have `w_j = 0`:
-//! their gradient flows through y only.
+//! their gradient flows through y only, and their values (NaN padding included) never
+//! reach the statistics.
 
 use crate::config::NormKind;
+
+/// `w * v`, except that an element of weight 0 (left out by a mask) adds an exact 0 even
+/// when `v` is NaN or infinite, as flax's `mean(where=mask)` and its gradient do.
+pub(crate) fn weighted(w: f64, v: f64) -> f64 {
+    if w == 0.0 {
+        0.0
+    } else {
+        w * v
+    }
+}
 
 /// The statistics of one row.
 #[derive(Clone, Copy, Debug)]
@@ -52,8 +63,9 @@ pub(crate) struct RowStats {
 impl RowStats {
     /// Statistics of elements `x` with weights `w`.
     pub fn new(kind: NormKind, fast: bool, eps: f64, x: &[f64], w: &[f64]) -> RowStats {
-        let wsum =
-            |f: &dyn Fn(f64) -> f64| -> f64 { x.iter().zip(w).map(|(&x, &w)| w * f(x)).sum() };
+        let wsum = |f: &dyn Fn(f64) -> f64| -> f64 {
+            x.iter().zip(w).map(|(&x, &w)| weighted(w, f(x))).sum()
+        };
         let (mean, var, clamp) = match kind {
             NormKind::RmsNorm => (0.0, wsum(&|x| x * x), 1.0),
             NormKind::LayerNorm if fast => {
@@ -102,7 +114,7 @@ impl RowStats {
             .zip(gy)
             .map(|((&x, &w), &g)| {
                 let var_term = self.clamp * (x - self.mean) * self.rstd * b;
-                self.rstd * (g - w * (mean_term + var_term))
+                self.rstd * (g - weighted(w, mean_term + var_term))
             })
             .collect()
     }

@@ -295,6 +295,14 @@ impl ShardedLayerNorm {
         // With a mask the kernel divides this by each row's count of selected elements.
         let masked_weight = (1.0 / self.group_size() as f64) as f32;
 
+        // The masks go up first: an upload between the collective and the dx kernel could
+        // make the host wait on the stream.
+        let masks: Vec<Option<CudaSlice<u8>>> = saved
+            .iter()
+            .enumerate()
+            .map(|(i, s)| self.mask_on_gpu(i, s.mask.as_deref()))
+            .collect::<Result<_>>()?;
+
         // 1. Per-shard sums of every row.
         let mut sums = Vec::with_capacity(xs.len());
         for (i, ((x, dy), s)) in xs.iter().zip(dys).zip(saved).enumerate() {
@@ -367,7 +375,7 @@ impl ShardedLayerNorm {
                     stream.alloc_zeros::<f32>(len)
                 })
                 .transpose()?;
-            let mask = self.mask_on_gpu(i, s.mask.as_deref())?;
+            let mask = masks[i].as_ref();
             if v.rows > 0 {
                 let mut g = Guards::new(stream);
                 let x_ptr = g.read(slice::<T>(x, "x")?);
@@ -391,7 +399,7 @@ impl ShardedLayerNorm {
                             .map(|a| slice::<f32>(a, "saved dvar"))
                             .transpose()?,
                     ),
-                    mask: g.read_opt(mask.as_ref()),
+                    mask: g.read_opt(mask),
                     sums: g.read(group_sums),
                     dx: g.write(&mut dx),
                     x_stride: shape.cols,

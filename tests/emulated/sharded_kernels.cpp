@@ -71,9 +71,12 @@ void expect_close(const char* what, double got, double want, double tol) {
 
 // kind 0 LayerNorm, 1 RMSNorm; fast: fast variance (mode means) else moments. masked: flax's
 // mask with a different count of selected elements per rank and row (at least one).
+// nan_padding (with masked): the elements the mask leaves out hold NaN, which must reach
+// neither the statistics nor the gradient of those elements (selected y and the unselected
+// dx = rstd * g are checked; the rest is NaN, as in flax, through the sum of g * xhat).
 template <typename T, typename P, typename O>
 void run_case(int k, long long rows, long long d, int kind, bool fast, double tol, unsigned seed,
-              bool masked = false) {
+              bool masked = false, bool nan_padding = false) {
     const int failures_before = failures;
     const double ux = sizeof(T) == 4 ? 0.0 : (sizeof(T) == 2 && std::is_same<T, __half>::value ? 1.0 / 2048 : 1.0 / 256);
     const double uo = sizeof(O) == 4 ? 0.0 : (std::is_same<O, __half>::value ? 1.0 / 2048 : 1.0 / 256);
@@ -108,6 +111,10 @@ void run_case(int k, long long rows, long long d, int kind, bool fast, double to
                 }
             }
     }
+    if (nan_padding)
+        for (int r = 0; r < k; ++r)
+            for (long long i = 0; i < rows * d; ++i)
+                if (!masks[r][i]) x[r][i] = from_float<T>(NAN);
     const unsigned char* no_mask = nullptr;
     auto mask_of = [&](int r) { return masked ? masks[r].data() : no_mask; };
 
@@ -242,12 +249,17 @@ void run_case(int k, long long rows, long long d, int kind, bool fast, double to
                 double want_y = xh * scales[r][c] + biases[r][c];
                 const double w = weights[r][i];
                 double want_dx = rs * (g - w * ((kind == 0 ? sg : 0.0) + xh * sgx));
+                if (nan_padding) {
+                    if (masks[r][i]) expect_close("y", to_float(y[r][i]), want_y, tol * (1 + std::fabs(want_y)));
+                    else expect_close("dx", to_float(dx[r][i]), rs * g, tol * 4 * rs);
+                    continue;
+                }
                 expect_close("y", to_float(y[r][i]), want_y, tol * (1 + std::fabs(want_y)) + uo * std::fabs(want_y));
                 expect_close("dx", to_float(dx[r][i]), want_dx, tol * 4 * rs + ux * std::fabs(want_dx));
             }
         }
     }
-    for (int r = 0; r < k; ++r) for (long long c = 0; c < d; ++c) {
+    for (int r = 0; r < k && !nan_padding; ++r) for (long long c = 0; c < d; ++c) {
         double ds = 0, db = 0, ds_got = 0, db_got = 0;
         for (long long row = 0; row < rows; ++row) {
             const long long i = row * d + c;
@@ -258,8 +270,8 @@ void run_case(int k, long long rows, long long d, int kind, bool fast, double to
         expect_close("dscale", ds_got, ds, tol * rows * 4);
         expect_close("dbias", db_got, db, tol * rows * 4);
     }
-    std::printf("k=%d rows=%lld d=%lld kind=%d fast=%d masked=%d T=%zu: %s\n", k, rows, d, kind, int(fast),
-                int(masked), sizeof(T), failures > failures_before ? "FAIL" : "ok");
+    std::printf("k=%d rows=%lld d=%lld kind=%d fast=%d masked=%d nan_padding=%d T=%zu: %s\n", k, rows, d, kind,
+                int(fast), int(masked), int(nan_padding), sizeof(T), failures > failures_before ? "FAIL" : "ok");
 }
 
 int main() {
@@ -273,6 +285,7 @@ int main() {
             run_case<__nv_bfloat16, float, float>(4, 9, 33, kind, fast, 2e-5, 99);
             run_case<__half, __half, __half>(2, 9, 40, kind, fast, 4e-3, 98);
             for (int k : {1, 4}) run_case<float, float, float>(k, 11, 33, kind, fast, 2e-5, 50 + k, true);
+            run_case<float, float, float>(4, 11, 33, kind, fast, 2e-5, 60, true, true);
         }
     // cast_scale and accumulate.
     std::vector<float> a = {1.f, 2.f, 3.f}, b = {0.5f, 0.25f, -1.f};
