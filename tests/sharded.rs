@@ -172,6 +172,29 @@ impl Case {
         out.into_iter().map(Option::unwrap).collect()
     }
 
+    /// reference::sharded_forward / sharded_backward with flax's masks, every rank.
+    fn expected_masked(&self, masks: &[Vec<bool>]) -> Vec<Expected> {
+        let groups = self.cfg.groups_for(self.world).unwrap();
+        let params: Vec<Params> = (0..self.world)
+            .map(|r| Params::new(self.scales[r].as_ref(), self.biases[r].as_ref()))
+            .collect();
+        let m = Some(masks);
+        let f = reference::sharded_forward(&self.cfg, &self.xs, &params, m, &groups).unwrap();
+        let g = reference::sharded_backward(&self.cfg, &self.xs, &params, m, &self.dys, &groups)
+            .unwrap();
+        f.into_iter()
+            .zip(g)
+            .map(|(f, g)| Expected {
+                y: f.y,
+                dx: g.dx,
+                dscale: g.dscale,
+                dbias: g.dbias,
+                mean: f.mean,
+                rstd: f.rstd,
+            })
+            .collect()
+    }
+
     fn arrays(&self, device: &Device, ts: &[Tensor]) -> Vec<Array> {
         ts.iter()
             .map(|t| Array::from_tensor(device, t).unwrap())
@@ -206,10 +229,12 @@ fn to_tensors(arrays: &[Array]) -> Vec<Tensor> {
     arrays.iter().map(|a| a.to_tensor().unwrap()).collect()
 }
 
-/// Runs forward_train + backward and compares every rank with the unsharded layer.
+/// Runs forward_train + backward and compares every rank with the unsharded layer on the
+/// concatenated features, or with flax's masks, with reference::sharded_forward / backward.
 /// `rel` / `abs` scale the tolerances (exact f64 on the CPU, f32 kernels on a GPU).
 fn check_case(
     case: &Case,
+    masks: Option<&[Vec<bool>]>,
     comm: Rc<dyn Collective>,
     device: &Device,
     tol: &dyn Fn(DType, usize) -> (f64, f64),
@@ -218,10 +243,20 @@ fn check_case(
     let ln = case.layer(comm);
     let xs = case.arrays(device, &case.xs);
     let dys = case.arrays(device, &case.dys);
-    let (ys, saved) = ln.forward_train(&xs).unwrap();
+    let ((ys, saved), inference, want) = match masks {
+        None => (
+            ln.forward_train(&xs).unwrap(),
+            ln.forward(&xs).unwrap(),
+            case.expected(),
+        ),
+        Some(m) => (
+            ln.forward_train_masked(&xs, m).unwrap(),
+            ln.forward_masked(&xs, m).unwrap(),
+            case.expected_masked(m),
+        ),
+    };
     let grads = ln.backward(&xs, &dys, &saved).unwrap();
-    let inference = to_tensors(&ln.forward(&xs).unwrap());
-    let want = case.expected();
+    let inference = to_tensors(&inference);
     let k = case.cfg.groups_for(case.world).unwrap().group_size();
     let cols = k * case.xs[0].shape()[1];
     for r in 0..case.world {
@@ -289,7 +324,7 @@ fn cpu_sharded_equals_unsharded_on_concatenated_features() {
                 let case = Case::new(&base, world, &groups, [7, d], x_dtype, salt);
                 let comm = Rc::new(InProcessHost::for_config(&case.cfg, world).unwrap());
                 let label = format!("cpu {name}, world {world}, groups {groups:?}, x {x_dtype}");
-                check_case(&case, comm, &Device::Cpu, &cpu_tol, &label);
+                check_case(&case, None, comm, &Device::Cpu, &cpu_tol, &label);
                 checked += 1;
             }
         }
@@ -312,6 +347,7 @@ fn cpu_sharded_handles_low_precision_outputs_and_no_parameters() {
         let comm = Rc::new(InProcessHost::for_config(&case.cfg, 8).unwrap());
         check_case(
             &case,
+            None,
             comm,
             &Device::Cpu,
             &cpu_tol,
@@ -336,7 +372,7 @@ fn gpu_in_process_sharded_equals_unsharded() {
                 let comm =
                     Rc::new(InProcessCuda::for_config(be.clone(), &case.cfg, world).unwrap());
                 let label = format!("gpu {name}, world {world}, groups {groups:?}, d {d}");
-                check_case(&case, comm, &device, &gpu_tol, &label);
+                check_case(&case, None, comm, &device, &gpu_tol, &label);
             }
         }
     }
@@ -358,7 +394,7 @@ fn gpu_in_process_every_dtype_combination() {
                     let comm =
                         Rc::new(InProcessCuda::for_config(be.clone(), &case.cfg, 8).unwrap());
                     let label = format!("gpu {name}, x {x}, params {p}, y {out}");
-                    check_case(&case, comm, &device, &gpu_tol, &label);
+                    check_case(&case, None, comm, &device, &gpu_tol, &label);
                 }
             }
         }
@@ -414,63 +450,6 @@ fn shard_masks(world: usize, rows: usize, d: usize, salt: usize) -> Vec<Vec<bool
         .collect()
 }
 
-/// forward_train_masked + backward against reference::sharded_forward / sharded_backward
-/// with the same masks, every rank.
-fn check_masked_case(
-    case: &Case,
-    masks: &[Vec<bool>],
-    comm: Rc<dyn Collective>,
-    device: &Device,
-    tol: &dyn Fn(DType, usize) -> (f64, f64),
-    label: &str,
-) {
-    let ln = case.layer(comm);
-    let xs = case.arrays(device, &case.xs);
-    let dys = case.arrays(device, &case.dys);
-    let (ys, saved) = ln.forward_train_masked(&xs, masks).unwrap();
-    let grads = ln.backward(&xs, &dys, &saved).unwrap();
-    let inference = to_tensors(&ln.forward_masked(&xs, masks).unwrap());
-    let groups = case.cfg.groups_for(case.world).unwrap();
-    let params: Vec<Params> = (0..case.world)
-        .map(|r| Params::new(case.scales[r].as_ref(), case.biases[r].as_ref()))
-        .collect();
-    let f = reference::sharded_forward(&case.cfg, &case.xs, &params, Some(masks), &groups).unwrap();
-    let g = reference::sharded_backward(
-        &case.cfg,
-        &case.xs,
-        &params,
-        Some(masks),
-        &case.dys,
-        &groups,
-    )
-    .unwrap();
-    let cols = groups.group_size() * case.xs[0].shape()[1];
-    for r in 0..case.world {
-        let l = format!("{label}, rank {r}");
-        let y = ys[r].to_tensor().unwrap();
-        let (rel, abs) = tol(y.dtype(), cols);
-        assert_close(&y, &f[r].y, rel, abs, &format!("{l}: y"));
-        assert_eq!(inference[r].data(), y.data(), "{l}: forward_masked differs");
-        let dx = grads[r].dx.to_tensor().unwrap();
-        let (rel, abs) = tol(dx.dtype(), cols);
-        assert_close(&dx, &g[r].dx, rel, 4.0 * abs, &format!("{l}: dx"));
-        for (name, got, want) in [
-            ("dscale", &grads[r].dscale, &g[r].dscale),
-            ("dbias", &grads[r].dbias, &g[r].dbias),
-        ] {
-            match (got, want) {
-                (Some(got), Some(want)) => {
-                    let got = got.to_tensor().unwrap();
-                    let (rel, abs) = tol(got.dtype(), case.xs[0].shape()[0]);
-                    assert_close(&got, want, rel, 4.0 * abs, &format!("{l}: {name}"));
-                }
-                (None, None) => {}
-                _ => panic!("{l}: {name} present on one side only"),
-            }
-        }
-    }
-}
-
 #[test]
 fn cpu_masked_sharded_layer_follows_flax_pmean_of_masked_means() {
     let mut checked = 0;
@@ -481,7 +460,7 @@ fn cpu_masked_sharded_layer_follows_flax_pmean_of_masked_means() {
             let masks = shard_masks(world, 6, 9, salt as usize);
             let comm = Rc::new(InProcessHost::for_config(&case.cfg, world).unwrap());
             let label = format!("cpu masked {name}, world {world}, groups {groups:?}");
-            check_masked_case(&case, &masks, comm, &Device::Cpu, &cpu_tol, &label);
+            check_case(&case, Some(&masks), comm, &Device::Cpu, &cpu_tol, &label);
             checked += 1;
         }
     }
@@ -504,7 +483,7 @@ fn gpu_masked_sharded_layer_follows_flax_pmean_of_masked_means() {
                 let comm =
                     Rc::new(InProcessCuda::for_config(be.clone(), &case.cfg, world).unwrap());
                 let label = format!("gpu masked {name}, world {world}, groups {groups:?}, d {d}");
-                check_masked_case(&case, &masks, comm, &device, &gpu_tol, &label);
+                check_case(&case, Some(&masks), comm, &device, &gpu_tol, &label);
             }
         }
     }
@@ -765,6 +744,7 @@ fn nccl_world_of_one_on_a_gpu() {
             let case = Case::new(&base, 1, &None, [6, 96], DType::F32, 3);
             check_case(
                 &case,
+                None,
                 comm.clone(),
                 &device,
                 &gpu_tol,
