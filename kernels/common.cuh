@@ -81,10 +81,20 @@ template <int GROUP> __device__ __forceinline__ float group_sum(float v) {
     return v;
 }
 
-// w * v for a mask weight w of 0 or 1, except that an element the mask leaves out adds an
-// exact 0 even when v is NaN or infinite: as flax's mean(where=mask), padding never reaches
-// the statistics, nor the gradient of an element the statistics do not see.
-__device__ __forceinline__ float weighted(float w, float v) { return w != 0.f ? w * v : 0.f; }
+// v where the mask weight w (0 or 1) selects the element, else an exact 0, even when v is
+// NaN or infinite: as in flax's mean(where=mask), padding never reaches the statistics.
+// Select, then square (weighted(w, x) * weighted(w, x)), so the sums keep their FMAs.
+__device__ __forceinline__ float weighted(float w, float v) { return w != 0.f ? v : 0.f; }
+
+// The statistics' share of an element's gradient: `term` where the mask selects it. Where it
+// does not, 0, or NaN when the element itself (`centred`, its x - mean) is not finite: JAX
+// multiplies the zero cotangent of mean(where=mask) by d(x - mean)^2/dx = 2 (x - mean) there.
+__device__ __forceinline__ float stats_grad(float w, float term, float centred) {
+    return w != 0.f ? term : 0.f * centred;
+}
+
+// max(0, v) that keeps a NaN (fmaxf would return 0 and hide a NaN row behind 1/sqrt(eps)).
+__device__ __forceinline__ float clamp_nonnegative(float v) { return v < 0.f ? 0.f : v; }
 
 // Partial statistics of a set of values: count, mean and M2 = sum of squared deviations.
 struct Moments {
@@ -147,6 +157,6 @@ __device__ __forceinline__ Moments cta_merge(Moments m, float* scratch) {
 
 // rstd from the variance; the variance is clamped at 0 so that the cancellation of the
 // fast-variance form can never produce a NaN from a legal input.
-__device__ __forceinline__ float rstd_of(float var, float eps) { return rsqrtf(fmaxf(var, 0.f) + eps); }
+__device__ __forceinline__ float rstd_of(float var, float eps) { return rsqrtf(clamp_nonnegative(var) + eps); }
 
 }  // namespace warpnorm

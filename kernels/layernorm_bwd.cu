@@ -137,7 +137,8 @@ __global__ void __launch_bounds__(BwdLayout<GROUP>::kThreads, 1) layer_norm_bwd(
 #pragma unroll
             for (int i = 0; i < VEC; ++i) {
                 const int e = v * VEC + i;
-                dx[i] = t.rstd * (dy[e] * scale[i] - weighted(m[i], (c1s1 + t.u(x[e]) * sums[1]) * inv_n));
+                const float u = t.u(x[e]);
+                dx[i] = t.rstd * (dy[e] * scale[i] - stats_grad(m[i], (c1s1 + u * sums[1]) * inv_n, u));
                 acc_scale[e] += dy[e] * t.xhat(x[e]);
                 acc_bias[e] += dy[e];
             }
@@ -241,7 +242,8 @@ __global__ void __launch_bounds__(1024, 1) layer_norm_bwd_cta(const WarpnormBwdP
             load_mask<VEC>(p, row, col, m);
 #pragma unroll
             for (int i = 0; i < VEC; ++i) {
-                dx[i] = t.rstd * (dy[i] * scale[i] - weighted(m[i], (c1s1 + t.u(x[i]) * sums[1]) * inv_n));
+                const float u = t.u(x[i]);
+                dx[i] = t.rstd * (dy[i] * scale[i] - stats_grad(m[i], (c1s1 + u * sums[1]) * inv_n, u));
                 acc_scale[col + i] += dy[i] * t.xhat(x[i]);
                 acc_bias[col + i] += dy[i];
             }

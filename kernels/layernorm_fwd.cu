@@ -69,13 +69,16 @@ __device__ __forceinline__ float2 row_mean_var(const float (&x)[VEC * VECS], con
 #pragma unroll
         for (int v = 0; v < VECS; ++v) {
 #pragma unroll
-            for (int i = 0; i < VEC; ++i) q += weighted(w(v, i), x[v * VEC + i] * x[v * VEC + i]);
+            for (int i = 0; i < VEC; ++i) {
+                const float xs = weighted(w(v, i), x[v * VEC + i]);
+                q += xs * xs;
+            }
         }
         float sums[3] = {n, s, q};
         row_sum<GROUP, 3>(sums, scratch);
         if (kind == WARPNORM_RMS_NORM) return make_float2(0.f, sums[2] / sums[0]);
         const float mean = sums[1] / sums[0];
-        return make_float2(mean, fmaxf(sums[2] / sums[0] - mean * mean, 0.f));
+        return make_float2(mean, clamp_nonnegative(sums[2] / sums[0] - mean * mean));
     }
     // Exact two-pass within the warp (or the group, when it is smaller than a warp) ...
     constexpr int kLanes = GROUP < kWarpSize ? GROUP : kWarpSize;
@@ -87,8 +90,8 @@ __device__ __forceinline__ float2 row_mean_var(const float (&x)[VEC * VECS], con
     for (int v = 0; v < VECS; ++v) {
 #pragma unroll
         for (int i = 0; i < VEC; ++i) {
-            const float d = x[v * VEC + i] - mean;
-            m2 += weighted(w(v, i), d * d);
+            const float d = weighted(w(v, i), x[v * VEC + i] - mean);
+            m2 += d * d;
         }
     }
     m2 = group_sum<kLanes>(m2);
@@ -196,7 +199,10 @@ template <int VEC> __device__ __forceinline__ Moments add_chunk(Moments m, const
     const float mean = s / n;
     float m2 = 0.f;
 #pragma unroll
-    for (int i = 0; i < VEC; ++i) m2 += weighted(w[i], (x[i] - mean) * (x[i] - mean));
+    for (int i = 0; i < VEC; ++i) {
+        const float d = weighted(w[i], x[i] - mean);
+        m2 += d * d;
+    }
     return chan_merge(m, {n, mean, m2});
 }
 
@@ -235,9 +241,10 @@ __global__ void __launch_bounds__(1024, 1) layer_norm_fwd_cta(const WarpnormFwdP
             if (sum_of_squares) {
 #pragma unroll
                 for (int i = 0; i < VEC; ++i) {
+                    const float xs = weighted(w[i], x[i]);
                     sums[0] += w[i];
-                    sums[1] += weighted(w[i], x[i]);
-                    sums[2] += weighted(w[i], x[i] * x[i]);
+                    sums[1] += xs;
+                    sums[2] += xs * xs;
                 }
             } else {
                 m = add_chunk<VEC>(m, x, w);

@@ -78,8 +78,8 @@ template <typename T> __global__ void __launch_bounds__(kShardThreads) shard_row
             const float mean = s / n;
             float m2 = 0.f;
             for (long long c = w.lane; c < p.cols; c += kWarpSize) {
-                const float d = to_float(xr[c]) - mean;
-                m2 += weighted(selected(p.mask, p.mask_stride, row, c), d * d);
+                const float d = weighted(selected(p.mask, p.mask_stride, row, c), to_float(xr[c]) - mean);
+                m2 += d * d;
             }
             m2 = group_sum<kWarpSize>(m2);
             if (w.lane == 0) {
@@ -225,7 +225,8 @@ __global__ void __launch_bounds__(kShardThreads) shard_dx(const WarpnormShardBwd
         T* __restrict__ dxr = static_cast<T*>(p.dx) + row * p.dx_stride;
         for (long long c = w.lane; c < p.cols; c += kWarpSize) {
             const float m = selected(p.mask, p.mask_stride, row, c);
-            dxr[c] = from_float<T>(r.rstd * (r.g(c) - weighted(m, weight * (c1a + f * r.xhat(c) * b))));
+            const float xhat = r.xhat(c);
+            dxr[c] = from_float<T>(r.rstd * (r.g(c) - stats_grad(m, weight * (c1a + f * xhat * b), xhat)));
         }
     }
 }

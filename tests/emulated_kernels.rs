@@ -377,40 +377,90 @@ fn a_nan_row_leaves_the_other_rows_exact() {
 }
 
 #[test]
-fn nan_padding_outside_the_mask_reaches_neither_the_statistics_nor_their_gradient() {
+fn nan_padding_outside_the_mask_stays_out_of_the_statistics() {
     let configs = [
         NormConfig::flax(),
         NormConfig::flax().use_fast_variance(false),
         NormConfig::flax_rms(),
     ];
     for cfg in configs {
-        // Register tiers, and the CTA kernel (f32 rows beyond 4096).
-        for cols in [33usize, 1000, 6000] {
+        // Sub-warp groups (16), scalar loads and both CTA kernels (1025), register tiers
+        // with a warp and with a CTA per row (1000, 6000), the forward CTA kernel (8200).
+        for cols in [16usize, 1000, 1025, 6000, 8200] {
             let rows = 5;
             let layout = Layout::rows(rows, cols);
             let clean = Case::new(cfg.clone(), &[rows, cols], layout, DType::F32, true, 9);
             let mask = clean.mask.clone().unwrap();
+            // Every other element the mask leaves out becomes NaN.
+            let nan_at: Vec<bool> = mask
+                .iter()
+                .scan(false, |odd, &m| {
+                    *odd ^= !m;
+                    Some(!m && *odd)
+                })
+                .collect();
             let mut padded = Case::new(cfg.clone(), &[rows, cols], layout, DType::F32, true, 9);
-            let data = clean.x.data().iter().zip(&mask);
-            let data = data.map(|(&x, &m)| if m { x } else { f64::NAN }).collect();
+            let data = clean.x.data().iter().zip(&nan_at);
+            let data = data.map(|(&x, &n)| if n { f64::NAN } else { x }).collect();
             padded.x = Tensor::new([rows, cols], DType::F32, data).unwrap();
             let (a, b) = (
                 clean.emulate::<f32, f32, f32>(),
                 padded.emulate::<f32, f32, f32>(),
             );
-            let label = format!("{:?} D={cols}", cfg.kind());
+            let label = format!("{:?} fast={} D={cols}", cfg.kind(), cfg.fast_variance());
             let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&a.mean), bits(&b.mean), "{label}: mean");
             assert_eq!(bits(&a.rstd), bits(&b.rstd), "{label}: rstd");
-            for (i, &m) in mask.iter().enumerate() {
+            for (i, (&m, &n)) in mask.iter().zip(&nan_at).enumerate() {
                 if m {
                     assert_eq!(a.y[i].to_bits(), b.y[i].to_bits(), "{label}: y[{i}]");
+                } else if n {
+                    // As JAX: zero cotangent of mean(where=mask) times 2 (x - mean) = NaN.
+                    assert!(b.dx[i].is_nan(), "{label}: dx[{i}] = {}", b.dx[i]);
                 } else {
                     // Outside the statistics only y itself depends on x: dx = rstd * dy * scale.
                     assert!(b.dx[i].is_finite(), "{label}: dx[{i}] = {}", b.dx[i]);
                     assert_eq!(a.dx[i].to_bits(), b.dx[i].to_bits(), "{label}: dx[{i}]");
                 }
             }
+        }
+    }
+}
+
+#[test]
+fn nan_rows_and_rows_with_nothing_selected_are_nan_as_in_flax() {
+    // fmaxf(NaN, 0) = 0 would make rstd 1/sqrt(eps): RMSNorm would then scale the row's
+    // other elements instead of making the row NaN, and an empty row would get a gradient.
+    for cfg in [NormConfig::flax_rms(), NormConfig::flax()] {
+        for cols in [64usize, 1025, 8200] {
+            let rows = 3;
+            let layout = Layout::rows(rows, cols);
+            let mut case = Case::new(cfg.clone(), &[rows, cols], layout, DType::F32, true, 4);
+            let mut data = case.x.data().to_vec();
+            data[cols + 3] = f64::NAN; // row 1 holds a NaN (selected: column 0..3 of row 1)
+            case.x = Tensor::new([rows, cols], DType::F32, data).unwrap();
+            let mut mask = case.mask.clone().unwrap();
+            mask[cols + 3] = true;
+            mask[2 * cols..].iter_mut().for_each(|m| *m = false); // row 2: nothing selected
+            case.mask = Some(mask);
+            let out = case.emulate::<f32, f32, f32>();
+            let label = format!("{:?} D={cols}", cfg.kind());
+            for row in [1, 2] {
+                assert!(out.rstd[row].is_nan(), "{label}: rstd of row {row}");
+                let span = row * cols..(row + 1) * cols;
+                assert!(
+                    out.y[span.clone()].iter().all(|v| v.is_nan()),
+                    "{label}: y of row {row}"
+                );
+                assert!(
+                    out.dx[span].iter().all(|v| v.is_nan()),
+                    "{label}: dx of row {row}"
+                );
+            }
+            assert!(
+                out.y[..cols].iter().all(|v| v.is_finite()),
+                "{label}: row 0"
+            );
         }
     }
 }

@@ -505,24 +505,36 @@ fn cpu_nan_padding_outside_the_masks_stays_out_of_the_statistics() {
                 .flat_map(|s| [s.mean.to_tensor().unwrap(), s.rstd.to_tensor().unwrap()])
                 .map(Tensor::into_data)
                 .collect();
-            (to_tensors(&ys), stats)
+            let dys = case.arrays(&Device::Cpu, &case.dys);
+            let grads = ln.backward(&xs, &dys, &saved).unwrap();
+            let dxs: Vec<Tensor> = grads.iter().map(|g| g.dx.to_tensor().unwrap()).collect();
+            (to_tensors(&ys), stats, dxs)
         };
-        let (ys, stats) = run(&case.xs);
+        let (ys, stats, dxs) = run(&case.xs);
         let padded: Vec<Tensor> = case
             .xs
             .iter()
             .zip(&masks)
             .map(|(x, m)| {
-                let data = x.data().iter().zip(m);
-                let data = data.map(|(&v, &m)| if m { v } else { f64::NAN }).collect();
-                Tensor::new(x.shape(), x.dtype(), data).unwrap()
+                // Every other element the mask leaves out becomes NaN.
+                let data = x.data().iter().zip(m).enumerate();
+                let data = data.map(|(i, (&v, &m))| if !m && i % 2 == 1 { f64::NAN } else { v });
+                Tensor::new(x.shape(), x.dtype(), data.collect()).unwrap()
             })
             .collect();
-        let (ys_padded, stats_padded) = run(&padded);
+        let (ys_padded, stats_padded, dxs_padded) = run(&padded);
         assert_eq!(stats, stats_padded, "{name}: statistics");
-        for ((y, yp), m) in ys.iter().zip(&ys_padded).zip(&masks) {
-            for (i, _) in m.iter().enumerate().filter(|(_, &m)| m) {
-                assert_eq!(y.data()[i], yp.data()[i], "{name}: y[{i}]");
+        for (r, m) in masks.iter().enumerate() {
+            for (i, &m) in m.iter().enumerate() {
+                let (dx, dx_padded) = (dxs[r].data()[i], dxs_padded[r].data()[i]);
+                if m {
+                    assert_eq!(ys[r].data()[i], ys_padded[r].data()[i], "{name}: y[{i}]");
+                } else if i % 2 == 1 {
+                    // JAX: the zero cotangent of mean(where=mask) times 2 (x - mean) is NaN.
+                    assert!(dx_padded.is_nan(), "{name}: rank {r} dx[{i}]");
+                } else {
+                    assert_eq!(dx, dx_padded, "{name}: rank {r} dx[{i}]");
+                }
             }
         }
     }

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <mutex>
 #include <string_view>
 #include <thread>
 #include <vector>
@@ -42,6 +43,10 @@ extern "C" int warpnorm_emu_launch(const char* expr, const void* params, unsigne
     }
     if (!run) return -1;
     if (block == 0 || block % 32 != 0) return -2;
+    // __shared__ arrays are statics here (cuda_emulation.h): one launch at a time, or two
+    // tests running the same kernel on parallel test threads would share them.
+    static std::mutex one_launch_at_a_time;
+    const std::lock_guard<std::mutex> lock(one_launch_at_a_time);
     const unsigned warps = block / 32;
     std::vector<float> smem(smem_bytes / sizeof(float) + 1, std::numeric_limits<float>::quiet_NaN());
     std::vector<float> exchange(block, 0.f);

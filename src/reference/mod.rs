@@ -14,7 +14,7 @@
 mod engine;
 mod layout;
 mod row;
-pub(crate) use row::weighted;
+pub(crate) use row::stats_grad;
 
 use engine::{Engine, RankInput};
 use layout::Layout;

@@ -33,18 +33,30 @@
 //! ```
 //! For LayerNorm `(x_j - v) rstd = xhat_j`, giving the familiar
 //! `rstd (gy_j - w_j (A + xhat_j B))`. Elements a mask leaves out have `w_j = 0`:
-//! their gradient flows through y only, and their values (NaN padding included) never
-//! reach the statistics.
+//! their gradient flows through y only (0 through the statistics, NaN where x itself is
+//! not finite, as in JAX), and their values (NaN padding included) never reach the
+//! statistics.
 
 use crate::config::NormKind;
 
 /// `w * v`, except that an element of weight 0 (left out by a mask) adds an exact 0 even
-/// when `v` is NaN or infinite, as flax's `mean(where=mask)` and its gradient do.
+/// when `v` is NaN or infinite, as flax's `mean(where=mask)` does.
 pub(crate) fn weighted(w: f64, v: f64) -> f64 {
     if w == 0.0 {
         0.0
     } else {
         w * v
+    }
+}
+
+/// The statistics' share of an element's gradient: `w * term` where the element has a
+/// weight; else 0, or NaN when the element itself (`centred`: its `x - mean`) is not finite,
+/// because JAX multiplies the zero cotangent of `mean(where=mask)` by `2 (x - mean)` there.
+pub(crate) fn stats_grad(w: f64, term: f64, centred: f64) -> f64 {
+    if w == 0.0 {
+        0.0 * centred
+    } else {
+        w * term
     }
 }
 
@@ -114,7 +126,7 @@ impl RowStats {
             .zip(gy)
             .map(|((&x, &w), &g)| {
                 let var_term = self.clamp * (x - self.mean) * self.rstd * b;
-                self.rstd * (g - weighted(w, mean_term + var_term))
+                self.rstd * (g - stats_grad(w, mean_term + var_term, x - self.mean))
             })
             .collect()
     }

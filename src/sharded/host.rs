@@ -6,7 +6,7 @@ use crate::array::{Array, Storage};
 use crate::cuda::launch_sharded::StatsMode;
 use crate::dist::{Buf, BufMut};
 use crate::layer::Gradients;
-use crate::reference::weighted;
+use crate::reference::stats_grad;
 use crate::{Device, Error, NormKind, Result, Tensor};
 
 /// A row's statistics over its whole group.
@@ -291,7 +291,7 @@ impl ShardedLayerNorm {
                 for (c, (&x, &d)) in xr.iter().zip(dyr).enumerate() {
                     let xhat = (x - centre) * rs.rstd;
                     let weight = if selected(c) { 1.0 / (k * count) } else { 0.0 };
-                    let through_stats = weighted(weight, a + rs.dvar * xhat * b);
+                    let through_stats = stats_grad(weight, a + rs.dvar * xhat * b, xhat);
                     dx.push(rs.rstd * (g(i, c, d) - through_stats));
                     dscale[c] += d * xhat;
                     dbias[c] += d;
