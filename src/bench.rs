@@ -430,6 +430,28 @@ impl BenchOptions {
     }
 }
 
+/// The JSON fields of a [`BenchRecord`] (`warpnorm bench --json`; documented in
+/// bench/README.md, read by bench/compare.py).
+pub const RECORD_FIELDS: [&str; 17] = [
+    "impl",
+    "norm",
+    "dtype",
+    "param_dtype",
+    "cols",
+    "rows",
+    "pass",
+    "bytes",
+    "ms",
+    "ms_min",
+    "ms_max",
+    "iters",
+    "gbps",
+    "copy_gbps",
+    "pct_copy",
+    "sets",
+    "device",
+];
+
 /// One measurement: an implementation, a problem and a pass.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BenchRecord {
@@ -790,26 +812,10 @@ mod tests {
     fn records_serialise_with_the_documented_names() {
         let r = record(Pass::FwdBwd, 0.5);
         let v = serde_json::to_value(&r).unwrap();
-        for key in [
-            "impl",
-            "dtype",
-            "param_dtype",
-            "cols",
-            "rows",
-            "pass",
-            "bytes",
-            "ms",
-            "ms_min",
-            "ms_max",
-            "iters",
-            "gbps",
-            "copy_gbps",
-            "pct_copy",
-            "sets",
-            "device",
-        ] {
+        for key in RECORD_FIELDS {
             assert!(v.get(key).is_some(), "missing {key}");
         }
+        assert_eq!(v.as_object().unwrap().len(), RECORD_FIELDS.len(), "{v}");
         assert_eq!(v["impl"], "warpnorm");
         assert_eq!(v["dtype"], "bf16");
         assert_eq!(v["pass"], "fwd_bwd");

@@ -27,7 +27,8 @@ use std::sync::Arc;
 use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, SyncOnDrop};
 
 use crate::cuda::params::{
-    WarpnormBwdParams, WarpnormFwdParams, WarpnormStridedBwdParams, WarpnormStridedFwdParams,
+    kind_code, WarpnormBwdParams, WarpnormFwdParams, WarpnormStridedBwdParams,
+    WarpnormStridedFwdParams,
 };
 use crate::cuda::{self, CudaBackend, Launch, OnStream};
 use crate::{DType, Element, Error, NormConfig, NormKind, Result};
@@ -47,14 +48,6 @@ impl NormSpec {
             kind: cfg.kind(),
             eps: cfg.eps() as f32,
             fast_variance: cfg.fast_variance(),
-        }
-    }
-
-    fn kind_code(&self) -> i32 {
-        match self.kind {
-            NormKind::LayerNorm => 0,
-            NormKind::RmsNorm => 1,
-            NormKind::RmsScaling => 2,
         }
     }
 
@@ -498,7 +491,7 @@ pub(crate) fn forward_core<L: Launch, T: Element>(
                 y_stride: y_stride as _,
                 mask_stride: cols as _,
                 eps: spec.eps,
-                kind: spec.kind_code(),
+                kind: kind_code(spec.kind),
                 fast_variance: spec.fast_variance as i32,
             };
             let b = cuda::FwdBuffers {
@@ -521,7 +514,7 @@ pub(crate) fn forward_core<L: Launch, T: Element>(
                 cols: cols as _,
                 inner: inner as _,
                 eps: spec.eps,
-                kind: spec.kind_code(),
+                kind: kind_code(spec.kind),
                 fast_variance: spec.fast_variance as i32,
             };
             cuda::forward_strided(l, &params, d)
@@ -541,7 +534,7 @@ pub(crate) fn backward_core<L: Launch, T: Element>(
     let (x_stride, y_stride) = strides(&layout);
     let half = (a.workspace_len / 2) as u64 * 4;
     let (partial_dscale, partial_dbias) = (a.workspace, a.workspace + half);
-    let kind = spec.kind_code();
+    let kind = kind_code(spec.kind);
     let param_grads = |params: WarpnormBwdParams, vec: u32| cuda::BwdBuffers {
         params,
         dtypes: d,

@@ -247,25 +247,6 @@ fn check_without_json_prints_a_table_and_a_summary() {
     assert!(last.contains(" passed, 0 failed"), "{last}");
 }
 
-const RECORD_KEYS: [&str; 16] = [
-    "impl",
-    "dtype",
-    "param_dtype",
-    "cols",
-    "rows",
-    "pass",
-    "bytes",
-    "ms",
-    "ms_min",
-    "ms_max",
-    "iters",
-    "gbps",
-    "copy_gbps",
-    "pct_copy",
-    "sets",
-    "device",
-];
-
 #[test]
 fn bench_on_the_cpu_prints_json_records_and_plots_them() {
     let dir = temp_dir("cli_bench");
@@ -279,7 +260,7 @@ fn bench_on_the_cpu_prints_json_records_and_plots_them() {
     // f32, f16, bf16 x fwd, fwd_bwd.
     assert_eq!(records.len(), 6, "{v}");
     for r in records {
-        for key in RECORD_KEYS {
+        for key in warpnorm::bench::RECORD_FIELDS {
             assert!(r.get(key).is_some(), "missing {key}: {r}");
         }
         assert_eq!(r["cols"], 128);

@@ -240,8 +240,20 @@ fn finalize_both<L: Launch>(
     partial_dbias: u64,
     parts: i32,
 ) -> Result<()> {
-    let cols = b.params.cols;
-    for (partial, out) in [(partial_dscale, b.dscale), (partial_dbias, b.dbias)] {
+    let outputs = [(partial_dscale, b.dscale), (partial_dbias, b.dbias)];
+    finalize_param_grads(l, b.dtypes.param, b.params.cols, parts, outputs)
+}
+
+/// For each `(partial, out)` with an `out`: `out[c]` (in `param`, the parameter dtype) =
+/// the sum of `parts` partial rows of `cols` f32 at `partial`, in part order.
+pub(crate) fn finalize_param_grads<L: Launch>(
+    l: &L,
+    param: &str,
+    cols: i64,
+    parts: i32,
+    outputs: [(u64, Option<u64>); 2],
+) -> Result<()> {
+    for (partial, out) in outputs {
         let Some(out) = out else { continue };
         let p = WarpnormFinalizeParams {
             partial: partial as *const f32,
@@ -252,7 +264,7 @@ fn finalize_both<L: Launch>(
         let grid = (cols as u64).div_ceil(256).clamp(1, 65_535) as u32;
         l.launch(
             "layernorm_bwd",
-            &expr::finalize(b.dtypes.param),
+            &expr::finalize(param),
             &p,
             config(grid, 256, 0),
         )?;

@@ -10,11 +10,12 @@ use std::ffi::c_void;
 
 use cudarc::driver::{CudaStream, DeviceRepr, LaunchConfig};
 
+use super::launch;
 use super::params::{
-    WarpnormAccumulateParams, WarpnormCastParams, WarpnormFinalizeParams, WarpnormShardApplyParams,
+    kind_code, WarpnormAccumulateParams, WarpnormCastParams, WarpnormShardApplyParams,
     WarpnormShardBwdParams, WarpnormShardParamGradsParams, WarpnormShardStatsParams,
 };
-use super::tiers::{expr, sharded as names};
+use super::tiers::sharded as names;
 use super::{CudaBackend, Dtypes, Launch, OnStream};
 use crate::{NormKind, Result};
 
@@ -59,15 +60,6 @@ impl StatsMode {
             StatsMode::Moments => 0,
             StatsMode::Means => 1,
         }
-    }
-}
-
-/// `enum WarpnormKind` of params.h.
-pub(crate) const fn kind_code(kind: NormKind) -> i32 {
-    match kind {
-        NormKind::LayerNorm => 0,
-        NormKind::RmsNorm => 1,
-        NormKind::RmsScaling => 2,
     }
 }
 
@@ -250,8 +242,7 @@ pub(crate) fn bwd_sums(
     a: &BwdArgs,
 ) -> Result<()> {
     let name = names::bwd_sums(d.x, d.param, d.out);
-    let cfg = config(row_grid(be, shape.rows), ROW_THREADS);
-    launch(be, stream, "sharded", &name, &a.params(shape), cfg)
+    launch_bwd_rows(be, stream, &name, shape, a)
 }
 
 /// dx from the group's sums in `a.sums`.
@@ -263,8 +254,19 @@ pub(crate) fn dx(
     a: &BwdArgs,
 ) -> Result<()> {
     let name = names::dx(d.x, d.param, d.out);
+    launch_bwd_rows(be, stream, &name, shape, a)
+}
+
+/// A warp-per-row backward kernel (`bwd_sums`, `dx`) over the shard's rows.
+fn launch_bwd_rows(
+    be: &CudaBackend,
+    stream: &CudaStream,
+    name: &str,
+    shape: Rows,
+    a: &BwdArgs,
+) -> Result<()> {
     let cfg = config(row_grid(be, shape.rows), ROW_THREADS);
-    launch(be, stream, "sharded", &name, &a.params(shape), cfg)
+    launch(be, stream, "sharded", name, &a.params(shape), cfg)
 }
 
 /// How the parameter gradients split rows into chunks: `(chunk_rows, chunks)`.
@@ -343,27 +345,9 @@ pub(crate) fn param_grads(
         &p,
         cfg,
     )?;
-    for (partial, out) in [(partial_dscale, a.dscale), (partial_dbias, a.dbias)] {
-        if let Some(out) = out {
-            let p = WarpnormFinalizeParams {
-                partial: partial as *const f32,
-                out: write(out),
-                cols: shape.cols,
-                parts: chunks as i32,
-            };
-            let grid = (shape.cols as u64).div_ceil(256).clamp(1, 65_535) as u32;
-            let name = expr::finalize(d.param);
-            launch(
-                be,
-                stream,
-                "layernorm_bwd",
-                &name,
-                &p,
-                config((grid, 1), 256),
-            )?;
-        }
-    }
-    Ok(())
+    let outputs = [(partial_dscale, a.dscale), (partial_dbias, a.dbias)];
+    let l = OnStream { be, stream };
+    launch::finalize_param_grads(&l, d.param, shape.cols, chunks as i32, outputs)
 }
 
 /// `dst[i] = src[i] / divisor` for `n` elements, converted through f32 (`src` may be `dst`).

@@ -8,6 +8,16 @@
 
 include!(concat!(env!("OUT_DIR"), "/params.rs"));
 
+/// The `kind` field of the parameter structs (`enum WarpnormKind` of params.h).
+pub(crate) const fn kind_code(kind: crate::NormKind) -> i32 {
+    use crate::NormKind;
+    match kind {
+        NormKind::LayerNorm => WarpnormKind::WARPNORM_LAYER_NORM as i32,
+        NormKind::RmsNorm => WarpnormKind::WARPNORM_RMS_NORM as i32,
+        NormKind::RmsScaling => WarpnormKind::WARPNORM_RMS_SCALING as i32,
+    }
+}
+
 // SAFETY: the structs are `#[repr(C)]` (bindgen) mirrors of the C structs the kernels take
 // by value; they hold only integers, floats and raw device pointers.
 unsafe impl cudarc::driver::DeviceRepr for WarpnormFwdParams {}
