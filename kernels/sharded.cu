@@ -93,7 +93,7 @@ template <typename T> __global__ void __launch_bounds__(kShardThreads) shard_row
 
 // A row's statistics from the combined buffer. dvar is d var / d (raw variance): the
 // fast variance's clamp max(0, raw) has derivative 1 above 0, 1/2 at 0 (JAX's tie rule
-// for maximum) and 0 below. A NaN variance stays NaN (fmaxf would turn it into 0).
+// for maximum) and 0 below. A NaN variance stays NaN (clamp_nonnegative).
 struct ShardRowStats {
     float mean, rstd, dvar;
 };
@@ -127,7 +127,7 @@ __device__ __forceinline__ ShardRowStats combine_stats(const float* stats, long 
             mean = mean_x;
             const float raw = mean_sq - mean_x * mean_x;
             dvar = raw > 0.f ? 1.f : (raw == 0.f ? 0.5f : 0.f);
-            var = raw < 0.f ? 0.f : raw;
+            var = clamp_nonnegative(raw);
         }
     }
     return {mean, rsqrtf(var + eps), dvar};

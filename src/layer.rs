@@ -34,6 +34,27 @@ pub struct Saved {
     mask: Option<Vec<bool>>,
 }
 
+/// Scale and bias (those the config uses) of `shape`, drawn from the config's initializers
+/// in that order, on `device`.
+pub(crate) fn init_params(
+    cfg: &NormConfig,
+    shape: &[usize],
+    device: &Device,
+    rng: &mut Rng,
+) -> Result<(Option<Array>, Option<Array>)> {
+    let mut param = |on: bool, options: &crate::config::ParamOptions| -> Result<Option<Array>> {
+        if !on {
+            return Ok(None);
+        }
+        let data = options.init.init(shape, rng)?;
+        let t = Tensor::new(shape.to_vec(), cfg.param_dtype(), data)?;
+        Array::from_tensor(device, &t).map(Some)
+    };
+    let scale = param(cfg.has_scale(), cfg.scale_options())?;
+    let bias = param(cfg.has_bias(), cfg.bias_options())?;
+    Ok((scale, bias))
+}
+
 /// Gradients: dx in x's dtype, dscale / dbias in the parameter dtype (absent when the
 /// config has no such parameter).
 #[derive(Debug)]
@@ -68,18 +89,7 @@ impl LayerNorm {
     ) -> Result<LayerNorm> {
         cfg.validate()?;
         let axes = cfg.resolve(x_shape)?;
-        let mut rng = Rng::new(seed);
-        let mut param =
-            |on: bool, options: &crate::config::ParamOptions| -> Result<Option<Array>> {
-                if !on {
-                    return Ok(None);
-                }
-                let data = options.init.init(&axes.param_shape, &mut rng)?;
-                let t = Tensor::new(axes.param_shape.clone(), cfg.param_dtype(), data)?;
-                Array::from_tensor(device, &t).map(Some)
-            };
-        let scale = param(cfg.has_scale(), cfg.scale_options())?;
-        let bias = param(cfg.has_bias(), cfg.bias_options())?;
+        let (scale, bias) = init_params(cfg, &axes.param_shape, device, &mut Rng::new(seed))?;
         Ok(LayerNorm {
             cfg: cfg.clone(),
             device: device.clone(),

@@ -148,17 +148,8 @@ impl ShardedLayerNorm {
         let mut params = Vec::with_capacity(devices.len());
         for (device, &rank) in devices.iter().zip(comm.local_ranks()) {
             let mut rng = Rng::new(seed ^ (rank as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
-            let mut param =
-                |on: bool, options: &crate::config::ParamOptions| -> Result<Option<Array>> {
-                    if !on {
-                        return Ok(None);
-                    }
-                    let data = options.init.init(&axes.param_shape, &mut rng)?;
-                    let t = Tensor::new(axes.param_shape.clone(), cfg.param_dtype(), data)?;
-                    Array::from_tensor(device, &t).map(Some)
-                };
-            let scale = param(cfg.has_scale(), cfg.scale_options())?;
-            let bias = param(cfg.has_bias(), cfg.bias_options())?;
+            let (scale, bias) =
+                crate::layer::init_params(cfg, &axes.param_shape, device, &mut rng)?;
             params.push(ShardParams { scale, bias });
         }
         Ok(ShardedLayerNorm {
@@ -373,20 +364,10 @@ impl ShardedLayerNorm {
         }
         let on_gpu = self.on_gpu();
         for x in xs {
-            if x.shape() != first.shape() {
-                return Err(Error::Shape {
-                    what: "x shard",
-                    expected: format!("{:?} (every rank's shard has one shape)", first.shape()),
-                    got: format!("{:?}", x.shape()),
-                });
-            }
-            if x.dtype() != first.dtype() {
-                return Err(Error::DType {
-                    what: "x shard",
-                    expected: first.dtype(),
-                    got: x.dtype(),
-                });
-            }
+            crate::reference::check_shard_like(
+                (first.shape(), first.dtype()),
+                (x.shape(), x.dtype()),
+            )?;
             if x.is_cuda() != on_gpu {
                 return Err(Error::Unsupported(format!(
                     "an x shard is on {} but the collective's ranks are on {}",

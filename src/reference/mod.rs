@@ -14,7 +14,7 @@
 mod engine;
 mod layout;
 mod row;
-pub(crate) use row::stats_grad;
+pub(crate) use row::{fast_variance, stats_grad};
 
 use engine::{Engine, RankInput};
 use layout::Layout;
@@ -260,20 +260,7 @@ fn engine<'a>(
     let mut axes = None;
     let mut ranks = Vec::with_capacity(xs.len());
     for ((x, p), &mask) in xs.iter().zip(params).zip(masks) {
-        if x.shape() != first.shape() {
-            return Err(Error::Shape {
-                what: "x shard",
-                expected: format!("{:?} (every rank's shard has one shape)", first.shape()),
-                got: format!("{:?}", x.shape()),
-            });
-        }
-        if x.dtype() != first.dtype() {
-            return Err(Error::DType {
-                what: "x shard",
-                expected: first.dtype(),
-                got: x.dtype(),
-            });
-        }
+        check_shard_like((first.shape(), first.dtype()), (x.shape(), x.dtype()))?;
         axes = Some(check_inputs(cfg, x, p, mask)?);
         ranks.push(RankInput {
             x: x.data(),
@@ -374,4 +361,24 @@ fn run_backward(
             })
         })
         .collect()
+}
+
+/// Errors unless a rank's x shard has the shape and dtype of the first one: `pmap` maps one
+/// program over equal shards.
+pub(crate) fn check_shard_like(first: (&[usize], DType), x: (&[usize], DType)) -> Result<()> {
+    if x.0 != first.0 {
+        return Err(Error::Shape {
+            what: "x shard",
+            expected: format!("{:?} (every rank's shard has one shape)", first.0),
+            got: format!("{:?}", x.0),
+        });
+    }
+    if x.1 != first.1 {
+        return Err(Error::DType {
+            what: "x shard",
+            expected: first.1,
+            got: x.1,
+        });
+    }
+    Ok(())
 }

@@ -49,6 +49,20 @@ pub(crate) fn weighted(w: f64, v: f64) -> f64 {
     }
 }
 
+/// flax's fast variance `max(0, raw)` for `raw = E[x^2] - E[x]^2`, and d var / d raw: 1
+/// above 0, 1/2 at 0 (JAX's rule for `maximum` at a tie), 0 below. A NaN stays NaN
+/// (`raw.max(0.0)` would turn it into 0).
+pub(crate) fn fast_variance(raw: f64) -> (f64, f64) {
+    let clamp = if raw > 0.0 {
+        1.0
+    } else if raw == 0.0 {
+        0.5
+    } else {
+        0.0
+    };
+    (if raw < 0.0 { 0.0 } else { raw }, clamp)
+}
+
 /// The statistics' share of an element's gradient: `w * term` where the element has a
 /// weight; else 0, or NaN when the element itself (`centred`: its `x - mean`) is not finite,
 /// because JAX multiplies the zero cotangent of `mean(where=mask)` by `2 (x - mean)` there.
@@ -82,16 +96,8 @@ impl RowStats {
             NormKind::RmsNorm => (0.0, wsum(&|x| x * x), 1.0),
             NormKind::LayerNorm if fast => {
                 let mu = wsum(&|x| x);
-                let raw = wsum(&|x| x * x) - mu * mu;
-                let clamp = if raw > 0.0 {
-                    1.0
-                } else if raw == 0.0 {
-                    0.5
-                } else {
-                    0.0
-                };
-                // `raw.max(0.0)` would turn NaN into 0; a NaN row must stay NaN.
-                (mu, if raw < 0.0 { 0.0 } else { raw }, clamp)
+                let (var, clamp) = fast_variance(wsum(&|x| x * x) - mu * mu);
+                (mu, var, clamp)
             }
             NormKind::LayerNorm | NormKind::RmsScaling => {
                 let mu = wsum(&|x| x);

@@ -6,7 +6,7 @@ use crate::array::{Array, Storage};
 use crate::cuda::launch_sharded::StatsMode;
 use crate::dist::{Buf, BufMut};
 use crate::layer::Gradients;
-use crate::reference::stats_grad;
+use crate::reference::{fast_variance, stats_grad};
 use crate::{Device, Error, NormKind, Result, Tensor};
 
 /// A row's statistics over its whole group.
@@ -83,16 +83,8 @@ fn combine(
             if kind == NormKind::RmsNorm {
                 (0.0, mean_sq, 1.0)
             } else {
-                let raw = mean_sq - mean_x * mean_x;
-                let dvar = if raw > 0.0 {
-                    1.0
-                } else if raw == 0.0 {
-                    0.5
-                } else {
-                    0.0
-                };
-                // `raw.max(0.0)` would turn NaN into 0; a NaN row must stay NaN.
-                (mean_x, if raw < 0.0 { 0.0 } else { raw }, dvar)
+                let (var, dvar) = fast_variance(mean_sq - mean_x * mean_x);
+                (mean_x, var, dvar)
             }
         }
     };
