@@ -56,6 +56,20 @@ __device__ __forceinline__ void load_mask(const WarpnormBwdParams& p, long long 
     for (int i = 0; i < VEC; ++i) m[i] = (!p.mask || p.mask[row * p.mask_stride + col + i]) ? 1.f : 0.f;
 }
 
+// Adds VEC elements to a row's {S1, S2, n}: sum g, sum g * xhat (g = dy * scale, every
+// element) and the mask's count.
+template <int VEC>
+__device__ __forceinline__ void add_row_sums(const RowTerms& t, const float* x, const float* dy, const float* scale,
+                                             const float* m, float (&sums)[3]) {
+#pragma unroll
+    for (int i = 0; i < VEC; ++i) {
+        const float g = dy[i] * scale[i];
+        sums[0] += g;
+        sums[1] += g * t.xhat(x[i]);
+        sums[2] += m[i];
+    }
+}
+
 template <int GROUP, int K> __device__ __forceinline__ void bwd_row_sum(float (&v)[K], float* scratch) {
     if constexpr (GROUP <= kWarpSize) {
 #pragma unroll
@@ -103,13 +117,7 @@ __global__ void __launch_bounds__(BwdLayout<GROUP>::kThreads, 1) layer_norm_bwd(
                 load_vec<O, VEC>(static_cast<const O*>(p.dy) + row * p.dy_stride + col, dyv);
                 load_scale<P, VEC>(p, col, scale);
                 load_mask<VEC>(p, row, col, m);
-#pragma unroll
-                for (int i = 0; i < VEC; ++i) {
-                    const float g = dyv[i] * scale[i];
-                    sums[0] += g;
-                    sums[1] += g * t.xhat(xv[i]);
-                    sums[2] += m[i];
-                }
+                add_row_sums<VEC>(t, xv, dyv, scale, m, sums);
             } else {
 #pragma unroll
                 for (int i = 0; i < VEC; ++i) xv[i] = dyv[i] = 0.f;
@@ -223,13 +231,7 @@ __global__ void __launch_bounds__(1024, 1) layer_norm_bwd_cta(const WarpnormBwdP
             load_vec<O, VEC>(dy_row + col, dy);
             load_scale<P, VEC>(p, col, scale);
             load_mask<VEC>(p, row, col, m);
-#pragma unroll
-            for (int i = 0; i < VEC; ++i) {
-                const float g = dy[i] * scale[i];
-                sums[0] += g;
-                sums[1] += g * t.xhat(x[i]);
-                sums[2] += m[i];
-            }
+            add_row_sums<VEC>(t, x, dy, scale, m, sums);
         }
         cta_sum<3>(sums, scratch);
         const float c1s1 = t.c1() * sums[0];

@@ -58,21 +58,8 @@ pub(crate) fn forward_plan(cols: u64, vec: u32, elem_bytes: u32, max_smem: u32) 
     if let Some(tier) = pick_row_tier(Pass::Forward, vec, cols) {
         return Plan::Rows(tier);
     }
-    let threads = cta_threads(cols, vec);
-    let scratch = CTA_SCRATCH_FLOATS * 4;
-    let cache = cols * elem_bytes as u64;
-    let cached = scratch as u64 + cache <= max_smem as u64;
-    let smem_bytes = if cached {
-        scratch + cache as u32
-    } else {
-        scratch
-    };
-    Plan::Cta {
-        vec,
-        threads,
-        cached,
-        smem_bytes,
-    }
+    // The row cache: x in its own dtype.
+    cta_plan(cols, vec, cols * elem_bytes as u64, max_smem)
 }
 
 /// Backward plan; `cached` means the dscale/dbias sums fit in shared memory.
@@ -80,20 +67,24 @@ pub(crate) fn backward_plan(cols: u64, vec: u32, max_smem: u32) -> Plan {
     if let Some(tier) = pick_row_tier(Pass::Backward, vec, cols) {
         return Plan::Rows(tier);
     }
-    let threads = cta_threads(cols, vec);
-    let scratch = 32 * 3 * 4;
-    let acc = 2 * cols * 4;
-    let cached = scratch as u64 + acc <= max_smem as u64;
-    let smem_bytes = if cached {
-        scratch + acc as u32
-    } else {
-        scratch
-    };
+    // The dscale / dbias sums: 2 x cols f32.
+    cta_plan(cols, vec, 2 * cols * 4, max_smem)
+}
+
+/// The CTA-per-row plan: the reduction scratch, plus `cache_bytes` of shared memory when
+/// they fit (`cached`).
+fn cta_plan(cols: u64, vec: u32, cache_bytes: u64, max_smem: u32) -> Plan {
+    let scratch = CTA_SCRATCH_FLOATS * 4;
+    let cached = scratch as u64 + cache_bytes <= max_smem as u64;
     Plan::Cta {
         vec,
-        threads,
+        threads: cta_threads(cols, vec),
         cached,
-        smem_bytes,
+        smem_bytes: if cached {
+            scratch + cache_bytes as u32
+        } else {
+            scratch
+        },
     }
 }
 
