@@ -1,6 +1,8 @@
 //! [`Array`]: a tensor that lives on a [`Device`], with its dtype known at run time.
 
-use cudarc::driver::CudaSlice;
+use std::sync::Arc;
+
+use cudarc::driver::{CudaSlice, CudaStream};
 use half::{bf16, f16};
 
 use crate::{DType, Device, Element, Error, Result, Tensor};
@@ -129,6 +131,12 @@ impl Array {
             ))),
         }
     }
+}
+
+/// flax's mask on a GPU, one byte per element (what the kernels read).
+pub(crate) fn mask_to_device(stream: &Arc<CudaStream>, mask: &[bool]) -> Result<CudaSlice<u8>> {
+    let bytes: Vec<u8> = mask.iter().map(|&m| u8::from(m)).collect();
+    Ok(stream.clone_htod(&bytes)?)
 }
 
 fn to_elems<T: Element>(t: &Tensor) -> Vec<T> {

@@ -18,7 +18,7 @@
 use cudarc::driver::CudaSlice;
 use half::{bf16, f16};
 
-use crate::array::{Array, DeviceElement, Storage};
+use crate::array::{mask_to_device, Array, DeviceElement, Storage};
 use crate::cuda::CudaBackend;
 use crate::ops::{self, Layout, NormSpec};
 use crate::reference::{self, Params};
@@ -32,6 +32,8 @@ pub struct Saved {
     pub mean: Array,
     pub rstd: Array,
     mask: Option<Vec<bool>>,
+    /// The kernels' copy of `mask`, kept so that backward need not upload it again.
+    mask_on_gpu: Option<CudaSlice<u8>>,
 }
 
 /// Scale and bias (those the config uses) of `shape`, drawn from the config's initializers
@@ -207,13 +209,7 @@ impl LayerNorm {
         }
         match (&self.device, self.kernel_layout(x, mask.is_some())) {
             (Device::Cuda(be), Ok(layout)) => {
-                let mask_dev = match mask {
-                    Some(m) => Some(
-                        be.stream()
-                            .clone_htod(&m.iter().map(|&b| b as u8).collect::<Vec<u8>>())?,
-                    ),
-                    None => None,
-                };
+                let mask_dev = mask.map(|m| mask_to_device(be.stream(), m)).transpose()?;
                 let (y, mean, rstd) = dispatch!(
                     self,
                     x.dtype(),
@@ -228,6 +224,7 @@ impl LayerNorm {
                         mean: stats(mean),
                         rstd: stats(rstd),
                         mask: mask.map(<[bool]>::to_vec),
+                        mask_on_gpu: mask_dev,
                     },
                 ))
             }
@@ -296,6 +293,7 @@ impl LayerNorm {
                 mean: stats(f.mean)?,
                 rstd: stats(f.rstd)?,
                 mask: mask.map(<[bool]>::to_vec),
+                mask_on_gpu: None,
             },
         ))
     }
@@ -449,9 +447,14 @@ impl LayerNorm {
                 });
             }
         }
-        let mask = match &saved.mask {
-            Some(m) => Some(stream.clone_htod(&m.iter().map(|&b| b as u8).collect::<Vec<u8>>())?),
-            None => None,
+        let uploaded;
+        let mask = match (&saved.mask_on_gpu, &saved.mask) {
+            (Some(on_gpu), _) => Some(on_gpu),
+            (None, Some(m)) => {
+                uploaded = mask_to_device(stream, m)?;
+                Some(&uploaded)
+            }
+            (None, None) => None,
         };
         let mut dx = stream.alloc_zeros::<T>(x.numel())?;
         let mut dscale = self
@@ -479,7 +482,7 @@ impl LayerNorm {
                 x: x.cuda::<T>("x")?,
                 dy: dy.cuda::<O>("dy")?,
                 scale: scale.map(|s| s as _),
-                mask: mask.as_ref().map(|m| m as _),
+                mask: mask.map(|m| m as _),
                 mean: saved.mean.cuda::<f32>("saved mean")?,
                 rstd: saved.rstd.cuda::<f32>("saved rstd")?,
                 dx: &mut dx,

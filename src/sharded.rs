@@ -68,6 +68,8 @@ pub struct ShardSaved {
     dvar: Option<Array>,
     /// flax's mask of this rank's shard, when the forward had one.
     mask: Option<Vec<bool>>,
+    /// The kernels' copy of `mask` (GPU ranks), kept so that backward need not upload it.
+    mask_on_gpu: Option<cudarc::driver::CudaSlice<u8>>,
 }
 
 /// One rank's parameters: its slice of scale and bias.

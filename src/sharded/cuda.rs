@@ -10,7 +10,7 @@ use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, SyncOnDrop}
 use half::{bf16, f16};
 
 use super::{ShardSaved, ShardedLayerNorm, View};
-use crate::array::{Array, DeviceElement};
+use crate::array::{mask_to_device, Array, DeviceElement};
 use crate::cuda::launch_sharded::{self, ApplyArgs, BwdArgs, ParamGradArgs, Rows, StatsMode};
 use crate::cuda::{CudaBackend, Dtypes};
 use crate::dist::{Buf, BufMut};
@@ -122,8 +122,7 @@ impl ShardedLayerNorm {
         let Some(mask) = mask else {
             return Ok(None);
         };
-        let bytes: Vec<u8> = mask.iter().map(|&m| u8::from(m)).collect();
-        Ok(Some(self.backend(i)?.stream().clone_htod(&bytes)?))
+        Ok(Some(mask_to_device(self.backend(i)?.stream(), mask)?))
     }
 
     pub(super) fn cuda_backward(
@@ -155,17 +154,21 @@ impl ShardedLayerNorm {
         let k = self.group_size();
         let per_row = mode.floats_per_row();
 
+        // The masks' device copies: read here, kept for the backward.
+        let mut masks_on_gpu: Vec<Option<CudaSlice<u8>>> = (0..xs.len())
+            .map(|i| self.mask_on_gpu(i, masks.map(|m| &m[i][..])))
+            .collect::<Result<_>>()?;
+
         // 1. Per-shard statistics.
         let mut sends = Vec::with_capacity(xs.len());
         for (i, x) in xs.iter().enumerate() {
             let be = self.backend(i)?;
             let stream = be.stream();
             let mut send = stream.alloc_zeros::<f32>(v.rows * per_row)?;
-            let mask = self.mask_on_gpu(i, masks.map(|m| &m[i][..]))?;
             if v.rows > 0 {
                 let mut g = Guards::new(stream);
                 let x_ptr = g.read(slice::<T>(x, "x")?);
-                let mask_ptr = g.read_opt(mask.as_ref());
+                let mask_ptr = g.read_opt(masks_on_gpu[i].as_ref());
                 let out = g.write(&mut send);
                 launch_sharded::row_stats(
                     be, stream, d.x, x_ptr, shape.cols, mask_ptr, out, shape, mode,
@@ -252,6 +255,7 @@ impl ShardedLayerNorm {
                     rstd: stat(rstd),
                     dvar: dvar.map(stat),
                     mask: masks.map(|m| m[i].clone()),
+                    mask_on_gpu: masks_on_gpu[i].take(),
                 });
             }
         }
@@ -295,12 +299,15 @@ impl ShardedLayerNorm {
         // With a mask the kernel divides this by each row's count of selected elements.
         let masked_weight = (1.0 / self.group_size() as f64) as f32;
 
-        // The masks go up first: an upload between the collective and the dx kernel could
-        // make the host wait on the stream.
-        let masks: Vec<Option<CudaSlice<u8>>> = saved
+        // Masks the forward did not leave on the GPU go up first: an upload between the
+        // collective and the dx kernel could make the host wait on the stream.
+        let uploaded: Vec<Option<CudaSlice<u8>>> = saved
             .iter()
             .enumerate()
-            .map(|(i, s)| self.mask_on_gpu(i, s.mask.as_deref()))
+            .map(|(i, s)| match s.mask_on_gpu {
+                Some(_) => Ok(None),
+                None => self.mask_on_gpu(i, s.mask.as_deref()),
+            })
             .collect::<Result<_>>()?;
 
         // 1. Per-shard sums of every row.
@@ -375,7 +382,7 @@ impl ShardedLayerNorm {
                     stream.alloc_zeros::<f32>(len)
                 })
                 .transpose()?;
-            let mask = masks[i].as_ref();
+            let mask = s.mask_on_gpu.as_ref().or(uploaded[i].as_ref());
             if v.rows > 0 {
                 let mut g = Guards::new(stream);
                 let x_ptr = g.read(slice::<T>(x, "x")?);

@@ -195,6 +195,7 @@ impl ShardedLayerNorm {
                     .has_dvar()
                     .then(|| host_stats(st.iter().map(|s| s.dvar).collect())),
                 mask: masks.map(|m| m[i].clone()),
+                mask_on_gpu: None,
             });
         }
         Ok((ys, saved))
