@@ -284,6 +284,25 @@ def flax_param_names(api, config):
     return names
 
 
+def flax_fixture(name, api, config, x, mask, params, y, dy, dx, dp, world=None):
+    """A flax case's fields: inputs, outputs and the vjp's gradients (dp: of the params)."""
+    return {
+        "name": name,
+        "api": api,
+        "config": config,
+        "world": world,
+        "x": x,
+        "mask": mask,
+        "scale": params.get("scale"),
+        "bias": params.get("bias"),
+        "y": np.asarray(y),
+        "dy": dy,
+        "dx": np.asarray(dx),
+        "dscale": None if "scale" not in dp else np.asarray(dp["scale"]),
+        "dbias": None if "bias" not in dp else np.asarray(dp["bias"]),
+    }
+
+
 def run_flax(name, api, config, xshape, xdtype, mask=None, x_mean=2.5, x_std=1.5):
     rng = case_rng(name)
     full = {**FLAX_DEFAULTS, **config}
@@ -316,20 +335,7 @@ def run_flax(name, api, config, xshape, xdtype, mask=None, x_mean=2.5, x_std=1.5
     y, vjp = jax.vjp(f, jnp.asarray(x), jparams)
     dy = make_dy(rng, y.shape, str(y.dtype))
     dx, dp = vjp(jnp.asarray(dy))
-    fx = {
-        "name": name,
-        "api": api,
-        "config": config,
-        "x": x,
-        "mask": mask,
-        "scale": params.get("scale"),
-        "bias": params.get("bias"),
-        "y": np.asarray(y),
-        "dy": dy,
-        "dx": np.asarray(dx),
-        "dscale": None if "scale" not in dp else np.asarray(dp["scale"]),
-        "dbias": None if "bias" not in dp else np.asarray(dp["bias"]),
-    }
+    fx = flax_fixture(name, api, config, x, mask, params, y, dy, dx, dp)
     mode = "ln" if api == API_FLAX_LN else "rms"
     red = canon_axes(len(xshape), full["reduction_axes"])
     ref = reference(x, dy, fx["scale"], fx["bias"], red, bshape, full["epsilon"], mode, mask)
@@ -458,21 +464,7 @@ def run_sharded(name, api, config, world, rows, feat_per_rank, xdtype, mask=None
     y, dx, dp = jax.pmap(per_rank, axis_name=full["axis_name"], devices=jax.devices()[:world])(
         jnp.asarray(x), jp, jnp.asarray(dy), jm
     )
-    fx = {
-        "name": name,
-        "api": api,
-        "config": config,
-        "world": world,
-        "x": x,
-        "mask": mask,
-        "scale": params.get("scale"),
-        "bias": params.get("bias"),
-        "y": np.asarray(y),
-        "dy": dy,
-        "dx": np.asarray(dx),
-        "dscale": None if "scale" not in dp else np.asarray(dp["scale"]),
-        "dbias": None if "bias" not in dp else np.asarray(dp["bias"]),
-    }
+    fx = flax_fixture(name, api, config, x, mask, params, y, dy, dx, dp, world=world)
     if str(fx["y"].dtype) != str(jnp.dtype(ydt)):
         raise FixtureError(f"{name}: sharded y dtype {fx['y'].dtype} != {ydt}")
 
