@@ -56,6 +56,13 @@ pub struct RankInputs {
     pub dy: Option<Tensor>,
 }
 
+impl RankInputs {
+    /// The rank's parameters as the reference takes them.
+    pub fn params(&self) -> crate::reference::Params<'_> {
+        crate::reference::Params::new(self.scale.as_ref(), self.bias.as_ref())
+    }
+}
+
 /// Relative distance (a few ulps of f64) within which a parsed number counts as the
 /// dtype value it rounds to.
 const PARSE_SLACK: f64 = 1.0 / (1u64 << 50) as f64;

@@ -200,6 +200,19 @@ pub(crate) fn check_count(
     Ok(())
 }
 
+/// Errors unless an all-gather's buffers have one length `n` for `send` and `k * n` for
+/// `recv` (`k`: the group size); returns `n`. NCCL writes `k * n` elements into recv
+/// whatever its length: this check is what keeps it inside the buffer.
+pub(crate) fn check_gather_lens(
+    k: usize,
+    send: impl IntoIterator<Item = usize>,
+    recv: impl IntoIterator<Item = usize>,
+) -> Result<usize> {
+    let n = check_equal_lens("all_gather send buffer", send, None)?;
+    check_equal_lens("all_gather recv buffer", recv, Some(k * n))?;
+    Ok(n)
+}
+
 /// Errors unless every length is `len` (the first one when `None`); returns it.
 pub(crate) fn check_equal_lens(
     what: &'static str,

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use cudarc::driver::{CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, DeviceSlice};
 
-use super::collective::{check_count, check_equal_lens, Membership};
+use super::collective::{check_count, check_equal_lens, check_gather_lens, Membership};
 use super::{AxisGroups, Buf, BufMut, Collective};
 use crate::cuda::{launch_sharded, CudaBackend};
 use crate::{Device, Error, NormConfig, Result};
@@ -99,12 +99,11 @@ impl Collective for InProcessHost {
         check_count(self, "all_gather recv buffers", recv.len())?;
         let send = host_bufs(send)?;
         let mut recv = host_bufs_mut(recv)?;
-        let n = check_equal_lens("all_gather send buffer", send.iter().map(|b| b.len()), None)?;
         let k = self.groups().group_size();
-        check_equal_lens(
-            "all_gather recv buffer",
+        let n = check_gather_lens(
+            k,
+            send.iter().map(|b| b.len()),
             recv.iter().map(|b| b.len()),
-            Some(k * n),
         )?;
         for members in self.groups().groups() {
             for &r in members {
@@ -251,12 +250,11 @@ impl Collective for InProcessCuda {
             .collect::<Result<_>>()?;
         self.check_cuda(send.iter().map(|v| Some(v.stream())))?;
         self.check_cuda(recv.iter().map(stream_of))?;
-        let n = check_equal_lens("all_gather send buffer", send.iter().map(|v| v.len()), None)?;
         let k = self.groups().group_size();
-        check_equal_lens(
-            "all_gather recv buffer",
+        let n = check_gather_lens(
+            k,
+            send.iter().map(|v| v.len()),
             recv.iter().map(BufMut::len),
-            Some(k * n),
         )?;
         if n == 0 {
             return Ok(());

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, DeviceSlice};
 use cudarc::nccl::{group_end, group_start, Comm, Id, ReduceOp};
 
-use super::collective::{check_count, check_equal_lens, Membership};
+use super::collective::{check_count, check_equal_lens, check_gather_lens, Membership};
 use super::{AxisGroups, Buf, BufMut, Collective};
 use crate::cuda::CudaBackend;
 use crate::{Device, Error, Result};
@@ -379,15 +379,8 @@ impl Collective for NcclCollective {
         for (i, b) in recv.iter().enumerate() {
             self.check_device(i, cuda_stream(b))?;
         }
-        let n = check_equal_lens("all_gather send buffer", send.iter().map(Buf::len), None)?;
         let k = self.groups().group_size();
-        // NCCL writes k * n elements into recv whatever its length: this check is what
-        // keeps it inside the buffer.
-        check_equal_lens(
-            "all_gather recv buffer",
-            recv.iter().map(BufMut::len),
-            Some(k * n),
-        )?;
+        check_gather_lens(k, send.iter().map(Buf::len), recv.iter().map(BufMut::len))?;
         self.for_each_rank(|i| match (&send[i], &mut recv[i]) {
             (Buf::Cuda(s), BufMut::Cuda(r)) => self.comms[i]
                 .all_gather(s, r)

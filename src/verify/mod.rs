@@ -15,7 +15,7 @@ pub use tolerance::{check_outputs, compare, condition, OutputCheck, Rounding, To
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::fixture::Fixture;
+use crate::fixture::{Fixture, RankInputs};
 use crate::reference::{self, Params};
 use crate::{Error, Result, Tensor};
 
@@ -50,10 +50,7 @@ impl Backend for Cpu {
     fn run(&self, fx: &Fixture) -> Result<Outputs> {
         let cfg = &fx.config;
         let ranks = fx.ranks()?;
-        let params: Vec<Params> = ranks
-            .iter()
-            .map(|r| Params::new(r.scale.as_ref(), r.bias.as_ref()))
-            .collect();
+        let params: Vec<Params> = ranks.iter().map(RankInputs::params).collect();
         let Some(world) = fx.world else {
             let r = &ranks[0];
             let mask = r.mask.as_deref();

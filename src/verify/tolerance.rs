@@ -32,7 +32,7 @@
 //! A NaN never passes (on either side); infinities pass only when equal.
 
 use super::Outputs;
-use crate::fixture::Fixture;
+use crate::fixture::{Fixture, RankInputs};
 use crate::reference::{self, Params};
 use crate::{DType, Result, Tensor};
 
@@ -238,10 +238,7 @@ pub fn check_outputs(fx: &Fixture, out: &Outputs) -> Result<Vec<OutputCheck>> {
 pub fn condition(fx: &Fixture) -> Result<f64> {
     let cfg = &fx.config;
     let ranks = fx.ranks()?;
-    let params: Vec<Params> = ranks
-        .iter()
-        .map(|r| Params::new(r.scale.as_ref(), r.bias.as_ref()))
-        .collect();
+    let params: Vec<Params> = ranks.iter().map(RankInputs::params).collect();
     let stats: Vec<(Vec<f64>, Vec<f64>)> = match fx.world {
         None => {
             let f = reference::forward(cfg, &ranks[0].x, params[0], ranks[0].mask.as_deref())?;
