@@ -70,6 +70,8 @@ impl Launch for OnStream<'_> {
     ) -> Result<u32> {
         self.be.occupancy((expr.to_string(), threads, smem), || {
             let f = self.function_for(source, expr, smem)?;
+            // The occupancy query, like the attribute, reads the current context.
+            self.stream.context().bind_to_thread()?;
             let n =
                 f.occupancy_max_active_blocks_per_multiprocessor(threads, smem as usize, None)?;
             Ok(n.max(1))
@@ -103,11 +105,11 @@ impl OnStream<'_> {
     /// The kernel, opted in to `smem` bytes of dynamic shared memory when that is more
     /// than every kernel may use by default (48 KiB).
     fn function_for(&self, source: &'static str, expr: &str, smem: u32) -> Result<CudaFunction> {
-        // The attribute and occupancy calls act on the current context, and one thread may
-        // drive several devices.
-        self.stream.context().bind_to_thread()?;
         let f = self.be.function(source, expr)?;
         if smem > DEFAULT_SMEM {
+            // The attribute call acts on the current context (one thread may drive
+            // several devices); the launch binds its own.
+            self.stream.context().bind_to_thread()?;
             f.set_attribute(
                 CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
                 smem as i32,
