@@ -128,14 +128,12 @@ pub fn dtype_combos() -> Vec<(&'static str, &'static str, &'static str)> {
 
 /// Name expressions (what NVRTC instantiates and the launch layer looks up).
 pub mod expr {
-    use super::{cuda_type, RowTier};
+    use super::{types, RowTier};
 
     pub fn fwd_rows(x: &str, p: &str, o: &str, t: RowTier) -> String {
         format!(
-            "warpnorm::layer_norm_fwd<{}, {}, {}, {}, {}, {}>",
-            cuda_type(x),
-            cuda_type(p),
-            cuda_type(o),
+            "warpnorm::layer_norm_fwd<{}, {}, {}, {}>",
+            types(&[x, p, o]),
             t.vec,
             t.vecs,
             t.group
@@ -143,28 +141,17 @@ pub mod expr {
     }
     pub fn fwd_cta(x: &str, p: &str, o: &str, vec: u32, cache: bool) -> String {
         format!(
-            "warpnorm::layer_norm_fwd_cta<{}, {}, {}, {}, {}>",
-            cuda_type(x),
-            cuda_type(p),
-            cuda_type(o),
-            vec,
-            cache
+            "warpnorm::layer_norm_fwd_cta<{}, {vec}, {cache}>",
+            types(&[x, p, o])
         )
     }
     pub fn fwd_strided(x: &str, p: &str, o: &str) -> String {
-        format!(
-            "warpnorm::layer_norm_fwd_strided<{}, {}, {}>",
-            cuda_type(x),
-            cuda_type(p),
-            cuda_type(o)
-        )
+        format!("warpnorm::layer_norm_fwd_strided<{}>", types(&[x, p, o]))
     }
     pub fn bwd_rows(x: &str, p: &str, o: &str, t: RowTier) -> String {
         format!(
-            "warpnorm::layer_norm_bwd<{}, {}, {}, {}, {}, {}>",
-            cuda_type(x),
-            cuda_type(p),
-            cuda_type(o),
+            "warpnorm::layer_norm_bwd<{}, {}, {}, {}>",
+            types(&[x, p, o]),
             t.vec,
             t.vecs,
             t.group
@@ -172,25 +159,25 @@ pub mod expr {
     }
     pub fn bwd_cta(x: &str, p: &str, o: &str, vec: u32, smem_acc: bool) -> String {
         format!(
-            "warpnorm::layer_norm_bwd_cta<{}, {}, {}, {}, {}>",
-            cuda_type(x),
-            cuda_type(p),
-            cuda_type(o),
-            vec,
-            smem_acc
+            "warpnorm::layer_norm_bwd_cta<{}, {vec}, {smem_acc}>",
+            types(&[x, p, o])
         )
     }
     pub fn bwd_strided(x: &str, p: &str, o: &str) -> String {
-        format!(
-            "warpnorm::layer_norm_bwd_strided<{}, {}, {}>",
-            cuda_type(x),
-            cuda_type(p),
-            cuda_type(o)
-        )
+        format!("warpnorm::layer_norm_bwd_strided<{}>", types(&[x, p, o]))
     }
     pub fn finalize(p: &str) -> String {
-        format!("warpnorm::finalize_partials<{}>", cuda_type(p))
+        format!("warpnorm::finalize_partials<{}>", types(&[p]))
     }
+}
+
+/// The CUDA types of dtype short names, as template arguments: `float, __nv_bfloat16`.
+fn types(names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|n| cuda_type(n))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The name-expression builders of one pass's kernels.
@@ -243,15 +230,7 @@ pub fn instantiations(source: &str) -> Vec<String> {
 
 /// The kernels of sharded (tensor-parallel) normalization, `kernels/sharded.cu`.
 pub mod sharded {
-    use super::{cuda_type, dtype_combos};
-
-    fn types(names: &[&str]) -> String {
-        names
-            .iter()
-            .map(|n| cuda_type(n))
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
+    use super::{dtype_combos, types};
 
     pub fn row_stats(x: &str) -> String {
         format!("warpnorm::shard_row_stats<{}>", types(&[x]))
