@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Times warpnorm's LayerNorm against PyTorch, torch.compile, Triton, flax and a copy.
+"""Times warpnorm's LayerNorm against PyTorch, torch.compile, Triton, Liger, flax and a copy.
 
 One command on a GPU machine:
 
@@ -12,6 +12,7 @@ For every dtype (f32, f16, bf16) and row length D, on about 256 MiB of activatio
   torch           PyTorch F.layer_norm, eager
   torch_compile   torch.compile of the same function
   triton          a Triton LayerNorm in the tutorial's style (bench/triton_ln.py)
+  liger           Liger-Kernel's Triton LayerNorm / RMSNorm (the `liger-kernel` package)
   flax            flax.linen.LayerNorm under jax.jit (forward + backward via jax.vjp)
   copy            a device-to-device copy of x: the bandwidth ceiling
 
@@ -44,17 +45,18 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_COLS = [128, 256, 512, 768, 1024, 2048, 4096, 5120, 8192, 12288, 16384, 32768, 65536]
 DTYPES = {"f32": 4, "f16": 2, "bf16": 2}
 PASSES = ["fwd", "fwd_bwd"]
-IMPLS = ["warpnorm", "torch", "torch_compile", "triton", "flax", "copy"]
-ANCHORS = ["torch", "torch_compile", "triton", "flax"]
+IMPLS = ["warpnorm", "torch", "torch_compile", "triton", "liger", "flax", "copy"]
+ANCHORS = ["torch", "torch_compile", "triton", "liger", "flax"]
 NORMS = {"layer_norm": "LayerNorm", "rms_norm": "RMSNorm"}
 # Short names for table headers.
 SHORT = {"warpnorm": "warpnorm", "torch": "eager", "torch_compile": "compile",
-         "triton": "Triton", "flax": "flax"}
+         "triton": "Triton", "liger": "Liger", "flax": "flax"}
 LABELS = {
     "warpnorm": "warpnorm",
     "torch": "PyTorch eager",
     "torch_compile": "torch.compile",
     "triton": "Triton (tutorial style)",
+    "liger": "Liger-Kernel",
     "flax": "flax (jax.jit)",
     "copy": "copy (ceiling)",
 }
@@ -63,6 +65,7 @@ COLORS = {
     "torch": "#1f77b4",
     "torch_compile": "#2ca02c",
     "triton": "#9467bd",
+    "liger": "#8c564b",
     "flax": "#ff7f0e",
     "copy": "#7f7f7f",
 }
@@ -168,8 +171,8 @@ def make_record(impl, dtype, cols, rows, pss, times_ms, timing, sets, norm, note
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
-        description="Compare warpnorm's LayerNorm with PyTorch, torch.compile, Triton, flax "
-                    "and a device-to-device copy on this GPU.")
+        description="Compare warpnorm's LayerNorm with PyTorch, torch.compile, Triton, "
+                    "Liger-Kernel, flax and a device-to-device copy on this GPU.")
     p.add_argument("--warpnorm", metavar="PATH",
                    help="the warpnorm CLI binary (built with cargo build --release --bin warpnorm)")
     p.add_argument("--commit", help="warpnorm git commit (default: from `warpnorm info`, else git)")
@@ -279,7 +282,7 @@ def environment(args, torch=None):
         env["sm_count"] = props.multi_processor_count
         env["l2_bytes"] = getattr(props, "L2_cache_size", None)
         env["torch_cuda"] = torch.version.cuda
-    for dist in ("torch", "triton", "jax", "jaxlib", "flax"):
+    for dist in ("torch", "triton", "liger_kernel", "jax", "jaxlib", "flax"):
         env[dist] = version_of(dist)
     env["warpnorm_commit"], env["commit_source"] = warpnorm_commit(args)
     return env
@@ -464,7 +467,7 @@ def torch_impl(gpu, impl, dtype, cols, rows, args):
     rms = args.norm == "rms_norm"
     touched = bytes_moved(dtype, rows, cols, "fwd_bwd" if backward else "fwd", norm=args.norm)
     sets = gpu.sets(touched, act * (4 if backward else 2))
-    grad = backward and impl in ("torch", "torch_compile")
+    grad = backward and impl in ("torch", "torch_compile", "liger")
     xs = [torch.randn(rows, cols, device="cuda", dtype=dt).requires_grad_(grad) for _ in range(sets)]
     if impl == "copy":
         dst = torch.empty_like(xs[0])
@@ -484,7 +487,9 @@ def torch_impl(gpu, impl, dtype, cols, rows, args):
             y, mean, rstd = triton_ln.forward(xs[i], w, b, EPS)
             return y, triton_ln.backward(xs[i], dys[i], w, mean, rstd)
     else:
-        if rms:
+        if impl == "liger":
+            ln = liger_norm(rms)
+        elif rms:
             ln = lambda x, w, b: F.rms_norm(x, (cols,), w, EPS)  # noqa: E731
         else:
             ln = lambda x, w, b: F.layer_norm(x, (cols,), w, b, EPS)  # noqa: E731
@@ -515,6 +520,26 @@ def torch_impl(gpu, impl, dtype, cols, rows, args):
             continue
         out.append(make_record(impl, dtype, cols, rows, pss, times, "cuda_events", sets, args.norm))
     return out
+
+
+def liger_norm(rms):
+    """Liger-Kernel's autograd function for the norm, as (x, w, b) -> y."""
+    if rms:
+        from liger_kernel.ops.rms_norm import LigerRMSNormFunction
+        # in_place=False: its backward would otherwise write dx over dy, which the rotation
+        # reuses. "llama" (its default) keeps only the inverse RMS in f32.
+        return lambda x, w, b: LigerRMSNormFunction.apply(x, w, EPS, 0.0, "llama", False)
+    from liger_kernel.ops.layer_norm import LigerLayerNormFunction
+    return lambda x, w, b: LigerLayerNormFunction.apply(x, w, b, EPS)
+
+
+def liger_unavailable(norm):
+    """None when Liger-Kernel's function for `norm` imports, else why not."""
+    try:
+        liger_norm(norm == "rms_norm")
+    except Exception as e:  # noqa: BLE001 - missing or broken: recorded, not fatal
+        return f"{type(e).__name__}: {e}"
+    return None
 
 
 def flax_impl(dtype, cols, rows, args, l2):
@@ -583,6 +608,11 @@ def run_gpu(args, records, notes, clock, checkpoint):
         except Exception as e:  # noqa: BLE001
             notes.append(f"triton skipped: {e}")
             wanted.remove("triton")
+    if "liger" in wanted:
+        why = liger_unavailable(args.norm)
+        if why:
+            notes.append(f"liger unavailable: {why}")
+            wanted.remove("liger")
     if args.norm == "rms_norm":
         if "triton" in wanted:
             wanted.remove("triton")
@@ -664,7 +694,8 @@ def speedups(idx, dtype, pss, anchor, cols_list):
 # The speed targets warpnorm is tuned to (16-bit dtypes; f32 is reported against them too).
 FWD_TARGET_LONG, FWD_TARGET_SHORT, BWD_TARGET = 90.0, 80.0, 85.0
 EAGER_SPEEDUP_TARGET = 1.3
-FAST_ANCHORS = ("torch_compile", "triton", "flax")
+FAST_ANCHORS = ("torch_compile", "triton", "liger", "flax")
+FAST_ANCHOR_NAMES = ", ".join({"torch_compile": "torch.compile"}.get(a, SHORT[a]) for a in FAST_ANCHORS)
 
 
 def target_rows(idx, dtypes, cols_list):
@@ -709,7 +740,7 @@ def target_rows(idx, dtypes, cols_list):
                 if wn["gbps"] < top:
                     behind.append(f"D={c} ({wn['gbps'] / top:.2f}x of {SHORT[who]})")
             if compared:
-                out.append((f"{pss}: no slower than the best of torch.compile, Triton, flax", d,
+                out.append((f"{pss}: no slower than the best of {FAST_ANCHOR_NAMES}", d,
                             ("behind on " + ", ".join(behind)) if behind else f"ahead on all {compared} shapes",
                             not behind))
     return out
@@ -735,7 +766,8 @@ def render_report(env, records, notes, args, plot_name, synthetic=False):
     for key, label in [("date", "date"), ("gpu", "GPU"), ("memory", "GPU memory"),
                        ("sm_count", "SMs"), ("l2_bytes", "L2 bytes"), ("driver", "driver"),
                        ("driver_cuda", "CUDA (driver)"), ("torch_cuda", "CUDA (torch build)"),
-                       ("torch", "torch"), ("triton", "triton"), ("jax", "jax"),
+                       ("torch", "torch"), ("triton", "triton"),
+                       ("liger_kernel", "Liger-Kernel"), ("jax", "jax"),
                        ("jaxlib", "jaxlib"), ("flax", "flax"), ("host_python", "python"),
                        ("warpnorm_commit", "warpnorm commit"), ("commit_source", "commit from"),
                        ("command", "command")]:
@@ -760,16 +792,18 @@ def render_report(env, records, notes, args, plot_name, synthetic=False):
              "the same run (the bandwidth ceiling): this script's torch copy, or the warpnorm "
              "CLI's own copy where torch is missing.")
     L.append(f"- Timing: {args.warmup} warm-up iterations, then the median of {args.iters}; CUDA "
-             "events around each iteration (warpnorm, torch, torch.compile, Triton, copy); "
+             "events around each iteration (warpnorm, torch, torch.compile, Triton, Liger, copy); "
              "flax by the host clock over batches of 20 back-to-back iterations (JAX's streams "
              "are out of reach of torch's events). Inputs rotate through several buffer sets "
              "(together at least 512 MiB or 8x L2) so L2 does not flatter.")
     L.append("- Ratios: warpnorm GB/s / anchor GB/s (> 1: warpnorm faster). Column names: "
-             + ("eager = PyTorch F.rms_norm, compile = torch.compile of it, flax = "
+             + ("eager = PyTorch F.rms_norm, compile = torch.compile of it, Liger = "
+                "Liger-Kernel's LigerRMSNormFunction (casting mode llama), flax = "
                 "flax.linen.RMSNorm under jax.jit." if args.norm == "rms_norm" else
                 "eager = PyTorch F.layer_norm, compile = torch.compile of it, Triton = the "
-                "tutorial-style kernel (bench/triton_ln.py), flax = flax.linen.LayerNorm under "
-                "jax.jit (its default use_fast_variance=True)."))
+                "tutorial-style kernel (bench/triton_ln.py), Liger = Liger-Kernel's "
+                "LigerLayerNormFunction, flax = flax.linen.LayerNorm under jax.jit (its "
+                "default use_fast_variance=True)."))
     L.append("")
     L.append("## Summary: geometric-mean speedup of warpnorm")
     L.append("")
@@ -1131,7 +1165,7 @@ def synthetic_records(args):
     # pipeline and say nothing about real performance.
     copy_bw = 1000.0
     eff = {"warpnorm": (0.60, 0.50), "torch": (0.65, 0.55), "torch_compile": (0.55, 0.45),
-           "triton": (0.50, 0.60), "flax": (0.45, 0.40)}
+           "triton": (0.50, 0.60), "liger": (0.62, 0.48), "flax": (0.45, 0.40)}
     records, cli_output = [], []
     for d in args.dtypes:
         for c in args.cols:
@@ -1174,6 +1208,10 @@ def dry_run(args):
     records = synthetic_records(args)
     notes = ["dry run: synthetic numbers, nothing was measured",
              "triton fwd_bwd: rows over 64 KB are outside the tutorial-style backward"]
+    # The import guard a real run uses: what it would say on this machine.
+    why = liger_unavailable(args.norm)
+    notes.append(f"liger on this machine: {'unavailable: ' + why if why else 'importable'}")
+    print(notes[-1])
     if not args.out:
         args.out = tempfile.mkdtemp(prefix="warpnorm-compare-dry-")
     folder = results_folder(args, env)
