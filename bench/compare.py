@@ -1171,7 +1171,7 @@ def synthetic_records(args):
         for c in args.cols:
             rows = rows_for_bytes(c, d, args.nbytes)
             penalty = 1 - 0.25 * math.exp(-c / 512) - 0.1 * (c > 16384)
-            for impl in ["copy"] + list(eff):
+            for impl in [i for i in ["copy"] + list(eff) if i in args.impls]:
                 passes = args.passes + (["bwd"] if impl == "warpnorm" and "fwd_bwd" in args.passes else [])
                 for p in (["copy"] if impl == "copy" else passes):
                     f = 1.0 if impl == "copy" else eff[impl][p != "fwd"] * penalty

@@ -305,10 +305,11 @@ fn matrix_for<T: Element, P: Element, O: Element>(
             let out = run_device::<T, P, O>(be, &pb, Layout::rows(pb.rows, cols));
             for f in check(&pb, &out, O::DTYPE, T::DTYPE, P::DTYPE) {
                 failures.push(format!(
-                    "x {} params {} y {} {variant:?} D={cols}: {f}",
+                    "x {} params {} y {} {variant:?} shape {}x{cols}: {f}",
                     T::DTYPE,
                     P::DTYPE,
-                    O::DTYPE
+                    O::DTYPE,
+                    pb.rows
                 ));
             }
         }
@@ -332,7 +333,8 @@ fn every_dtype_variant_and_length_matches_the_reference() {
     let Some(be) = gpu_or_skip("kernel matrix") else {
         return;
     };
-    // WARPNORM_QUICK (set by scripts/sanitize.sh) keeps one length per tier.
+    // WARPNORM_QUICK (set by scripts/sanitize.sh and the smoke stage of
+    // scripts/gpu_checks.sh) keeps one length per tier.
     let quick = [1, 33, 1000, 1025, 8192, 70_000];
     let lengths: &[usize] = if std::env::var_os("WARPNORM_QUICK").is_some() {
         &quick
