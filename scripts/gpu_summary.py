@@ -66,7 +66,8 @@ def counts(lines):
             parts.append(f"{ignored} ignored")
         if skipped:
             parts.append(f"{skipped} skipped")
-    skips = sum(line.startswith("SKIP") for line in lines)
+    # libtest may print a test's SKIP line after its "test name ... ", on the same line.
+    skips = sum("SKIP:" in line for line in lines)
     if skips:
         parts.append(f"{skips} SKIP lines")
     if errors is not None:
