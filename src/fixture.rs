@@ -91,8 +91,8 @@ fn read_text(path: &Path) -> std::result::Result<String, String> {
         }
         Ok(())
     };
-    regular(&std::fs::metadata(path).map_err(|e| format!("cannot open: {e}"))?)?;
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot open: {e}"))?;
+    regular(&std::fs::metadata(path).map_err(|e| format!("cannot read: {e}"))?)?;
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
     // Checked again on the opened file, in case the path changed in between.
     regular(&file.metadata().map_err(|e| format!("cannot read: {e}"))?)?;
     let mut text = String::new();
