@@ -32,7 +32,7 @@
 
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
-use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use warpnorm::cuda::{device_count, CudaBackend};
@@ -202,7 +202,7 @@ fn worker(o: &Options, rank: usize, world: usize) -> Result<()> {
     };
     let ordinal = rank % device_count()?;
     let backend = CudaBackend::new(ordinal)?;
-    let comm = Rc::new(NcclCollective::multi_process(
+    let comm = Arc::new(NcclCollective::multi_process(
         backend.clone(),
         rank,
         "model",

@@ -378,6 +378,13 @@ pub struct BenchOptions {
     pub eps: f32,
 }
 
+/// The longest row the kernels take (`i32::MAX` elements).
+pub const MAX_BENCH_COLS: usize = i32::MAX as usize;
+
+/// The most warm-up or timed iterations one case may ask for: hours of GPU time on the
+/// smallest shapes, and a bound on the events allocated for the timings.
+pub const MAX_BENCH_ITERS: usize = 1 << 20;
+
 impl Default for BenchOptions {
     fn default() -> Self {
         BenchOptions {
@@ -405,6 +412,20 @@ impl BenchOptions {
         }
         if self.cols.is_empty() || self.cols.contains(&0) {
             return bad("row lengths must be given and >= 1");
+        }
+        if let Some(c) = self.cols.iter().find(|&&c| c > MAX_BENCH_COLS) {
+            return Err(Error::TooLarge {
+                what: "cols",
+                msg: format!("a row of {c} elements is longer than the kernels' {MAX_BENCH_COLS}"),
+            });
+        }
+        for (what, n) in [("warmup", self.warmup), ("iters", self.iters)] {
+            if n > MAX_BENCH_ITERS {
+                return Err(Error::TooLarge {
+                    what,
+                    msg: format!("{n} iterations is more than the {MAX_BENCH_ITERS} allowed"),
+                });
+            }
         }
         if self.bytes == 0 {
             return bad("the activation size must be > 0 bytes");

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use crate::cuda::CudaBackend;
-use crate::{Error, Result};
+use crate::{limits, Error, Result};
 
 /// A device to run normalization on.
 ///
@@ -57,5 +57,19 @@ impl Device {
 
     pub fn is_cuda(&self) -> bool {
         matches!(self, Device::Cuda(_))
+    }
+
+    /// Errors ([`Error::TooLarge`] naming `what`) unless an array of `count` elements of
+    /// `elem_bytes` fits on this device: in host memory on the CPU (which keeps every value
+    /// as an f64, see [`crate::limits::host_alloc_limit`]), in the GPU's memory on a GPU.
+    /// For a caller to refuse a problem before allocating anything.
+    pub fn check_alloc(&self, what: &'static str, count: usize, elem_bytes: usize) -> Result<()> {
+        match self {
+            Device::Cpu => limits::check_host_alloc(what, count, std::mem::size_of::<f64>()),
+            Device::Cuda(be) => {
+                let place = format!("the memory of cuda:{}", be.info().ordinal);
+                limits::check_bytes(what, count, elem_bytes, be.info().total_mem as u64, &place)
+            }
+        }
     }
 }

@@ -21,6 +21,21 @@ pub enum Error {
     #[error("invalid axis_index_groups: {0}")]
     InvalidGroups(String),
 
+    /// A size or count too large to allocate, index or launch (an element count that
+    /// overflows, or a buffer larger than the memory it would live in).
+    #[error("`{what}` is too large: {msg}")]
+    TooLarge { what: &'static str, msg: String },
+
+    /// The CUDA context hit an error that poisons it (an illegal address, a failed launch,
+    /// ...). It may surface on any later call, not the one that caused it; every call on
+    /// the context fails from then on, so it must be recreated, which in practice means
+    /// restarting the process.
+    #[error(
+        "the CUDA context is unusable after {0} (possibly from an earlier launch): every later \
+         call on it fails; recreate it by restarting the process"
+    )]
+    ContextLost(cudarc::driver::DriverError),
+
     /// A buffer or tensor whose shape or length does not match what the call needs.
     #[error("shape mismatch for `{what}`: expected {expected}, got {got}")]
     Shape {
@@ -45,9 +60,10 @@ pub enum Error {
     #[error("no CUDA device available: {0}")]
     NoDevice(String),
 
-    /// An error reported by the CUDA driver.
+    /// An error reported by the CUDA driver that leaves the context usable (see
+    /// [`Error::ContextLost`] for those that do not).
     #[error("CUDA driver error: {0}")]
-    Cuda(#[from] cudarc::driver::DriverError),
+    Cuda(cudarc::driver::DriverError),
 
     /// An error reported by NCCL.
     #[error("NCCL error: {0}")]
@@ -64,6 +80,28 @@ pub enum Error {
     /// Serialising or parsing a config.
     #[error("JSON error: {0}")]
     Json(#[from] serde_json::Error),
+}
+
+impl From<cudarc::driver::DriverError> for Error {
+    /// Sorts driver errors into those that poison the context (the CUDA documentation's
+    /// "sticky" errors: the process must be restarted) and the rest.
+    fn from(e: cudarc::driver::DriverError) -> Error {
+        use cudarc::driver::sys::cudaError_enum::*;
+        match e.0 {
+            CUDA_ERROR_ILLEGAL_ADDRESS
+            | CUDA_ERROR_LAUNCH_FAILED
+            | CUDA_ERROR_LAUNCH_TIMEOUT
+            | CUDA_ERROR_ILLEGAL_INSTRUCTION
+            | CUDA_ERROR_MISALIGNED_ADDRESS
+            | CUDA_ERROR_INVALID_ADDRESS_SPACE
+            | CUDA_ERROR_INVALID_PC
+            | CUDA_ERROR_HARDWARE_STACK_ERROR
+            | CUDA_ERROR_ASSERT
+            | CUDA_ERROR_ECC_UNCORRECTABLE
+            | CUDA_ERROR_CONTEXT_IS_DESTROYED => Error::ContextLost(e),
+            _ => Error::Cuda(e),
+        }
+    }
 }
 
 /// `Result` with warpnorm's [`Error`].

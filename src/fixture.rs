@@ -67,6 +67,69 @@ impl RankInputs {
 /// dtype value it rounds to.
 const PARSE_SLACK: f64 = 1.0 / (1u64 << 50) as f64;
 
+/// The largest fixture file [`Fixture::load`] reads: far above the largest generated case
+/// (a few hundred KiB), far below what could exhaust memory.
+pub const MAX_FIXTURE_BYTES: u64 = 64 << 20;
+
+/// The text of a regular file of at most [`MAX_FIXTURE_BYTES`]. Anything else (a FIFO,
+/// a device such as `/dev/zero`, a socket, a folder) is refused by its type before it is
+/// opened, since opening a FIFO blocks until a writer appears and a device may never end.
+fn read_text(path: &Path) -> std::result::Result<String, String> {
+    use std::io::Read;
+    let regular = |meta: &std::fs::Metadata| -> std::result::Result<(), String> {
+        if !meta.is_file() {
+            return Err(format!(
+                "not a regular file ({}); fixtures are regular JSON files",
+                file_kind(meta)
+            ));
+        }
+        if meta.len() > MAX_FIXTURE_BYTES {
+            return Err(format!(
+                "{} bytes is more than the {MAX_FIXTURE_BYTES} bytes a fixture may have",
+                meta.len()
+            ));
+        }
+        Ok(())
+    };
+    regular(&std::fs::metadata(path).map_err(|e| format!("cannot read: {e}"))?)?;
+    let file = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
+    // Checked again on the opened file, in case the path changed in between.
+    regular(&file.metadata().map_err(|e| format!("cannot read: {e}"))?)?;
+    let mut text = String::new();
+    file.take(MAX_FIXTURE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if text.len() as u64 > MAX_FIXTURE_BYTES {
+        return Err(format!(
+            "grew past the {MAX_FIXTURE_BYTES} bytes a fixture may have while being read"
+        ));
+    }
+    Ok(text)
+}
+
+/// What a file that is not regular is, for messages.
+fn file_kind(meta: &std::fs::Metadata) -> &'static str {
+    let t = meta.file_type();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if t.is_fifo() {
+            return "a FIFO";
+        }
+        if t.is_char_device() || t.is_block_device() {
+            return "a device";
+        }
+        if t.is_socket() {
+            return "a socket";
+        }
+    }
+    if t.is_dir() {
+        "a folder"
+    } else {
+        "a special file"
+    }
+}
+
 /// A message about one field; the loader adds the path.
 type FieldResult<T> = std::result::Result<T, String>;
 
@@ -78,7 +141,7 @@ impl Fixture {
             path: path.to_path_buf(),
             msg,
         };
-        let text = std::fs::read_to_string(path).map_err(|e| fail(format!("cannot read: {e}")))?;
+        let text = read_text(path).map_err(fail)?;
         Fixture::parse(path, &text)
     }
 

@@ -15,11 +15,14 @@
 //! # let _ = grads.dx; Ok(()) }
 //! ```
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use cudarc::driver::CudaSlice;
 use half::{bf16, f16};
 
 use crate::array::{mask_to_device, Array, DeviceElement, Storage};
 use crate::cuda::CudaBackend;
+use crate::limits::{self, checked_product};
 use crate::ops::{self, Layout, NormSpec};
 use crate::reference::{self, Params};
 use crate::rng::Rng;
@@ -31,9 +34,31 @@ pub struct Saved {
     /// Per-row mean (f32 on a GPU), and 1/sqrt(var + eps).
     pub mean: Array,
     pub rstd: Array,
+    /// The layer and the shape of x that produced these statistics: `backward` takes
+    /// them only with the same layer and an x of the same shape, on every device.
+    origin: Origin,
     mask: Option<Vec<bool>>,
     /// The kernels' copy of `mask`, kept so that backward need not upload it again.
     mask_on_gpu: Option<CudaSlice<u8>>,
+}
+
+/// Where saved statistics come from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Origin {
+    layer: LayerId,
+    x_shape: Vec<usize>,
+}
+
+/// Tells layers apart (a process-wide counter): statistics saved by one layer are
+/// meaningless to another, even one of the same shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct LayerId(u64);
+
+impl LayerId {
+    fn next() -> LayerId {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        LayerId(NEXT.fetch_add(1, Ordering::Relaxed))
+    }
 }
 
 /// Scale and bias (those the config uses) of `shape`, drawn from the config's initializers
@@ -57,6 +82,22 @@ pub(crate) fn init_params(
     Ok((scale, bias))
 }
 
+/// Errors unless the parameters of `param_shape` (those the config has) fit on `device`,
+/// and on the host where they are initialised: checked before any is drawn.
+pub(crate) fn check_param_alloc(
+    cfg: &NormConfig,
+    device: &Device,
+    param_shape: &[usize],
+) -> Result<()> {
+    if !(cfg.has_scale() || cfg.has_bias()) {
+        return Ok(());
+    }
+    let what = "x_shape (the parameters' part)";
+    let n = checked_product(what, param_shape)?;
+    limits::check_host_alloc(what, n, std::mem::size_of::<f64>())?;
+    device.check_alloc(what, n, cfg.param_dtype().size())
+}
+
 /// Gradients: dx in x's dtype, dscale / dbias in the parameter dtype (absent when the
 /// config has no such parameter).
 #[derive(Debug)]
@@ -69,6 +110,7 @@ pub struct Gradients {
 /// A LayerNorm / RMSNorm layer for any [`NormConfig`].
 #[derive(Debug)]
 pub struct LayerNorm {
+    id: LayerId,
     cfg: NormConfig,
     device: Device,
     axes: Axes,
@@ -90,9 +132,12 @@ impl LayerNorm {
         seed: u64,
     ) -> Result<LayerNorm> {
         cfg.validate()?;
+        checked_product("x_shape", x_shape)?;
         let axes = cfg.resolve(x_shape)?;
+        check_param_alloc(cfg, device, &axes.param_shape)?;
         let (scale, bias) = init_params(cfg, &axes.param_shape, device, &mut Rng::new(seed))?;
         Ok(LayerNorm {
+            id: LayerId::next(),
             cfg: cfg.clone(),
             device: device.clone(),
             axes,
@@ -158,12 +203,41 @@ impl LayerNorm {
     pub fn backward(&self, x: &Array, dy: &Array, saved: &Saved) -> Result<Gradients> {
         self.check_input(x)?;
         check_cotangent(&self.cfg, x, dy)?;
+        self.check_saved(x, saved)?;
         match (&self.device, self.kernel_layout(x, saved.mask.is_some())) {
             (Device::Cuda(be), Ok(layout)) => {
                 dispatch!(self, x.dtype(), gpu_backward(be, layout, x, dy, saved))
             }
             (Device::Cuda(_), Err(e)) if !matches!(e, Error::Unsupported(_)) => Err(e),
             _ => self.reference_backward(x, dy, saved),
+        }
+    }
+
+    /// Errors unless `saved` came from this layer's `forward_train` of an x shaped like
+    /// `x` (checked before either backend runs, so that both reject the same calls).
+    fn check_saved(&self, x: &Array, saved: &Saved) -> Result<()> {
+        if saved.origin.layer != self.id {
+            return Err(Error::InvalidConfig(
+                "`saved` comes from another layer's forward_train; pass this layer's".into(),
+            ));
+        }
+        if saved.origin.x_shape != x.shape() {
+            return Err(Error::Shape {
+                what: "saved",
+                expected: format!(
+                    "statistics of an x shaped {:?} (the x given to backward)",
+                    x.shape()
+                ),
+                got: format!("statistics of an x shaped {:?}", saved.origin.x_shape),
+            });
+        }
+        Ok(())
+    }
+
+    fn origin(&self, x: &Array) -> Origin {
+        Origin {
+            layer: self.id,
+            x_shape: x.shape().to_vec(),
         }
     }
 
@@ -223,6 +297,7 @@ impl LayerNorm {
                     Saved {
                         mean: stats(mean),
                         rstd: stats(rstd),
+                        origin: self.origin(x),
                         mask: mask.map(<[bool]>::to_vec),
                         mask_on_gpu: mask_dev,
                     },
@@ -292,6 +367,7 @@ impl LayerNorm {
             Saved {
                 mean: stats(f.mean)?,
                 rstd: stats(f.rstd)?,
+                origin: self.origin(x),
                 mask: mask.map(<[bool]>::to_vec),
                 mask_on_gpu: None,
             },
@@ -437,16 +513,6 @@ impl LayerNorm {
     ) -> Result<Gradients> {
         let stream = be.stream();
         let cols = layout.cols();
-        let rows = layout.num_rows();
-        for (what, s) in [("saved mean", &saved.mean), ("saved rstd", &saved.rstd)] {
-            if s.numel() != rows {
-                return Err(Error::Shape {
-                    what,
-                    expected: format!("{rows} rows (from forward_train of this x)"),
-                    got: format!("{}", s.numel()),
-                });
-            }
-        }
         let uploaded;
         let mask = match (&saved.mask_on_gpu, &saved.mask) {
             (Some(on_gpu), _) => Some(on_gpu),

@@ -10,6 +10,7 @@ pub mod dtype;
 pub mod error;
 pub mod fixture;
 pub mod layer;
+pub mod limits;
 pub mod ops;
 pub mod plot;
 pub mod reference;

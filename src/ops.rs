@@ -52,13 +52,7 @@ impl NormSpec {
     }
 
     fn validate(&self) -> Result<()> {
-        if !(self.eps.is_finite() && self.eps > 0.0) {
-            return Err(Error::InvalidConfig(format!(
-                "epsilon must be finite and > 0 in f32, got {}",
-                self.eps
-            )));
-        }
-        Ok(())
+        crate::config::epsilon_f32(self.eps.into()).map(drop)
     }
 }
 
@@ -93,11 +87,13 @@ impl Layout {
         }
     }
 
-    /// Number of normalised rows (= entries of mean and rstd).
+    /// Number of normalised rows (= entries of mean and rstd). Saturates at `usize::MAX`
+    /// for a channels-first layout whose `outer * inner` overflows, which every call
+    /// rejects.
     pub fn num_rows(&self) -> usize {
         match *self {
             Layout::Rows { rows, .. } => rows,
-            Layout::ChannelsFirst { outer, inner, .. } => outer * inner,
+            Layout::ChannelsFirst { outer, inner, .. } => outer.saturating_mul(inner),
         }
     }
 
@@ -108,7 +104,10 @@ impl Layout {
         }
     }
 
-    fn validate(&self) -> Result<()> {
+    /// Checks the layout and computes, with checked arithmetic, how many elements each
+    /// buffer of a call must hold. Every extent also fits the kernels' signed 64-bit
+    /// offsets, so no index a kernel forms from it can wrap.
+    pub(crate) fn extents(&self) -> Result<Extents> {
         let bad = |msg: String| {
             Err(Error::Shape {
                 what: "layout",
@@ -116,40 +115,60 @@ impl Layout {
                 got: format!("{self:?}"),
             })
         };
-        match *self {
-            Layout::Rows {
-                cols,
-                x_stride,
-                y_stride,
-                ..
-            } => {
-                if cols == 0 {
-                    return bad("cols >= 1".into());
-                }
-                if x_stride < cols || y_stride < cols {
-                    return bad(format!("row strides >= cols ({cols})"));
-                }
-            }
-            Layout::ChannelsFirst { cols, .. } => {
-                if cols == 0 {
-                    return bad("cols >= 1".into());
-                }
-            }
+        let cols = self.cols();
+        if cols == 0 {
+            return bad("cols >= 1".into());
         }
-        if self.cols() > i32::MAX as usize {
+        if cols > i32::MAX as usize {
             return bad("cols < 2^31".into());
         }
-        Ok(())
-    }
-
-    /// Elements a buffer with `stride` must hold.
-    pub(crate) fn span(&self, stride: usize) -> usize {
-        match *self {
-            Layout::Rows { rows, cols, .. } if rows > 0 => (rows - 1) * stride + cols,
-            Layout::Rows { .. } => 0,
-            Layout::ChannelsFirst { outer, cols, inner } => outer * cols * inner,
+        let (x_stride, y_stride) = strides(self);
+        if x_stride < cols || y_stride < cols {
+            return bad(format!("row strides >= cols ({cols})"));
         }
+        let too_large = |what: &'static str| Error::TooLarge {
+            what,
+            msg: format!("{self:?} spans more than 2^63 - 1 elements"),
+        };
+        let fits = |what: &'static str, n: Option<usize>| {
+            n.filter(|&n| n <= i64::MAX as usize)
+                .ok_or_else(|| too_large(what))
+        };
+        let (rows, elems) = match *self {
+            Layout::Rows { rows, .. } => (rows, rows.checked_mul(cols)),
+            Layout::ChannelsFirst { outer, inner, .. } => {
+                let rows = fits("layout rows (outer * inner)", outer.checked_mul(inner))?;
+                (rows, rows.checked_mul(cols))
+            }
+        };
+        // The last row starts `stride` elements after the one before it and holds `cols`.
+        let span = |stride: usize| match rows {
+            0 => Some(0),
+            _ => (rows - 1).checked_mul(stride)?.checked_add(cols),
+        };
+        Ok(Extents {
+            rows: fits("layout rows", Some(rows))?,
+            cols,
+            x: fits("x (rows at x_stride)", span(x_stride))?,
+            y: fits("y (rows at y_stride)", span(y_stride))?,
+            mask: fits("mask (rows * cols)", elems)?,
+        })
     }
+}
+
+/// Elements each buffer of a call on a checked [`Layout`] must hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Extents {
+    /// Rows, and the entries of mean and rstd.
+    pub rows: usize,
+    /// The normalised axis, and the entries of scale, bias, dscale and dbias.
+    pub cols: usize,
+    /// x and dx.
+    pub x: usize,
+    /// y and dy.
+    pub y: usize,
+    /// A contiguous `[rows, cols]` mask.
+    pub mask: usize,
 }
 
 /// Mean and rstd (f32, one per row) written by a training forward and read by backward.
@@ -335,20 +354,18 @@ pub fn forward<T: Element, P: Element, O: Element>(
     layout: Layout,
     args: Forward<'_, T, P, O>,
 ) -> Result<()> {
-    let d = check_call::<T, P, O>(Some(spec), &layout, args.mask.is_some())?;
+    let (d, n) = check_call::<T, P, O>(Some(spec), &layout, args.mask.is_some())?;
     be.check_stream(stream)?;
-    let (rows, cols) = (layout.num_rows(), layout.cols());
-    let (x_stride, y_stride) = strides(&layout);
     let mut bufs = Buffers::new(be, stream);
-    let x = bufs.read("x", args.x, layout.span(x_stride))?;
-    let y = bufs.write("y", args.y, layout.span(y_stride))?;
-    let scale = bufs.read_opt("scale", args.scale, cols)?;
-    let bias = bufs.read_opt("bias", args.bias, cols)?;
-    let mask = bufs.read_opt("mask", args.mask, rows * cols)?;
+    let x = bufs.read("x", args.x, n.x)?;
+    let y = bufs.write("y", args.y, n.y)?;
+    let scale = bufs.read_opt("scale", args.scale, n.cols)?;
+    let bias = bufs.read_opt("bias", args.bias, n.cols)?;
+    let mask = bufs.read_opt("mask", args.mask, n.mask)?;
     let (mean, rstd) = match args.stats {
         Some(s) => (
-            bufs.write("mean", s.mean, rows)?,
-            bufs.write("rstd", s.rstd, rows)?,
+            bufs.write("mean", s.mean, n.rows)?,
+            bufs.write("rstd", s.rstd, n.rows)?,
         ),
         None => (0, 0),
     };
@@ -373,21 +390,19 @@ pub fn backward<T: Element, P: Element, O: Element>(
     layout: Layout,
     args: Backward<'_, T, P, O>,
 ) -> Result<()> {
-    let d = check_call::<T, P, O>(None, &layout, args.mask.is_some())?;
+    let (d, n) = check_call::<T, P, O>(None, &layout, args.mask.is_some())?;
     be.check_stream(stream)?;
-    let (rows, cols) = (layout.num_rows(), layout.cols());
-    let (x_stride, y_stride) = strides(&layout);
     let mut bufs = Buffers::new(be, stream);
-    let x = bufs.read("x", args.x, layout.span(x_stride))?;
-    let dy = bufs.read("dy", args.dy, layout.span(y_stride))?;
-    let dx = bufs.write("dx", args.dx, layout.span(x_stride))?;
-    let scale = bufs.read_opt("scale", args.scale, cols)?;
-    let mask = bufs.read_opt("mask", args.mask, rows * cols)?;
-    let mean = bufs.read("mean", args.mean, rows)?;
-    let rstd = bufs.read("rstd", args.rstd, rows)?;
-    let dscale = bufs.write_opt("dscale", args.dscale, cols)?;
-    let dbias = bufs.write_opt("dbias", args.dbias, cols)?;
-    let need = cuda::backward_workspace_len(rows, cols, be.info().sm_count);
+    let x = bufs.read("x", args.x, n.x)?;
+    let dy = bufs.read("dy", args.dy, n.y)?;
+    let dx = bufs.write("dx", args.dx, n.x)?;
+    let scale = bufs.read_opt("scale", args.scale, n.cols)?;
+    let mask = bufs.read_opt("mask", args.mask, n.mask)?;
+    let mean = bufs.read("mean", args.mean, n.rows)?;
+    let rstd = bufs.read("rstd", args.rstd, n.rows)?;
+    let dscale = bufs.write_opt("dscale", args.dscale, n.cols)?;
+    let dbias = bufs.write_opt("dbias", args.dbias, n.cols)?;
+    let need = cuda::backward_workspace_len(n.rows, n.cols, be.info().sm_count);
     let workspace = bufs.write("workspace", args.workspace, need)?;
     let addrs = BwdAddrs {
         x,
@@ -441,18 +456,19 @@ pub(crate) fn strides(layout: &Layout) -> (usize, usize) {
     }
 }
 
-/// Checks what does not depend on where the buffers live; returns the kernels' dtypes.
+/// Checks what does not depend on where the buffers live; returns the kernels' dtypes
+/// and the elements each buffer must hold.
 pub(crate) fn check_call<T: Element, P: Element, O: Element>(
     spec: Option<&NormSpec>,
     layout: &Layout,
     has_mask: bool,
-) -> Result<cuda::Dtypes> {
+) -> Result<(cuda::Dtypes, Extents)> {
     if let Some(spec) = spec {
         spec.validate()?;
     }
-    layout.validate()?;
+    let extents = layout.extents()?;
     check_mask_layout(has_mask, layout)?;
-    dtypes::<T, P, O>()
+    Ok((dtypes::<T, P, O>()?, extents))
 }
 
 /// Builds the parameter struct of a checked forward and launches it.

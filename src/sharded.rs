@@ -26,14 +26,14 @@
 //! the tests check against the reference (which gathers whole rows) and flax's fixtures.
 //!
 //! ```
-//! use std::rc::Rc;
+//! use std::sync::Arc;
 //! use warpnorm::dist::InProcessHost;
 //! use warpnorm::sharded::ShardedLayerNorm;
 //! use warpnorm::{Array, DType, Device, NormConfig, Tensor};
 //! # fn main() -> warpnorm::Result<()> {
 //! // 4 ranks in 2 groups; each holds 256 of the 512 features of 8 rows.
 //! let cfg = NormConfig::flax().axis_name("model").axis_index_groups(vec![vec![0, 1], vec![2, 3]]);
-//! let comm = Rc::new(InProcessHost::for_config(&cfg, 4)?);
+//! let comm = Arc::new(InProcessHost::for_config(&cfg, 4)?);
 //! let ln = ShardedLayerNorm::new(&cfg, comm, &[8, 256], 0)?;
 //! let xs: Vec<Array> = (0..4)
 //!     .map(|r| Array::from_tensor(&Device::Cpu, &Tensor::full([8, 256], DType::F32, r as f64)?))
@@ -46,13 +46,14 @@
 mod cuda;
 mod host;
 
-use std::rc::Rc;
+use std::sync::Arc;
 
 use crate::array::Array;
 use crate::config::Axes;
 use crate::cuda::launch_sharded::StatsMode;
 use crate::dist::Collective;
 use crate::layer::Gradients;
+use crate::limits::checked_product;
 use crate::rng::Rng;
 use crate::{DType, Device, Error, NormConfig, NormKind, Result, Tensor};
 
@@ -81,13 +82,22 @@ struct ShardParams {
 
 /// A LayerNorm / RMSNorm (by config) over features sharded across the ranks of a
 /// [`Collective`]'s groups. See the module docs.
+///
+/// `Send` and `Sync`: a thread per GPU may own its rank's layer, and threads may share
+/// one (its calls take `&self`; the collective serialises what must be serialised).
 pub struct ShardedLayerNorm {
     cfg: NormConfig,
-    comm: Rc<dyn Collective>,
+    comm: Arc<dyn Collective>,
     axes: Axes,
     rank: usize,
     params: Vec<ShardParams>,
 }
+
+const _: () = {
+    const fn send_and_sync<T: Send + Sync>() {}
+    send_and_sync::<ShardedLayerNorm>();
+    send_and_sync::<ShardSaved>();
+};
 
 /// RMSNorm is a [`ShardedLayerNorm`] with [`NormConfig::rms`].
 pub type ShardedRmsNorm = ShardedLayerNorm;
@@ -120,11 +130,12 @@ impl ShardedLayerNorm {
     /// Parameters come from the config's initializers, seeded by `seed` and the rank.
     pub fn new(
         cfg: &NormConfig,
-        comm: Rc<dyn Collective>,
+        comm: Arc<dyn Collective>,
         shard_shape: &[usize],
         seed: u64,
     ) -> Result<ShardedLayerNorm> {
         cfg.validate()?;
+        checked_product("shard_shape", shard_shape)?;
         check_axis(cfg, comm.as_ref())?;
         let kind = cfg.kind();
         if !matches!(kind, NormKind::LayerNorm | NormKind::RmsNorm) {
@@ -147,6 +158,9 @@ impl ShardedLayerNorm {
             ));
         }
         let axes = resolve(cfg, shard_shape)?;
+        for device in devices {
+            crate::layer::check_param_alloc(cfg, device, &axes.param_shape)?;
+        }
         let mut params = Vec::with_capacity(devices.len());
         for (device, &rank) in devices.iter().zip(comm.local_ranks()) {
             let mut rng = Rng::new(seed ^ (rank as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
@@ -168,7 +182,7 @@ impl ShardedLayerNorm {
     }
 
     /// The collective the statistics go through.
-    pub fn collective(&self) -> &Rc<dyn Collective> {
+    pub fn collective(&self) -> &Arc<dyn Collective> {
         &self.comm
     }
 

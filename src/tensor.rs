@@ -5,6 +5,7 @@
 //! a bf16 tensor sees exactly the numbers a GPU kernel would read, and comparisons
 //! never have to guess whether a difference comes from storage or from arithmetic.
 
+use crate::limits::{checked_product, host_vec_with_capacity};
 use crate::{DType, Error, Result};
 
 /// A dense, row-major host tensor whose values are exact in its dtype.
@@ -17,20 +18,16 @@ pub struct Tensor {
 
 /// Number of elements of `shape`, or an error when the product overflows `usize`.
 pub fn numel(shape: &[usize]) -> Result<usize> {
-    shape.iter().try_fold(1usize, |acc, &d| {
-        acc.checked_mul(d).ok_or_else(|| Error::Shape {
-            what: "tensor",
-            expected: "a shape whose element count fits in usize".into(),
-            got: format!("{shape:?}"),
-        })
-    })
+    checked_product("tensor shape", shape)
 }
 
-/// Row-major strides (in elements) of `shape`.
+/// Row-major strides (in elements) of `shape`. They saturate at `usize::MAX` where the
+/// product overflows, which only a shape with no elements allows ([`numel`] rejects any
+/// other), and no index of such a shape exists to multiply them with.
 pub fn strides(shape: &[usize]) -> Vec<usize> {
-    let mut s = vec![1; shape.len()];
+    let mut s = vec![1usize; shape.len()];
     for i in (0..shape.len().saturating_sub(1)).rev() {
-        s[i] = s[i + 1] * shape[i + 1];
+        s[i] = s[i + 1].saturating_mul(shape[i + 1]);
     }
     s
 }
@@ -53,7 +50,8 @@ impl Tensor {
         Ok(Tensor { shape, dtype, data })
     }
 
-    /// A tensor whose element `i` (row-major) is `f(i)`, rounded to `dtype`.
+    /// A tensor whose element `i` (row-major) is `f(i)`, rounded to `dtype`. A shape
+    /// whose values would not fit in host memory is an error before anything is allocated.
     pub fn from_fn(
         shape: impl Into<Vec<usize>>,
         dtype: DType,
@@ -61,7 +59,9 @@ impl Tensor {
     ) -> Result<Tensor> {
         let shape = shape.into();
         let n = numel(&shape)?;
-        Tensor::new(shape, dtype, (0..n).map(f).collect())
+        let mut data = host_vec_with_capacity("tensor shape", n)?;
+        data.extend((0..n).map(f));
+        Tensor::new(shape, dtype, data)
     }
 
     /// A tensor filled with `value` (rounded to `dtype`).

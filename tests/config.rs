@@ -438,7 +438,7 @@ fn rich_configs() -> Vec<NormConfig> {
 fn json_round_trip_is_exact() {
     for c in rich_configs() {
         c.validate().unwrap();
-        let text = c.to_json();
+        let text = c.to_json().unwrap();
         let back = NormConfig::from_json(&text).unwrap();
         assert_eq!(back, c, "{text}");
         // serde's Serialize/Deserialize take the same route.
@@ -462,7 +462,7 @@ fn json_uses_the_apis_own_names() {
     assert_eq!(flax["reduction_axes"], json!([1, 2]));
     assert_eq!(flax["use_fast_variance"], json!(true));
     assert_eq!(flax["dtype"], json!(null));
-    let v: serde_json::Value = serde_json::from_str(&NormConfig::rms().to_json()).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&NormConfig::rms().to_json().unwrap()).unwrap();
     assert_eq!(v["api"], json!("flax.linen.RMSNorm"));
     assert!(v.get("use_bias").is_none());
 }

@@ -6,7 +6,6 @@
 mod common;
 
 use std::path::Path;
-use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -107,7 +106,7 @@ impl Case {
         }
     }
 
-    fn layer(&self, comm: Rc<dyn Collective>) -> ShardedLayerNorm {
+    fn layer(&self, comm: Arc<dyn Collective>) -> ShardedLayerNorm {
         let mut ln = ShardedLayerNorm::new(&self.cfg, comm, self.xs[0].shape(), 7).unwrap();
         for r in 0..self.world {
             if let Some(s) = &self.scales[r] {
@@ -235,7 +234,7 @@ fn to_tensors(arrays: &[Array]) -> Vec<Tensor> {
 fn check_case(
     case: &Case,
     masks: Option<&[Vec<bool>]>,
-    comm: Rc<dyn Collective>,
+    comm: Arc<dyn Collective>,
     device: &Device,
     tol: &dyn Fn(DType, usize) -> (f64, f64),
     label: &str,
@@ -322,7 +321,7 @@ fn cpu_sharded_equals_unsharded_on_concatenated_features() {
             for (di, (x_dtype, d)) in [(DType::F32, 5), (DType::BF16, 8)].into_iter().enumerate() {
                 let salt = (ci * 100 + li * 10 + di) as u64;
                 let case = Case::new(&base, world, &groups, [7, d], x_dtype, salt);
-                let comm = Rc::new(InProcessHost::for_config(&case.cfg, world).unwrap());
+                let comm = Arc::new(InProcessHost::for_config(&case.cfg, world).unwrap());
                 let label = format!("cpu {name}, world {world}, groups {groups:?}, x {x_dtype}");
                 check_case(&case, None, comm, &Device::Cpu, &cpu_tol, &label);
                 checked += 1;
@@ -344,7 +343,7 @@ fn cpu_sharded_handles_low_precision_outputs_and_no_parameters() {
     for (i, base) in cases.iter().enumerate() {
         let groups = Some(vec![vec![0, 4], vec![1, 5], vec![2, 6], vec![3, 7]]);
         let case = Case::new(base, 8, &groups, [3, 6], DType::F16, 900 + i as u64);
-        let comm = Rc::new(InProcessHost::for_config(&case.cfg, 8).unwrap());
+        let comm = Arc::new(InProcessHost::for_config(&case.cfg, 8).unwrap());
         check_case(
             &case,
             None,
@@ -370,7 +369,7 @@ fn gpu_in_process_sharded_equals_unsharded() {
                 let salt = (ci * 100 + li * 10 + di) as u64;
                 let case = Case::new(&base, world, &groups, [9, d], DType::F32, salt);
                 let comm =
-                    Rc::new(InProcessCuda::for_config(be.clone(), &case.cfg, world).unwrap());
+                    Arc::new(InProcessCuda::for_config(be.clone(), &case.cfg, world).unwrap());
                 let label = format!("gpu {name}, world {world}, groups {groups:?}, d {d}");
                 check_case(&case, None, comm, &device, &gpu_tol, &label);
             }
@@ -392,7 +391,7 @@ fn gpu_in_process_every_dtype_combination() {
                     let base = base.with_param_dtype(p).dtype(out);
                     let case = Case::new(&base, 8, &groups, [5, 33], x, 77);
                     let comm =
-                        Rc::new(InProcessCuda::for_config(be.clone(), &case.cfg, 8).unwrap());
+                        Arc::new(InProcessCuda::for_config(be.clone(), &case.cfg, 8).unwrap());
                     let label = format!("gpu {name}, x {x}, params {p}, y {out}");
                     check_case(&case, None, comm, &device, &gpu_tol, &label);
                 }
@@ -410,7 +409,7 @@ fn gpu_sharded_results_are_bitwise_reproducible() {
     let groups = Some(vec![vec![0, 4], vec![1, 5], vec![2, 6], vec![3, 7]]);
     for (_, base) in configs() {
         let case = Case::new(&base, 8, &groups, [300, 257], DType::F32, 5);
-        let comm = Rc::new(InProcessCuda::for_config(be.clone(), &case.cfg, 8).unwrap());
+        let comm = Arc::new(InProcessCuda::for_config(be.clone(), &case.cfg, 8).unwrap());
         let ln = case.layer(comm);
         let xs = case.arrays(&device, &case.xs);
         let dys = case.arrays(&device, &case.dys);
@@ -458,7 +457,7 @@ fn cpu_masked_sharded_layer_follows_flax_pmean_of_masked_means() {
             let salt = (ci * 10 + li) as u64;
             let case = Case::new(&base, world, &groups, [6, 9], DType::F32, 500 + salt);
             let masks = shard_masks(world, 6, 9, salt as usize);
-            let comm = Rc::new(InProcessHost::for_config(&case.cfg, world).unwrap());
+            let comm = Arc::new(InProcessHost::for_config(&case.cfg, world).unwrap());
             let label = format!("cpu masked {name}, world {world}, groups {groups:?}");
             check_case(&case, Some(&masks), comm, &Device::Cpu, &cpu_tol, &label);
             checked += 1;
@@ -481,7 +480,7 @@ fn gpu_masked_sharded_layer_follows_flax_pmean_of_masked_means() {
                 let case = Case::new(&base, world, &groups, [6, d], DType::F32, 500 + salt);
                 let masks = shard_masks(world, 6, d, salt as usize);
                 let comm =
-                    Rc::new(InProcessCuda::for_config(be.clone(), &case.cfg, world).unwrap());
+                    Arc::new(InProcessCuda::for_config(be.clone(), &case.cfg, world).unwrap());
                 let label = format!("gpu masked {name}, world {world}, groups {groups:?}, d {d}");
                 check_case(&case, Some(&masks), comm, &device, &gpu_tol, &label);
             }
@@ -495,7 +494,7 @@ fn cpu_nan_padding_outside_the_masks_stays_out_of_the_statistics() {
         let groups = Some(vec![vec![0, 1], vec![2, 3]]);
         let case = Case::new(&base, 4, &groups, [5, 8], DType::F32, 40);
         let masks = shard_masks(4, 5, 8, 2);
-        let comm = Rc::new(InProcessHost::for_config(&case.cfg, 4).unwrap());
+        let comm = Arc::new(InProcessHost::for_config(&case.cfg, 4).unwrap());
         let ln = case.layer(comm);
         let run = |xs: &[Tensor]| {
             let xs = case.arrays(&Device::Cpu, xs);
@@ -543,7 +542,7 @@ fn cpu_nan_padding_outside_the_masks_stays_out_of_the_statistics() {
 #[test]
 fn masks_must_match_their_shards() {
     let case = Case::new(&NormConfig::flax(), 2, &None, [3, 4], DType::F32, 1);
-    let comm = Rc::new(InProcessHost::for_config(&case.cfg, 2).unwrap());
+    let comm = Arc::new(InProcessHost::for_config(&case.cfg, 2).unwrap());
     let ln = case.layer(comm);
     let xs = case.arrays(&Device::Cpu, &case.xs);
     let one = vec![vec![true; 12]];
@@ -577,7 +576,7 @@ fn sharded_fixtures() -> Vec<Fixture> {
 }
 
 /// Runs a sharded fixture through ShardedLayerNorm over `comm` and compares with flax.
-fn check_fixture(fx: &Fixture, comm: Rc<dyn Collective>, device: &Device) {
+fn check_fixture(fx: &Fixture, comm: Arc<dyn Collective>, device: &Device) {
     let ranks = fx.ranks().unwrap();
     let mut ln = ShardedLayerNorm::new(&fx.config, comm, ranks[0].x.shape(), 0).unwrap();
     for (r, inputs) in ranks.iter().enumerate() {
@@ -640,7 +639,7 @@ fn check_fixture(fx: &Fixture, comm: Rc<dyn Collective>, device: &Device) {
 fn cpu_sharded_layer_matches_flax_pmap_fixtures() {
     for fx in sharded_fixtures() {
         let world = fx.world.unwrap();
-        let comm = Rc::new(InProcessHost::for_config(&fx.config, world).unwrap());
+        let comm = Arc::new(InProcessHost::for_config(&fx.config, world).unwrap());
         check_fixture(&fx, comm, &Device::Cpu);
     }
 }
@@ -652,7 +651,7 @@ fn gpu_sharded_layer_matches_flax_pmap_fixtures() {
     };
     for fx in sharded_fixtures() {
         let world = fx.world.unwrap();
-        let comm = Rc::new(InProcessCuda::for_config(be.clone(), &fx.config, world).unwrap());
+        let comm = Arc::new(InProcessCuda::for_config(be.clone(), &fx.config, world).unwrap());
         check_fixture(&fx, comm, &Device::Cuda(be.clone()));
     }
 }
@@ -736,11 +735,11 @@ fn nccl_world_of_one_on_a_gpu() {
     };
     let groups = AxisGroups::new(1, None).unwrap();
     let ids = NcclIds::for_groups(&groups).unwrap();
-    let comms: Vec<Rc<dyn Collective>> = vec![
-        Rc::new(
+    let comms: Vec<Arc<dyn Collective>> = vec![
+        Arc::new(
             NcclCollective::single_process(std::slice::from_ref(&be), "i", groups.clone()).unwrap(),
         ),
-        Rc::new(NcclCollective::multi_process(be.clone(), 0, "i", groups, &ids).unwrap()),
+        Arc::new(NcclCollective::multi_process(be.clone(), 0, "i", groups, &ids).unwrap()),
     ];
     let device = Device::Cuda(be.clone());
     for comm in comms {
@@ -775,9 +774,9 @@ struct Counting {
 }
 
 impl Counting {
-    fn new(world: usize, groups: Groups) -> Rc<Counting> {
+    fn new(world: usize, groups: Groups) -> Arc<Counting> {
         let groups = AxisGroups::new(world, groups).unwrap();
-        Rc::new(Counting {
+        Arc::new(Counting {
             inner: InProcessHost::new("i", groups).unwrap(),
             calls: AtomicUsize::new(0),
         })
@@ -876,8 +875,8 @@ fn each_direction_takes_exactly_one_collective() {
 
 #[test]
 fn bad_inputs_are_errors() {
-    let comm: Rc<dyn Collective> =
-        Rc::new(InProcessHost::new("i", AxisGroups::new(2, None).unwrap()).unwrap());
+    let comm: Arc<dyn Collective> =
+        Arc::new(InProcessHost::new("i", AxisGroups::new(2, None).unwrap()).unwrap());
     let cfg = NormConfig::flax().axis_name("i");
     // Sharded axes must be the trailing ones (each rank holds a slice of the features).
     let channels_first = cfg.clone().reduction_axes(1).feature_axes(1);

@@ -81,6 +81,7 @@ impl Initializer {
     pub fn init(&self, shape: &[usize], rng: &mut Rng) -> Result<Vec<f64>> {
         self.validate()?;
         let n = numel(shape)?;
+        crate::limits::check_host_alloc("parameter shape", n, std::mem::size_of::<f64>())?;
         let values = match *self {
             Initializer::Zeros => vec![0.0; n],
             Initializer::Ones => vec![1.0; n],

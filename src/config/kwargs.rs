@@ -144,7 +144,9 @@ impl NormConfig {
         Ok(cfg)
     }
 
-    /// Every argument of the API, with the API's names (keras' `get_config`).
+    /// Every argument of the API, with the API's names (keras' `get_config`). Numbers
+    /// are written as they are: call it on a validated config ([`NormConfig::to_json`]
+    /// checks for you), since JSON writes a NaN or infinity as `null`.
     pub fn to_kwargs(&self) -> Value {
         match self.api {
             Api::Keras => keras_to_map(self),
@@ -177,9 +179,11 @@ impl NormConfig {
         NormConfig::from_kwargs(api, &Value::Object(map))
     }
 
-    /// Serializes to JSON (keras' `get_config`, plus the API's name).
-    pub fn to_json(&self) -> String {
-        self.to_value().to_string()
+    /// Serializes to JSON (keras' `get_config`, plus the API's name). Validates first:
+    /// an invalid config (a NaN epsilon has no JSON form) is an error, never `null`.
+    pub fn to_json(&self) -> Result<String> {
+        self.validate()?;
+        Ok(self.to_value().to_string())
     }
 
     /// Parses [`NormConfig::to_json`]'s output (keras' `from_config`).
@@ -337,9 +341,11 @@ fn keras_to_map(cfg: &NormConfig) -> Value {
     Value::Object(m)
 }
 
-impl From<NormConfig> for Value {
-    fn from(cfg: NormConfig) -> Value {
-        cfg.to_value()
+impl serde::Serialize for NormConfig {
+    /// [`NormConfig::to_value`] of a config that passes [`NormConfig::validate`].
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        self.validate().map_err(serde::ser::Error::custom)?;
+        serde::Serialize::serialize(&self.to_value(), s)
     }
 }
 

@@ -106,8 +106,11 @@ impl ParamOptions {
 }
 
 /// A normalization layer's configuration. See the module docs.
-#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(try_from = "serde_json::Value", into = "serde_json::Value")]
+///
+/// Serializing (serde, [`NormConfig::to_json`]) validates first: JSON has no form for a
+/// NaN or infinite epsilon, so such a config is an error rather than a `null`.
+#[derive(Clone, Debug, PartialEq, serde::Deserialize)]
+#[serde(try_from = "serde_json::Value")]
 pub struct NormConfig {
     api: Api,
     epsilon: f64,
@@ -430,12 +433,7 @@ impl NormConfig {
     pub fn validate(&self) -> Result<()> {
         let bad = |msg: String| Err(Error::InvalidConfig(msg));
         let api = self.api;
-        if !(self.epsilon.is_finite() && self.epsilon > 0.0) {
-            return bad(format!(
-                "epsilon must be a finite number > 0, got {}",
-                self.epsilon
-            ));
-        }
+        epsilon_f32(self.epsilon)?;
         if self.reduction_axes.is_empty() {
             return bad("reduction axes are empty: nothing to normalize over".into());
         }
@@ -588,6 +586,21 @@ impl NormConfig {
     /// flax's `use_fast_variance` flag as configured.
     pub fn use_fast_variance_flag(&self) -> bool {
         self.use_fast_variance
+    }
+}
+
+/// epsilon as the kernels add it: in f32, where the GPU computes the statistics. Values
+/// that are finite and positive in f64 but not in f32 (`1e-50` rounds to 0, `1e308` to
+/// infinity) are rejected here, so that the CPU and the GPU accept the same configs.
+pub fn epsilon_f32(epsilon: f64) -> Result<f32> {
+    let eps = epsilon as f32;
+    if eps.is_finite() && eps > 0.0 {
+        Ok(eps)
+    } else {
+        Err(Error::InvalidConfig(format!(
+            "epsilon must be finite and > 0 in f32 (the kernels' precision), got {epsilon} \
+             (= {eps} in f32)"
+        )))
     }
 }
 

@@ -144,19 +144,17 @@ pub fn forward<T: Element, P: Element, O: Element>(
     layout: Layout,
     a: HostForward<'_, T, P, O>,
 ) -> Result<()> {
-    let d = ops::check_call::<T, P, O>(Some(spec), &layout, a.mask.is_some())?;
-    let (rows, cols) = (layout.num_rows(), layout.cols());
-    let (x_stride, y_stride) = ops::strides(&layout);
+    let (d, n) = ops::check_call::<T, P, O>(Some(spec), &layout, a.mask.is_some())?;
     let (mean, rstd) = match a.stats {
-        Some((m, r)) => (addr_mut("mean", m, rows)?, addr_mut("rstd", r, rows)?),
+        Some((m, r)) => (addr_mut("mean", m, n.rows)?, addr_mut("rstd", r, n.rows)?),
         None => (0, 0),
     };
     let addrs = FwdAddrs {
-        x: addr("x", a.x, layout.span(x_stride))?,
-        y: addr_mut("y", a.y, layout.span(y_stride))?,
-        scale: addr_opt("scale", a.scale, cols)?,
-        bias: addr_opt("bias", a.bias, cols)?,
-        mask: addr_opt("mask", a.mask, rows * cols)?,
+        x: addr("x", a.x, n.x)?,
+        y: addr_mut("y", a.y, n.y)?,
+        scale: addr_opt("scale", a.scale, n.cols)?,
+        bias: addr_opt("bias", a.bias, n.cols)?,
+        mask: addr_opt("mask", a.mask, n.mask)?,
         mean,
         rstd,
     };
@@ -169,20 +167,21 @@ pub fn backward<T: Element, P: Element, O: Element>(
     layout: Layout,
     a: HostBackward<'_, T, P, O>,
 ) -> Result<()> {
-    let d = ops::check_call::<T, P, O>(None, &layout, a.mask.is_some())?;
-    let (rows, cols) = (layout.num_rows(), layout.cols());
-    let (x_stride, y_stride) = ops::strides(&layout);
+    let (d, n) = ops::check_call::<T, P, O>(None, &layout, a.mask.is_some())?;
     let need = backward_workspace_len(&layout);
     let addrs = BwdAddrs {
-        x: addr("x", a.x, layout.span(x_stride))?,
-        dy: addr("dy", a.dy, layout.span(y_stride))?,
-        scale: addr_opt("scale", a.scale, cols)?,
-        mask: addr_opt("mask", a.mask, rows * cols)?,
-        mean: addr("mean", a.mean, rows)?,
-        rstd: addr("rstd", a.rstd, rows)?,
-        dx: addr_mut("dx", a.dx, layout.span(x_stride))?,
-        dscale: a.dscale.map(|s| addr_mut("dscale", s, cols)).transpose()?,
-        dbias: a.dbias.map(|s| addr_mut("dbias", s, cols)).transpose()?,
+        x: addr("x", a.x, n.x)?,
+        dy: addr("dy", a.dy, n.y)?,
+        scale: addr_opt("scale", a.scale, n.cols)?,
+        mask: addr_opt("mask", a.mask, n.mask)?,
+        mean: addr("mean", a.mean, n.rows)?,
+        rstd: addr("rstd", a.rstd, n.rows)?,
+        dx: addr_mut("dx", a.dx, n.x)?,
+        dscale: a
+            .dscale
+            .map(|s| addr_mut("dscale", s, n.cols))
+            .transpose()?,
+        dbias: a.dbias.map(|s| addr_mut("dbias", s, n.cols)).transpose()?,
         workspace: addr_mut("workspace", a.workspace, need)?,
         workspace_len: need,
     };

@@ -9,14 +9,13 @@
 //! was built by [`crate::ops`] (or the emulator's host API) from buffers whose lengths,
 //! strides and alignment it checked.
 
-use cudarc::driver::sys::CUfunction_attribute;
-use cudarc::driver::{CudaFunction, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{CudaStream, DeviceRepr, LaunchConfig, PushKernelArg};
 
 use super::params::{
     WarpnormBwdParams, WarpnormFinalizeParams, WarpnormFwdParams, WarpnormStridedBwdParams,
     WarpnormStridedFwdParams,
 };
-use super::select::{self, Plan, DEFAULT_SMEM, STRIDED_THREADS};
+use super::select::{self, Plan, STRIDED_THREADS};
 use super::tiers::expr;
 use super::CudaBackend;
 use crate::Result;
@@ -69,8 +68,8 @@ impl Launch for OnStream<'_> {
         smem: u32,
     ) -> Result<u32> {
         self.be.occupancy((expr.to_string(), threads, smem), || {
-            let f = self.function_for(source, expr, smem)?;
-            // The occupancy query, like the attribute, reads the current context.
+            let f = self.be.function(source, expr)?;
+            // The occupancy query reads the current context.
             self.stream.context().bind_to_thread()?;
             let n =
                 f.occupancy_max_active_blocks_per_multiprocessor(threads, smem as usize, None)?;
@@ -85,7 +84,7 @@ impl Launch for OnStream<'_> {
         params: &P,
         cfg: LaunchConfig,
     ) -> Result<()> {
-        let f = self.function_for(source, expr, cfg.shared_mem_bytes)?;
+        let f = self.be.function(source, expr)?;
         // SAFETY: `params` is the bindgen mirror of the C struct the kernel `expr` takes
         // by value (each `expr` is paired with its struct in the functions below and in
         // `launch_sharded.rs`). Its pointers were checked by ops (or, for the sharded
@@ -98,24 +97,6 @@ impl Launch for OnStream<'_> {
         // plan that sized the shared memory.
         unsafe { self.stream.launch_builder(&f).arg(params).launch(cfg) }?;
         Ok(())
-    }
-}
-
-impl OnStream<'_> {
-    /// The kernel, opted in to `smem` bytes of dynamic shared memory when that is more
-    /// than every kernel may use by default (48 KiB).
-    fn function_for(&self, source: &'static str, expr: &str, smem: u32) -> Result<CudaFunction> {
-        let f = self.be.function(source, expr)?;
-        if smem > DEFAULT_SMEM {
-            // The attribute call acts on the current context (one thread may drive
-            // several devices); the launch binds its own.
-            self.stream.context().bind_to_thread()?;
-            f.set_attribute(
-                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
-                smem as i32,
-            )?;
-        }
-        Ok(f)
     }
 }
 

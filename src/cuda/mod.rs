@@ -9,6 +9,7 @@ pub mod emulator;
 pub mod kernels;
 mod launch;
 pub(crate) mod launch_sharded;
+pub(crate) mod nccl;
 pub mod params;
 mod select;
 pub mod tiers;
@@ -16,7 +17,7 @@ pub mod tiers;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use cudarc::driver::sys::CUdevice_attribute;
+use cudarc::driver::sys::{CUdevice_attribute, CUfunction_attribute};
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream};
 use cudarc::nvrtc::Ptx;
 
@@ -164,8 +165,27 @@ impl CudaBackend {
                 Error::Unsupported(format!("kernel `{expr}` was not compiled into this build"))
             })?;
         let f = module.load_function(lowered)?;
+        self.opt_in_shared_memory(&f)?;
         cache.insert(expr.to_string(), f.clone());
         Ok(f)
+    }
+
+    /// Allows `f` every byte of dynamic shared memory the device gives a CTA beside `f`'s
+    /// static shared memory. Done once, when `f` is loaded (under the cache's lock, before
+    /// any thread can launch it), so that every launch of any size is allowed: an
+    /// attribute set per launch would be shared by all threads, and one thread lowering it
+    /// could make another's larger launch fail.
+    fn opt_in_shared_memory(&self, f: &CudaFunction) -> Result<()> {
+        let static_bytes = f.shared_size_bytes()?;
+        let dynamic = (self.info.max_smem_per_cta as i32).saturating_sub(static_bytes);
+        if dynamic > select::DEFAULT_SMEM as i32 {
+            // The attribute call acts on the current context (get_attribute bound it).
+            f.set_attribute(
+                CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                dynamic,
+            )?;
+        }
+        Ok(())
     }
 
     /// The remembered occupancy of a kernel launch shape, or `compute`'s (then remembered).

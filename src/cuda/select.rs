@@ -141,8 +141,10 @@ pub(crate) fn strided_backward_grid(rows: u64, sm_count: u32) -> u32 {
 /// f32 elements of the workspace the backward needs for `rows` x `cols` on a device with
 /// `sm_count` SMs: per-CTA partial sums of dscale and dbias, summed in a fixed order by a
 /// finalize kernel (what makes the gradients bitwise reproducible).
+/// Saturates for absurd sizes (which every call rejects), so it never overflows.
 pub fn backward_workspace_len(rows: usize, cols: usize, sm_count: u32) -> usize {
-    2 * cols * max_parts(rows as u64, sm_count) as usize
+    let parts = usize::try_from(max_parts(rows as u64, sm_count)).unwrap_or(usize::MAX);
+    cols.saturating_mul(2).saturating_mul(parts)
 }
 
 #[cfg(test)]

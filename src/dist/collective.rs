@@ -70,7 +70,11 @@ impl BufMut<'_> {
 ///
 /// Buffers of one call have equal lengths across the world (as in `pmap`). A call that
 /// returns an error for bad arguments has enqueued nothing.
-pub trait Collective {
+///
+/// Collectives are `Send + Sync` so that a layer over one ([`crate::ShardedLayerNorm`])
+/// can be owned by, or shared between, threads (one thread per GPU); an implementation
+/// serialises its calls internally where its backend needs that.
+pub trait Collective: Send + Sync {
     /// The axis, its groups and the local ranks this handle was built for.
     fn membership(&self) -> &Membership;
 

@@ -8,6 +8,10 @@
 
 use crate::{Error, Result};
 
+/// The most ranks a world may have: far beyond any cluster (NCCL's own ranks are `int`),
+/// and small enough that the per-rank tables are a few MiB.
+pub const MAX_WORLD: usize = 1 << 20;
+
 /// Validated groups of ranks over a world of `world` ranks.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AxisGroups {
@@ -30,6 +34,12 @@ impl AxisGroups {
         }
         if world == 0 {
             return bad("the world has no ranks".into());
+        }
+        // Checked before the per-rank tables below are allocated.
+        if world > MAX_WORLD {
+            return bad(format!(
+                "a world of {world} ranks is more than the {MAX_WORLD} supported"
+            ));
         }
         let groups = groups.unwrap_or_else(|| vec![(0..world).collect()]);
         if let Some(g) = groups.iter().position(Vec::is_empty) {

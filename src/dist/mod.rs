@@ -11,13 +11,15 @@
 //! [`crate::sharded::ShardedLayerNorm`] builds on these: one collective per direction.
 
 mod collective;
+mod deadline;
 pub mod groups;
 mod in_process;
 mod nccl;
 mod reduce;
 
 pub use collective::{Buf, BufMut, Collective, Membership};
-pub use groups::AxisGroups;
+pub use deadline::DEFAULT_COLLECTIVE_TIMEOUT;
+pub use groups::{AxisGroups, MAX_WORLD};
 pub use in_process::{InProcessCuda, InProcessHost};
 pub use nccl::{nccl_available, NcclCollective, NcclIds};
 pub use reduce::{pmean, pmean_host, psum, psum_host};

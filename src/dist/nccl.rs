@@ -20,6 +20,7 @@ use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, DeviceSlice};
 use cudarc::nccl::{group_end, group_start, Comm, Id, ReduceOp};
 
 use super::collective::{check_count, check_equal_lens, check_gather_lens, Membership};
+use super::deadline::Deadline;
 use super::{AxisGroups, Buf, BufMut, Collective};
 use crate::cuda::CudaBackend;
 use crate::{Device, Error, Result};
@@ -36,9 +37,7 @@ print(site.getsitepackages()[0])')/nvidia\" -name 'libnccl.so.2' | head -n1)\" \
 /// `Ok` when libnccl can be loaded, else [`Error::Nccl`] saying how to provide it. Never
 /// panics (cudarc panics on the first NCCL call without the library).
 pub fn nccl_available() -> Result<()> {
-    // SAFETY: only tries to dlopen the library by name; no NCCL function is called.
-    let present = unsafe { cudarc::nccl::sys::is_culib_present() };
-    if present {
+    if crate::cuda::nccl::nccl_present() {
         Ok(())
     } else {
         Err(Error::Nccl(NCCL_HINT.into()))
@@ -188,13 +187,25 @@ impl NcclIds {
 
 /// NCCL communicators for the local ranks of one axis.
 ///
-/// Not `Send`: cudarc's `Comm` is not, as NCCL communicators must not be used from two
-/// threads at once.
-#[derive(Debug)]
+/// `Send + Sync`: calls are serialised on an internal lock, as NCCL requires for a
+/// communicator. Every collective has a deadline ([`NcclCollective::set_timeout`],
+/// [`crate::dist::DEFAULT_COLLECTIVE_TIMEOUT`] by default): one that does not finish in time (a peer
+/// rank failed or stopped) aborts the communicators, so that no rank waits forever, and
+/// every later call returns an error. Creating the communicators
+/// ([`NcclCollective::multi_process`]) still waits for every rank of the group to join.
 pub struct NcclCollective {
     members: Membership,
     /// One per local rank: its group's communicator, on the rank's backend stream.
-    comms: Vec<Comm>,
+    comms: Deadline,
+}
+
+impl std::fmt::Debug for NcclCollective {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NcclCollective")
+            .field("members", &self.members)
+            .field("timeout", &self.timeout())
+            .finish()
+    }
 }
 
 impl NcclCollective {
@@ -244,7 +255,10 @@ impl NcclCollective {
             .into_iter()
             .map(|c| c.ok_or_else(|| Error::Nccl("a rank got no communicator".into())))
             .collect::<Result<_>>()?;
-        Ok(NcclCollective { members, comms })
+        Ok(NcclCollective {
+            members,
+            comms: Deadline::new(comms)?,
+        })
     }
 
     /// This process is world rank `rank` on `backend`; `ids` holds one unique id per
@@ -280,48 +294,61 @@ impl NcclCollective {
             .map_err(|e| nccl_error("ncclCommInitRank", e))?;
         Ok(NcclCollective {
             members,
-            comms: vec![comm],
+            comms: Deadline::new(vec![comm])?,
         })
+    }
+
+    /// How long a collective may run before the communicators are aborted.
+    pub fn timeout(&self) -> Duration {
+        self.comms.timeout()
+    }
+
+    /// Sets the deadline of every later collective (see the type's docs). Use the same
+    /// value on every rank, longer than the slowest rank may lag behind the others.
+    pub fn set_timeout(&self, timeout: Duration) {
+        self.comms.set_timeout(timeout);
     }
 
     /// Errors unless local rank i's buffer is on its rank's GPU.
     fn check_device(&self, i: usize, stream: Option<&Arc<CudaStream>>) -> Result<()> {
-        let comm = &self.comms[i];
+        let Device::Cuda(be) = &self.devices()[i] else {
+            return Err(Error::Unsupported("an NCCL rank on the CPU".into()));
+        };
         match stream {
-            Some(s) if Arc::ptr_eq(s.context(), comm.context()) => Ok(()),
+            Some(s) if Arc::ptr_eq(s.context(), be.context()) => Ok(()),
             Some(_) => Err(Error::Unsupported(format!(
                 "the buffer of rank {} is not on its GPU cuda:{}",
                 self.local_ranks()[i],
-                comm.ordinal()
+                be.info().ordinal
             ))),
             None => Err(Error::Unsupported(
                 "a host buffer was passed to the NCCL collective".into(),
             )),
         }
     }
+}
 
-    /// Runs `op` for every local rank, inside one NCCL group call when this process
-    /// drives several GPUs (one thread issuing collectives for several devices must).
-    fn for_each_rank(&self, mut op: impl FnMut(usize) -> Result<()>) -> Result<()> {
-        if self.comms.len() == 1 {
-            self.comms[0].context().bind_to_thread()?;
-            return op(0);
-        }
-        group_start().map_err(|e| nccl_error("ncclGroupStart", e))?;
-        let mut result = Ok(());
-        for i in 0..self.comms.len() {
-            result = self.comms[i]
-                .context()
-                .bind_to_thread()
-                .map_err(Error::from)
-                .and_then(|()| op(i));
-            if result.is_err() {
-                break;
-            }
-        }
-        let end = group_end().map_err(|e| nccl_error("ncclGroupEnd", e));
-        result.and(end.map(|_| ()))
+/// Runs `op` for every local rank, inside one NCCL group call when this process drives
+/// several GPUs (one thread issuing collectives for several devices must).
+fn for_each_rank(comms: &[&Comm], mut op: impl FnMut(usize) -> Result<()>) -> Result<()> {
+    if comms.len() == 1 {
+        comms[0].context().bind_to_thread()?;
+        return op(0);
     }
+    group_start().map_err(|e| nccl_error("ncclGroupStart", e))?;
+    let mut result = Ok(());
+    for (i, comm) in comms.iter().enumerate() {
+        result = comm
+            .context()
+            .bind_to_thread()
+            .map_err(Error::from)
+            .and_then(|()| op(i));
+        if result.is_err() {
+            break;
+        }
+    }
+    let end = group_end().map_err(|e| nccl_error("ncclGroupEnd", e));
+    result.and(end.map(|_| ()))
 }
 
 fn cuda_stream<'b>(b: &'b BufMut<'_>) -> Option<&'b Arc<CudaStream>> {
@@ -351,19 +378,21 @@ impl Collective for NcclCollective {
             self.check_device(i, cuda_stream(b))?;
         }
         check_equal_lens("all_reduce_sum buffer", bufs.iter().map(BufMut::len), None)?;
-        self.for_each_rank(|i| match &mut bufs[i] {
-            BufMut::Cuda(v) => self.comms[i]
-                .all_reduce_in_place(v, &ReduceOp::Sum)
-                .map(|_| ())
-                .map_err(|e| nccl_error("ncclAllReduce", e)),
-            BufMut::Host(_) => Err(Error::Unsupported("a host buffer in an NCCL call".into())),
-        })?;
-        if self.comms.len() > 1 {
-            for (b, comm) in bufs.iter_mut().zip(&self.comms) {
-                touch(b, &comm.stream());
+        self.comms.collective("ncclAllReduce", |comms| {
+            for_each_rank(comms, |i| match &mut bufs[i] {
+                BufMut::Cuda(v) => comms[i]
+                    .all_reduce_in_place(v, &ReduceOp::Sum)
+                    .map(|_| ())
+                    .map_err(|e| nccl_error("ncclAllReduce", e)),
+                BufMut::Host(_) => Err(Error::Unsupported("a host buffer in an NCCL call".into())),
+            })?;
+            if comms.len() > 1 {
+                for (b, comm) in bufs.iter_mut().zip(comms) {
+                    touch(b, &comm.stream());
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     fn all_gather(&self, send: &[Buf<'_>], recv: &mut [BufMut<'_>]) -> Result<()> {
@@ -381,22 +410,24 @@ impl Collective for NcclCollective {
         }
         let k = self.groups().group_size();
         check_gather_lens(k, send.iter().map(Buf::len), recv.iter().map(BufMut::len))?;
-        self.for_each_rank(|i| match (&send[i], &mut recv[i]) {
-            (Buf::Cuda(s), BufMut::Cuda(r)) => self.comms[i]
-                .all_gather(s, r)
-                .map(|_| ())
-                .map_err(|e| nccl_error("ncclAllGather", e)),
-            _ => Err(Error::Unsupported("a host buffer in an NCCL call".into())),
-        })?;
-        if self.comms.len() > 1 {
-            for ((s, r), comm) in send.iter().zip(recv.iter_mut()).zip(&self.comms) {
-                let stream = comm.stream();
-                if let Buf::Cuda(v) = s {
-                    let _ = v.device_ptr(&stream);
+        self.comms.collective("ncclAllGather", |comms| {
+            for_each_rank(comms, |i| match (&send[i], &mut recv[i]) {
+                (Buf::Cuda(s), BufMut::Cuda(r)) => comms[i]
+                    .all_gather(s, r)
+                    .map(|_| ())
+                    .map_err(|e| nccl_error("ncclAllGather", e)),
+                _ => Err(Error::Unsupported("a host buffer in an NCCL call".into())),
+            })?;
+            if comms.len() > 1 {
+                for ((s, r), comm) in send.iter().zip(recv.iter_mut()).zip(comms) {
+                    let stream = comm.stream();
+                    if let Buf::Cuda(v) = s {
+                        let _ = v.device_ptr(&stream);
+                    }
+                    touch(r, &stream);
                 }
-                touch(r, &stream);
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 }

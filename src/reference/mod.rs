@@ -21,6 +21,7 @@ use layout::Layout;
 
 use crate::config::{Api, Axes, NormConfig};
 use crate::dist::AxisGroups;
+use crate::limits::{check_host_alloc, checked_product};
 use crate::{DType, Error, Result, Tensor};
 
 /// The learned parameters of a layer, each of [`Axes::param_shape`] and
@@ -270,12 +271,16 @@ fn engine<'a>(
         });
     }
     let axes = axes.ok_or_else(|| count_mismatch("shards", 1, 0))?;
+    let layout = Layout::new(first.shape(), &axes)?;
+    // dscale and dbias are allocated even when the config has no such parameter.
+    let param_len = checked_product("parameter shape", &axes.param_shape)?;
+    check_host_alloc("parameter shape", param_len, 2 * std::mem::size_of::<f64>())?;
     Ok(Engine {
         kind: cfg.kind(),
         fast: cfg.fast_variance(),
         eps: cfg.eps(),
-        layout: Layout::new(first.shape(), &axes),
-        param_len: axes.param_shape.iter().product(),
+        layout,
+        param_len,
         ranks,
         groups,
     })

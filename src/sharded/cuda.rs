@@ -240,7 +240,7 @@ impl ShardedLayerNorm {
                     x_stride: shape.cols,
                     y_stride: shape.cols,
                     group: k as i32,
-                    eps: self.cfg.eps() as f32,
+                    eps: crate::config::epsilon_f32(self.cfg.eps())?,
                     kind: self.cfg.kind(),
                     mode,
                 };
