@@ -9,10 +9,10 @@ bash scripts/setup.sh
 
 stage=.device/stage
 rm -rf .device && mkdir -p "$stage/bin"
-cargo build --release --bin warpnorm
+cargo build --release --features cli,nccl --bin warpnorm
 cp target/release/warpnorm "$stage/bin/"
 # Test and bench executables, located through cargo's JSON messages.
-cargo test --release --no-run --all-targets --message-format=json 2>/dev/null \
+cargo test --release --features cli,nccl --no-run --all-targets --message-format=json 2>/dev/null \
     | python3 -c '
 import json, sys
 for line in sys.stdin:
