@@ -34,9 +34,7 @@ pub use select::backward_workspace_len;
 /// Errors unless the driver library can be loaded: cudarc panics on the first driver call
 /// without it.
 fn require_driver_library() -> Result<()> {
-    // SAFETY: only tries to dlopen the driver library; no CUDA call is made.
-    let present = unsafe { cudarc::driver::sys::is_culib_present() };
-    if present {
+    if library_loads(&["libcuda.so", "libcuda.so.1", "nvcuda.dll"]) {
         Ok(())
     } else {
         Err(Error::NoDevice(
@@ -44,6 +42,17 @@ fn require_driver_library() -> Result<()> {
                 .into(),
         ))
     }
+}
+
+/// Whether a shared library loads under one of `names`. Asked here rather than of cudarc,
+/// whose `is_culib_present` exists only when it loads libraries itself (not when the host
+/// project links them, as candle does): a library the program links is always loadable.
+pub(crate) fn library_loads(names: &[&str]) -> bool {
+    names.iter().any(|name| {
+        // SAFETY: NVIDIA's driver and NCCL libraries run no initialisers with preconditions
+        // when loaded; the handle is closed again at once.
+        unsafe { libloading::Library::new(*name) }.is_ok()
+    })
 }
 
 /// Why no GPU can be used, or `Ok` with the number of devices. Never panics.
