@@ -1,12 +1,12 @@
 //! Build script: compiles every `kernels/*.cu` with NVRTC into CUBIN (sm_80, sm_90 and any
 //! extra architectures in `WARPNORM_CUDA_ARCHS`) plus PTX for compute_80 (the JIT fallback
-//! for other GPUs), embeds them, records the ptxas resource report, and runs bindgen over
-//! `kernels/params.h` so that host and device share one definition of every parameter struct.
+//! for other GPUs), embeds them with the NVRTC version that made them, and records the
+//! ptxas resource report. (The parameter structs' Rust mirror is committed:
+//! `scripts/gen_bindings.sh`, so no libclang is needed here.)
 //!
-//! No `nvcc` and no GPU are needed: NVRTC and the CUDA headers suffice. They are found, in
-//! order, through `WARPNORM_CUDA_ROOT`, `CUDA_HOME`, `CUDA_PATH`, `/usr/local/cuda`, the
-//! project-local `.toolchain/` that `scripts/setup.sh` fills from NVIDIA's PyPI wheels, and
-//! the `nvidia/cu13` folder of any Python site-packages.
+//! No `nvcc` and no GPU are needed: NVRTC and the CUDA headers suffice. Where they are
+//! looked for is `find_toolchain`'s order; with CUDA 12.2's NVRTC (the pinned wheels) the
+//! kernels load on every driver from r535 on.
 
 use std::ffi::{CStr, CString};
 use std::fmt::Write as _;
@@ -29,7 +29,7 @@ fn main() {
         "WARPNORM_CUDA_ARCHS",
         "CUDA_HOME",
         "CUDA_PATH",
-        "LIBCLANG_PATH",
+        "PYTHONPATH",
         "DOCS_RS",
     ] {
         println!("cargo:rerun-if-env-changed={var}");
@@ -37,28 +37,28 @@ fn main() {
     println!("cargo:rerun-if-changed=kernels");
     println!("cargo:rerun-if-changed=src/cuda/tiers.rs");
 
-    generate_bindings(&manifest, &out);
     record_git_commit(&manifest);
 
     if env::var_os("DOCS_RS").is_some() {
-        // docs.rs has no CUDA toolchain: document the crate with no kernels embedded.
-        fs::write(out.join("kernels.rs"), embedded_source(&[], &[])).unwrap();
+        // docs.rs has no CUDA toolchain: document the crate with no kernels embedded (and
+        // forget the compiled ones, so that a later build in this OUT_DIR embeds them again).
+        let _ = fs::remove_file(out.join("kernels.stamp"));
+        fs::write(out.join("kernels.rs"), embedded_source(&[], &[], None)).unwrap();
         fs::write(out.join("resource_usage.txt"), "").unwrap();
         return;
     }
 
     let toolchain = match find_toolchain(&manifest) {
         Some(t) => t,
-        None => fail(
-            "no CUDA toolchain found for compiling the kernels (NVRTC and the CUDA headers).\n\
-             Install one of:\n  \
-             * the project-local toolchain from PyPI (no GPU or root needed): `bash scripts/setup.sh`\n  \
-             * the CUDA 13 toolkit, then set CUDA_HOME (or WARPNORM_CUDA_ROOT) to its folder\n  \
-             * `pip install nvidia-cuda-nvrtc==13.0.88 nvidia-cuda-runtime==13.0.96` into a Python whose \
-             site-packages python3 reports",
-        ),
+        None => fail(&format!(
+            "NVRTC and the CUDA headers, which compile warpnorm's kernels, were not found. Run\n\n    \
+             {PIP_INSTALL}\n\n\
+             in the Python that `python3` runs (a virtual environment is fine; no GPU or root needed), \
+             or set WARPNORM_CUDA_ROOT to a CUDA 12.2+ toolkit or to a `pip install --target` folder."
+        )),
     };
     load_nvrtc(&toolchain);
+    let nvrtc_version = nvrtc_version();
 
     let mut archs: Vec<String> = DEFAULT_CUBIN_ARCHS.iter().map(|s| s.to_string()).collect();
     if let Ok(extra) = env::var("WARPNORM_CUDA_ARCHS") {
@@ -83,7 +83,7 @@ fn main() {
 
     // The kernels take minutes to compile: skip the work when nothing that goes into them
     // changed since the last run in this OUT_DIR (the script also reruns for a new commit).
-    let fingerprint = fingerprint(&manifest, &archs, &toolchain);
+    let fingerprint = fingerprint(&manifest, &archs, &toolchain, nvrtc_version);
     let stamp = out.join("kernels.stamp");
     if fs::read_to_string(&stamp).ok().as_deref() == Some(fingerprint.as_str()) {
         #[cfg(feature = "emulator")]
@@ -118,7 +118,11 @@ fn main() {
         });
     }
     fs::write(out.join("resource_usage.txt"), &report).unwrap();
-    fs::write(out.join("kernels.rs"), embedded_source(&modules, &archs)).unwrap();
+    fs::write(
+        out.join("kernels.rs"),
+        embedded_source(&modules, &archs, Some(nvrtc_version)),
+    )
+    .unwrap();
     fs::write(&stamp, &fingerprint).unwrap();
 
     #[cfg(feature = "emulator")]
@@ -126,8 +130,14 @@ fn main() {
 }
 
 /// A digest of everything the compiled kernels depend on: every file under kernels/, the
-/// instantiation list, the architectures and the NVRTC used.
-fn fingerprint(manifest: &Path, archs: &[String], toolchain: &Toolchain) -> String {
+/// instantiation list, the architectures and the NVRTC used (its version too: a wheel
+/// upgrade keeps the library's path).
+fn fingerprint(
+    manifest: &Path,
+    archs: &[String],
+    toolchain: &Toolchain,
+    nvrtc_version: (u32, u32),
+) -> String {
     use std::hash::{Hash, Hasher};
     fn files(dir: &Path, out: &mut Vec<PathBuf>) {
         for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
@@ -151,6 +161,7 @@ fn fingerprint(manifest: &Path, archs: &[String], toolchain: &Toolchain) -> Stri
     archs.hash(&mut h);
     toolchain.nvrtc.hash(&mut h);
     toolchain.include.hash(&mut h);
+    nvrtc_version.hash(&mut h);
     format!("{:016x}", h.finish())
 }
 
@@ -248,52 +259,69 @@ struct Toolchain {
     builtins: Option<PathBuf>,
 }
 
-/// A folder is a usable toolchain when it has the fp16/bf16 headers and libnvrtc.
-fn toolchain_at(root: &Path) -> Option<Toolchain> {
-    let include = root.join("include");
-    if !include.join("cuda_fp16.h").is_file() || !include.join("cuda_bf16.h").is_file() {
-        return None;
-    }
-    for lib in ["lib64", "lib", "lib/x64"] {
-        let dir = root.join(lib);
-        let find = |prefix: &str| -> Option<PathBuf> {
-            let mut hits: Vec<PathBuf> = fs::read_dir(&dir)
-                .ok()?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| {
-                    let name = p.file_name().unwrap().to_string_lossy();
-                    name.starts_with(prefix) && name.contains(".so") && !name.contains(".alt.")
-                })
-                .collect();
-            hits.sort();
-            hits.into_iter().next()
-        };
-        if let Some(nvrtc) = find("libnvrtc.so") {
-            return Some(Toolchain {
-                include,
-                nvrtc,
-                builtins: find("libnvrtc-builtins.so"),
-            });
-        }
-    }
-    None
-}
+/// The NVRTC wheels this crate is tested with: what the build error tells users to install.
+const PIP_INSTALL: &str =
+    "pip install nvidia-cuda-nvrtc-cu12==12.2.140 nvidia-cuda-runtime-cu12==12.2.140";
 
+/// Where NVRTC and the CUDA headers are looked for, in order: the explicit
+/// `WARPNORM_CUDA_ROOT`, `CUDA_HOME`, `CUDA_PATH`, this repository's `.toolchain/` (what
+/// `scripts/setup.sh` pinned, ahead of system-wide installs), a system toolkit, then
+/// NVIDIA's pip wheels in the active Python's site-packages (and `PYTHONPATH`).
 fn find_toolchain(manifest: &Path) -> Option<Toolchain> {
-    let mut roots: Vec<PathBuf> = ["WARPNORM_CUDA_ROOT", "CUDA_HOME", "CUDA_PATH"]
+    let mut dirs: Vec<PathBuf> = ["WARPNORM_CUDA_ROOT", "CUDA_HOME", "CUDA_PATH"]
         .iter()
         .filter_map(|v| env::var_os(v).map(PathBuf::from))
         .collect();
-    roots.push(PathBuf::from("/usr/local/cuda"));
-    roots.push(manifest.join(".toolchain/py/nvidia/cu13"));
-    roots.extend(
-        python_site_packages()
-            .into_iter()
-            .map(|p| p.join("nvidia/cu13")),
-    );
-    roots.iter().find_map(|r| toolchain_at(r))
+    dirs.push(manifest.join(".toolchain/py"));
+    dirs.push(PathBuf::from("/usr/local/cuda"));
+    dirs.extend(python_site_packages());
+    dirs.iter().find_map(|d| toolchain_in(d))
 }
 
+/// A toolkit (`include/` beside `lib64/` or `lib/`) or a folder holding NVIDIA's wheels:
+/// CUDA 12's `nvidia/cuda_nvrtc` + `nvidia/cuda_runtime`, or CUDA 13's `nvidia/cu13`.
+fn toolchain_in(dir: &Path) -> Option<Toolchain> {
+    let wheels = dir.join("nvidia");
+    let layouts = [
+        (
+            dir.join("include"),
+            vec![dir.join("lib64"), dir.join("lib"), dir.join("lib/x64")],
+        ),
+        (
+            wheels.join("cuda_runtime/include"),
+            vec![wheels.join("cuda_nvrtc/lib")],
+        ),
+        (wheels.join("cu13/include"), vec![wheels.join("cu13/lib")]),
+    ];
+    layouts.into_iter().find_map(|(include, libs)| {
+        if !include.join("cuda_fp16.h").is_file() || !include.join("cuda_bf16.h").is_file() {
+            return None;
+        }
+        libs.iter().find_map(|lib| {
+            Some(Toolchain {
+                include: include.clone(),
+                nvrtc: shared_library(lib, "libnvrtc.so")?,
+                builtins: shared_library(lib, "libnvrtc-builtins.so"),
+            })
+        })
+    })
+}
+
+/// The first `prefix*` shared library in `dir` (name order), skipping the `.alt.` builds.
+fn shared_library(dir: &Path, prefix: &str) -> Option<PathBuf> {
+    let mut hits: Vec<PathBuf> = fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let name = p.file_name().unwrap().to_string_lossy();
+            name.starts_with(prefix) && !name.contains(".alt.")
+        })
+        .collect();
+    hits.sort();
+    hits.into_iter().next()
+}
+
+/// The active Python's site-packages and `sys.path` (which includes `PYTHONPATH`).
 fn python_site_packages() -> Vec<PathBuf> {
     let script = "import site,sys;print('\\n'.join(site.getsitepackages()+[site.getusersitepackages()]+sys.path))";
     std::process::Command::new("python3")
@@ -321,6 +349,16 @@ fn load_nvrtc(t: &Toolchain) {
             Err(e) => fail(&format!("cannot load {}: {e}", lib.display())),
         }
     }
+}
+
+/// (major, minor) of the loaded NVRTC.
+fn nvrtc_version() -> (u32, u32) {
+    let (mut major, mut minor) = (0, 0);
+    // SAFETY: NVRTC is loaded (load_nvrtc); the call writes two ints we own.
+    unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) }
+        .result()
+        .unwrap_or_else(|e| fail(&format!("nvrtcVersion: {e:?}")));
+    (major as u32, minor as u32)
 }
 
 /// One compiled image on disk and the kernels it holds.
@@ -449,8 +487,13 @@ fn run_parallel<J: Sync, R: Send>(jobs: &[J], f: impl Fn(&J) -> R + Sync) -> Vec
 }
 
 /// Rust source that embeds the compiled modules (see src/cuda/kernels.rs for the types).
-fn embedded_source(modules: &[Module], archs: &[String]) -> String {
+fn embedded_source(modules: &[Module], archs: &[String], nvrtc: Option<(u32, u32)>) -> String {
     let mut s = String::new();
+    writeln!(
+        s,
+        "pub const NVRTC_VERSION: Option<(u32, u32)> = {nvrtc:?};"
+    )
+    .unwrap();
     writeln!(s, "pub const CUBIN_ARCHS: &[&str] = &{archs:?};").unwrap();
     writeln!(s, "pub const PTX_ARCH: &str = {PTX_ARCH:?};").unwrap();
     writeln!(s, "pub static IMAGES: &[Image] = &[").unwrap();
@@ -480,35 +523,6 @@ fn embedded_source(modules: &[Module], archs: &[String]) -> String {
     }
     writeln!(s, "];").unwrap();
     s
-}
-
-fn generate_bindings(manifest: &Path, out: &Path) {
-    // bindgen needs libclang; use the project-local one from scripts/setup.sh if the
-    // system has none configured.
-    let local_clang = manifest.join(".toolchain/py/clang/native");
-    if env::var_os("LIBCLANG_PATH").is_none() && local_clang.join("libclang.so").is_file() {
-        // SAFETY: the build script is single-threaded at this point.
-        env::set_var("LIBCLANG_PATH", &local_clang);
-    }
-    let header = manifest.join("kernels/params.h");
-    let bindings = bindgen::Builder::default()
-        .header(header.to_str().unwrap())
-        .allowlist_type("Warpnorm.*")
-        .allowlist_var("WARPNORM_.*")
-        .rustified_enum("WarpnormKind")
-        .derive_default(true)
-        .derive_debug(true)
-        .derive_copy(true)
-        .layout_tests(true)
-        .generate()
-        .unwrap_or_else(|e| {
-            fail(&format!(
-                "bindgen could not process kernels/params.h: {e}.\n\
-                 bindgen needs libclang: run `bash scripts/setup.sh` (installs it into .toolchain/), \
-                 or install your system's libclang (e.g. `apt-get install libclang-dev`), or set LIBCLANG_PATH"
-            ))
-        });
-    bindings.write_to_file(out.join("params.rs")).unwrap();
 }
 
 fn fail(msg: &str) -> ! {

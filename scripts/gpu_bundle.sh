@@ -7,7 +7,7 @@
 #   .device/wheels/        Liger-Kernel's pip wheel (a bench contender; not on the GPU machine)
 #   .device/COMMIT         the commit built (with -dirty when the checkout had changes)
 #
-#   bash scripts/gpu_bundle.sh [CARGO_ARGS...]     e.g. --features nccl
+#   bash scripts/gpu_bundle.sh [CARGO_ARGS...]     e.g. --features emulator
 #
 # CARGO_ARGS go to both cargo commands. Fails when .device/ would exceed 48 MiB. On the GPU
 # machine, in a copy of this checkout with .device/ beside it:
@@ -22,12 +22,12 @@ TESTS=(gpu_kernels layer sharded)
 
 stage=.device/stage
 rm -rf .device && mkdir -p "$stage/bin" .device/wheels
-cargo build --release --bin warpnorm "$@"
+cargo build --release --features cli,nccl --bin warpnorm "$@"
 cp target/release/warpnorm "$stage/bin/"
 test_args=()
 for t in "${TESTS[@]}"; do test_args+=(--test "$t"); done
 # The executables' paths, from cargo's JSON messages.
-cargo test --release --no-run "${test_args[@]}" --message-format=json "$@" \
+cargo test --release --features cli,nccl --no-run "${test_args[@]}" --message-format=json "$@" \
     | python3 -c '
 import json, sys
 for line in sys.stdin:

@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-cargo build --quiet --release --bin warpnorm
+cargo build --quiet --release --features cli,nccl --bin warpnorm
 if [[ $# -gt 0 ]]; then
     exec target/release/warpnorm "$@"
 fi

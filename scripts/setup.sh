@@ -1,17 +1,18 @@
 #!/usr/bin/env bash
-# Installs what building warpnorm needs on a machine without CUDA: NVRTC 13.0 and the CUDA
-# headers (NVIDIA's PyPI wheels) and libclang (for bindgen), into the project-local
-# .toolchain/ folder. Idempotent: does nothing when they are already there.
+# Installs what building warpnorm needs on a machine without CUDA: NVRTC 12.2 and the CUDA
+# headers (NVIDIA's cu12 PyPI wheels; CUDA 12.2's PTX loads on every driver from r535 on)
+# and libclang (for scripts/gen_bindings.sh only), into the project-local .toolchain/
+# folder. Idempotent: does nothing when they are already there.
 # build.rs finds .toolchain/ by itself; a system CUDA toolkit (CUDA_HOME) works too.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 TOOLCHAIN=.toolchain/py
-PINS=(nvidia-cuda-nvrtc==13.0.88 nvidia-cuda-runtime==13.0.96 libclang==18.1.1)
+PINS=(nvidia-cuda-nvrtc-cu12==12.2.140 nvidia-cuda-runtime-cu12==12.2.140 libclang==18.1.1)
 STAMP=.toolchain/installed
 
 if [[ -f $STAMP && "$(cat "$STAMP")" == "${PINS[*]}" ]] \
-    && [[ -f $TOOLCHAIN/nvidia/cu13/include/cuda_bf16.h ]] \
+    && [[ -f $TOOLCHAIN/nvidia/cuda_runtime/include/cuda_bf16.h ]] \
     && [[ -f $TOOLCHAIN/clang/native/libclang.so ]]; then
     exit 0
 fi

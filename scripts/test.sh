@@ -5,5 +5,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-cargo test --features emulator --all-targets "$@"
-cargo test --features emulator --doc
+cargo test --features emulator,cli,nccl --all-targets "$@"
+cargo test --features emulator,cli,nccl --doc

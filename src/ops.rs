@@ -336,7 +336,7 @@ pub(crate) fn check_len(what: &'static str, len: usize, need: usize) -> Result<(
 /// when all are 16-byte aligned and the row length divides evenly, else 1.
 fn vector_width(elem_bytes: usize, cols: usize, strides: &[usize], addrs: &[u64]) -> u32 {
     let vec = 16 / elem_bytes;
-    let aligned = cols % vec == 0
+    let aligned = cols.is_multiple_of(vec)
         && strides.iter().all(|s| s % vec == 0)
         && addrs.iter().all(|a| a % 16 == 0);
     if aligned {

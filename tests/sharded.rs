@@ -7,14 +7,20 @@ mod common;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
+#[cfg(feature = "nccl")]
 use std::sync::Arc;
 
-use common::{error_ratio, gpu_or_skip, max_abs, random_tensor, skip};
+#[cfg(feature = "nccl")]
+use common::skip;
+use common::{error_ratio, gpu_or_skip, max_abs, random_tensor};
+#[cfg(feature = "nccl")]
 use warpnorm::cuda::CudaBackend;
 use warpnorm::dist::{
     nccl_available, pmean, pmean_host, psum, psum_host, AxisGroups, Buf, BufMut, Collective,
-    InProcessCuda, InProcessHost, Membership, NcclCollective, NcclIds,
+    InProcessCuda, InProcessHost, Membership,
 };
+#[cfg(feature = "nccl")]
+use warpnorm::dist::{NcclCollective, NcclIds};
 use warpnorm::fixture::Fixture;
 use warpnorm::reference::{self, Params};
 use warpnorm::verify::{self, Outputs};
@@ -658,6 +664,16 @@ fn gpu_sharded_layer_matches_flax_pmap_fixtures() {
 
 // ----- NCCL ---------------------------------------------------------------------------------
 
+#[cfg(not(feature = "nccl"))]
+#[test]
+fn without_the_nccl_feature_nccl_is_an_error_that_names_the_feature() {
+    match nccl_available() {
+        Err(Error::Nccl(msg)) => assert!(msg.contains("`nccl` cargo feature"), "{msg}"),
+        other => panic!("expected Error::Nccl, got {other:?}"),
+    }
+}
+
+#[cfg(feature = "nccl")]
 #[test]
 fn missing_nccl_is_an_error_that_says_how_to_provide_it() {
     match nccl_available() {
@@ -680,6 +696,7 @@ fn missing_nccl_is_an_error_that_says_how_to_provide_it() {
     }
 }
 
+#[cfg(feature = "nccl")]
 #[test]
 fn nccl_ids_round_trip_through_hex_and_files() {
     let hex: Vec<String> = (0..3u8)
@@ -717,6 +734,7 @@ fn nccl_ids_round_trip_through_hex_and_files() {
 }
 
 /// The GPU and NCCL, or `None` after a SKIP line.
+#[cfg(feature = "nccl")]
 fn gpu_with_nccl(test: &str) -> Option<Arc<CudaBackend>> {
     let be = gpu_or_skip(test)?;
     match nccl_available() {
@@ -728,6 +746,7 @@ fn gpu_with_nccl(test: &str) -> Option<Arc<CudaBackend>> {
     }
 }
 
+#[cfg(feature = "nccl")]
 #[test]
 fn nccl_world_of_one_on_a_gpu() {
     let Some(be) = gpu_with_nccl("nccl_world_of_one_on_a_gpu") else {

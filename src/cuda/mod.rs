@@ -4,11 +4,13 @@
 //! [`CudaBackend`] owns a context, a stream and the loaded kernel modules of one GPU. The
 //! safe operations on caller-owned buffers live in [`crate::ops`].
 
+pub mod driver;
 #[cfg(feature = "emulator")]
 pub mod emulator;
 pub mod kernels;
 mod launch;
 pub(crate) mod launch_sharded;
+#[cfg(feature = "nccl")]
 pub(crate) mod nccl;
 pub mod params;
 mod select;
@@ -24,23 +26,40 @@ use cudarc::nvrtc::Ptx;
 use crate::{Error, Result};
 use kernels::{Image, ImageKind, IMAGES};
 
+pub use driver::{CudaVersion, DriverSupport};
 pub(crate) use launch::{
     backward_rows, backward_strided, forward_rows, forward_strided, BwdBuffers, Dtypes, FwdBuffers,
     Launch, OnStream,
 };
 pub use select::backward_workspace_len;
 
-/// Why no GPU can be used, or `Ok` with the number of devices. Never panics: cudarc panics
-/// when the driver library is missing, so its presence is checked first.
-pub fn device_count() -> Result<usize> {
-    // SAFETY: only tries to dlopen the driver library; no CUDA call is made.
-    let present = unsafe { cudarc::driver::sys::is_culib_present() };
-    if !present {
-        return Err(Error::NoDevice(
+/// Errors unless the driver library can be loaded: cudarc panics on the first driver call
+/// without it.
+fn require_driver_library() -> Result<()> {
+    if library_loads(&["libcuda.so", "libcuda.so.1", "nvcuda.dll"]) {
+        Ok(())
+    } else {
+        Err(Error::NoDevice(
             "the CUDA driver library (libcuda.so) was not found; is an NVIDIA driver installed?"
                 .into(),
-        ));
+        ))
     }
+}
+
+/// Whether a shared library loads under one of `names`. Asked here rather than of cudarc,
+/// whose `is_culib_present` exists only when it loads libraries itself (not when the host
+/// project links them, as candle does): a library the program links is always loadable.
+pub(crate) fn library_loads(names: &[&str]) -> bool {
+    names.iter().any(|name| {
+        // SAFETY: NVIDIA's driver and NCCL libraries run no initialisers with preconditions
+        // when loaded; the handle is closed again at once.
+        unsafe { libloading::Library::new(*name) }.is_ok()
+    })
+}
+
+/// Why no GPU can be used, or `Ok` with the number of devices. Never panics.
+pub fn device_count() -> Result<usize> {
+    require_driver_library()?;
     let n =
         CudaContext::device_count().map_err(|e| Error::NoDevice(format!("cuInit failed: {e}")))?;
     if n <= 0 {
@@ -108,9 +127,12 @@ impl CudaBackend {
                 CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
             )? as u32,
         };
+        let driver = driver::driver_version()?;
         let mut modules = HashMap::new();
         for source in ["layernorm_fwd", "layernorm_bwd", "sharded"] {
             let image = pick_image(source, info.compute_capability)?;
+            // A too-old driver would fail inside cuModuleLoadData with a bare error code.
+            driver::check_loadable(image, driver)?;
             let ptx = match image.kind {
                 ImageKind::Cubin => Ptx::from_binary(image.data.to_vec()),
                 ImageKind::Ptx => {

@@ -1,13 +1,7 @@
-//! The NCCL handles the crate shares between threads, and the loader probe: the `unsafe`
+//! The NCCL handles the crate shares between threads: the `unsafe`
 //! that [`crate::dist`]'s NCCL backend needs, kept in the launch layer.
 
 use cudarc::nccl::Comm;
-
-/// Whether libnccl can be loaded (cudarc panics on the first NCCL call without it).
-pub(crate) fn nccl_present() -> bool {
-    // SAFETY: only tries to dlopen the library by name; no NCCL function is called.
-    unsafe { cudarc::nccl::sys::is_culib_present() }
-}
 
 /// A communicator that may move to another thread. NCCL allows a communicator to be used
 /// from any thread, one call at a time; the owner keeps every `SendComm` behind a mutex,

@@ -2,8 +2,8 @@
 //!
 //! * [`AxisGroups`]: JAX's `axis_index_groups` rules (disjoint, covering, equal sizes).
 //! * [`Collective`]: all-reduce and all-gather within the groups of one named axis, with
-//!   three backends of one semantics: [`NcclCollective`] (one GPU per rank, in one
-//!   process or one process per GPU), [`InProcessCuda`] (every rank on one GPU) and
+//!   three backends of one semantics: `NcclCollective` (one GPU per rank, in one
+//!   process or one process per GPU; with the `nccl` feature), [`InProcessCuda`] (every rank on one GPU) and
 //!   [`InProcessHost`] (every rank on the CPU, for the reference backend). The in-process
 //!   ones make every world size and group layout testable on one GPU, or none.
 //! * [`psum`] / [`pmean`]: JAX's collectives for callers' own buffers.
@@ -14,6 +14,7 @@ mod collective;
 mod deadline;
 pub mod groups;
 mod in_process;
+#[cfg(feature = "nccl")]
 mod nccl;
 mod reduce;
 
@@ -21,5 +22,14 @@ pub use collective::{Buf, BufMut, Collective, Membership};
 pub use deadline::DEFAULT_COLLECTIVE_TIMEOUT;
 pub use groups::{AxisGroups, MAX_WORLD};
 pub use in_process::{InProcessCuda, InProcessHost};
+#[cfg(feature = "nccl")]
 pub use nccl::{nccl_available, NcclCollective, NcclIds};
 pub use reduce::{pmean, pmean_host, psum, psum_host};
+
+/// Always [`crate::Error::Nccl`]: this build has no NCCL backend (the `nccl` feature is off).
+#[cfg(not(feature = "nccl"))]
+pub fn nccl_available() -> crate::Result<()> {
+    Err(crate::Error::Nccl(
+        "this build of warpnorm has no NCCL backend: enable the `nccl` cargo feature".into(),
+    ))
+}

@@ -37,7 +37,8 @@ print(site.getsitepackages()[0])')/nvidia\" -name 'libnccl.so.2' | head -n1)\" \
 /// `Ok` when libnccl can be loaded, else [`Error::Nccl`] saying how to provide it. Never
 /// panics (cudarc panics on the first NCCL call without the library).
 pub fn nccl_available() -> Result<()> {
-    if crate::cuda::nccl::nccl_present() {
+    // The first name cudarc's loader tries: found there, cudarc finds it too.
+    if crate::cuda::library_loads(&["libnccl.so"]) {
         Ok(())
     } else {
         Err(Error::Nccl(NCCL_HINT.into()))

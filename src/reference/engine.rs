@@ -62,7 +62,7 @@ impl Engine<'_> {
         };
         for &q in members {
             let rank = &self.ranks[q];
-            let selected = |i: usize| rank.mask.map_or(true, |m| m[i]);
+            let selected = |i: usize| rank.mask.is_none_or(|m| m[i]);
             let count = (0..n).filter(|&j| selected(self.layout.at(r, j).0)).count();
             for j in 0..n {
                 let (i, p) = self.layout.at(r, j);

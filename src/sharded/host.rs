@@ -24,7 +24,7 @@ struct RowStats {
 fn shard_stats(x: &[f64], mask: Option<&[bool]>, v: View, mode: StatsMode) -> Vec<f64> {
     let mut out = Vec::with_capacity(v.rows * mode.floats_per_row());
     for (r, row) in x.chunks_exact(v.cols).take(v.rows).enumerate() {
-        let selected = |c: usize| mask.map_or(true, |m| m[r * v.cols + c]);
+        let selected = |c: usize| mask.is_none_or(|m| m[r * v.cols + c]);
         let values = || {
             row.iter()
                 .enumerate()
@@ -279,7 +279,7 @@ impl ShardedLayerNorm {
                 let a = if layer_norm { s[2 * r] } else { 0.0 };
                 let b = s[2 * r + 1];
                 // Each selected element's weight in the group mean: 1 / (k * this rank's count).
-                let selected = |c: usize| mask.map_or(true, |m| m[r * v.cols + c]);
+                let selected = |c: usize| mask.is_none_or(|m| m[r * v.cols + c]);
                 let count = (0..v.cols).filter(|&c| selected(c)).count() as f64;
                 for (c, (&x, &d)) in xr.iter().zip(dyr).enumerate() {
                     let xhat = (x - centre) * rs.rstd;

@@ -397,7 +397,11 @@ fn sync(device: &Device) -> Result<()> {
 /// allows), from the same tier table the launcher uses.
 fn tier(pass: tiers::Pass, hidden: usize) -> String {
     let vec = tiers::max_vec(DType::BF16.size() as u32);
-    let vec = if hidden % vec as usize == 0 { vec } else { 1 };
+    let vec = if hidden.is_multiple_of(vec as usize) {
+        vec
+    } else {
+        1
+    };
     match tiers::pick_row_tier(pass, vec, hidden as u64) {
         Some(RowTier { vec, vecs, group }) if group <= 32 => format!(
             "register tier: {group} thread(s) per row, {vecs} vector(s) of {vec} per thread, {} rows per 128-thread block",

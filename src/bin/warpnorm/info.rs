@@ -36,6 +36,8 @@ struct Info {
     no_gpu: Option<String>,
     /// The NVIDIA kernel driver's version (Linux).
     driver: Option<String>,
+    /// The CUDA version the driver supports and which embedded kernels it loads.
+    cuda_driver: Option<String>,
     gpus: Vec<Gpu>,
     nccl: Nccl,
 }
@@ -117,6 +119,7 @@ fn gather() -> Info {
         commit: option_env!("WARPNORM_GIT_COMMIT").filter(|c| !c.is_empty()),
         kernels,
         driver: driver_version(),
+        cuda_driver: cuda::DriverSupport::detect().ok().map(|s| s.to_string()),
         no_gpu,
         gpus,
         nccl,
@@ -186,6 +189,9 @@ fn print(info: &Info) {
     print_kernels(&info.kernels);
     anstream::println!();
     print_gpus(info);
+    if let Some(support) = &info.cuda_driver {
+        anstream::println!("{} {support}", styled(HEAD, "CUDA driver:"));
+    }
     match &info.nccl {
         Nccl {
             available: true, ..
