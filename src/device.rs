@@ -33,9 +33,9 @@ impl Device {
         }
     }
 
-    /// Parses `cpu`, `cuda` (= `cuda:0`) or `cuda:N` and opens that device.
+    /// Parses `cpu`, `cuda` (= `cuda:0`) or `cuda:N`, in any case, and opens that device.
     pub fn parse(spec: &str) -> Result<Device> {
-        match spec.trim() {
+        match spec.trim().to_ascii_lowercase().as_str() {
             "cpu" => Ok(Device::Cpu),
             "cuda" | "gpu" => Device::cuda(0),
             s => match s.strip_prefix("cuda:").map(str::parse::<usize>) {

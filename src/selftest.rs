@@ -1,8 +1,44 @@
-//! The self-test behind `warpnorm check`: every kernel variant on a device against the CPU
-//! reference, on fresh random inputs, with the largest error per variant.
+//! The self-test behind `warpnorm check`: every kernel variant on a device (or on the
+//! kernels' CPU emulation) against the CPU reference, on fresh random inputs, with the
+//! largest error per variant.
 
+#[cfg(feature = "emulator")]
+mod emulated;
+
+use crate::ops::Layout;
 use crate::rng::Rng;
 use crate::{Array, DType, Device, LayerNorm, NormConfig, Result, Tensor};
+
+/// What runs the kernels under test.
+#[derive(Clone, Debug)]
+pub enum Subject {
+    /// A device's layers: the CUDA kernels on a GPU. The CPU device is the reference
+    /// itself, so checking it checks nothing.
+    Device(Device),
+    /// The CUDA kernels compiled for the host (feature `emulator`).
+    #[cfg(feature = "emulator")]
+    Emulator,
+}
+
+impl Subject {
+    /// `cuda:0 (name)`, `the kernels' CPU emulation`, ...
+    pub fn describe(&self) -> String {
+        match self {
+            Subject::Device(d) => d.describe(),
+            #[cfg(feature = "emulator")]
+            Subject::Emulator => "the kernels' CPU emulation".to_string(),
+        }
+    }
+
+    /// Why this subject cannot run dtype combination `d` at all, if it cannot.
+    fn cannot_run(&self, d: Dtypes) -> Option<String> {
+        match self {
+            Subject::Device(_) => None,
+            #[cfg(feature = "emulator")]
+            Subject::Emulator => emulated::cannot_run(d),
+        }
+    }
+}
 
 /// One kernel variant to exercise.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,13 +102,32 @@ impl Variant {
         }
     }
 
-    /// Input shape for a normalised length `cols`.
-    fn shape(self, cols: usize) -> Vec<usize> {
-        let rows = (65_536 / cols).clamp(3, 33);
+    /// Input shape for a normalised length `cols` (channels-first: `[2, cols, rows]`).
+    pub fn shape(self, cols: usize) -> Vec<usize> {
+        let rows = Variant::rows(cols);
         match self {
             Variant::ChannelsFirst => vec![2, cols, rows],
             _ => vec![rows, cols],
         }
+    }
+
+    /// How the kernels see [`Variant::shape`].
+    #[cfg_attr(not(feature = "emulator"), allow(dead_code))]
+    fn layout(self, cols: usize) -> Layout {
+        let rows = Variant::rows(cols);
+        match self {
+            Variant::ChannelsFirst => Layout::ChannelsFirst {
+                outer: 2,
+                cols,
+                inner: rows,
+            },
+            _ => Layout::rows(rows, cols),
+        }
+    }
+
+    /// Rows per case: enough for several per CTA when rows are short, few when long.
+    fn rows(cols: usize) -> usize {
+        (65_536 / cols.max(1)).clamp(3, 33)
     }
 }
 
@@ -127,8 +182,14 @@ impl CheckResult {
     }
 }
 
-/// Runs one variant on `device` and on the CPU reference with the same inputs.
-pub fn check(device: &Device, variant: Variant, d: Dtypes, cols: usize, seed: u64) -> CheckResult {
+/// Runs one variant on `subject` and on the CPU reference with the same inputs.
+pub fn check(
+    subject: &Subject,
+    variant: Variant,
+    d: Dtypes,
+    cols: usize,
+    seed: u64,
+) -> CheckResult {
     let mut result = CheckResult {
         variant: variant.name(),
         x: d.x,
@@ -145,14 +206,73 @@ pub fn check(device: &Device, variant: Variant, d: Dtypes, cols: usize, seed: u6
         result.skipped = Some(e.to_string());
         return result;
     }
-    if let Err(e) = compare(device, variant, d, cols, seed, &mut result) {
+    if let Some(why) = subject.cannot_run(d) {
+        result.skipped = Some(why);
+        return result;
+    }
+    if let Err(e) = compare(subject, variant, d, cols, seed, &mut result) {
         result.error = Some(e.to_string());
     }
     result
 }
 
+#[cfg(feature = "emulator")]
+pub use emulated::run as emulate;
+
+/// The inputs of a forward and backward, in the dtypes they run with.
+#[derive(Clone, Debug)]
+pub struct Inputs {
+    pub x: Tensor,
+    pub dy: Tensor,
+    pub scale: Option<Tensor>,
+    pub bias: Option<Tensor>,
+    /// flax's mask, one flag per element of x.
+    pub mask: Option<Vec<bool>>,
+}
+
+/// y, dx, dscale and dbias (the last two when the config has the parameter).
+pub type Outputs = [Option<Tensor>; 4];
+
+impl Inputs {
+    fn random(
+        cfg: &NormConfig,
+        variant: Variant,
+        d: Dtypes,
+        cols: usize,
+        seed: u64,
+    ) -> Result<Self> {
+        let shape = variant.shape(cols);
+        let mut rng = Rng::new(seed);
+        let mut random = |shape: &[usize], dtype: DType, mean: f64, std: f64| {
+            let n: usize = shape.iter().product();
+            Tensor::new(
+                shape.to_vec(),
+                dtype,
+                (0..n).map(|_| rng.normal_with(mean, std)).collect(),
+            )
+        };
+        let x = random(&shape, d.x, 2.0, 1.5)?;
+        let dy = random(&shape, cfg.output_dtype(d.x), 0.0, 1.0)?;
+        let mask = (variant == Variant::Masked).then(|| {
+            (0..x.numel())
+                .map(|i| i % cols == 0 || (i * 7919) % 10 < 7)
+                .collect()
+        });
+        let param_shape = cfg.resolve(&shape)?.param_shape;
+        let scale = random(&param_shape, d.param, 1.0, 0.5)?;
+        let bias = random(&param_shape, d.param, 0.0, 0.5)?;
+        Ok(Inputs {
+            x,
+            dy,
+            scale: cfg.has_scale().then_some(scale),
+            bias: cfg.has_bias().then_some(bias),
+            mask,
+        })
+    }
+}
+
 fn compare(
-    device: &Device,
+    subject: &Subject,
     variant: Variant,
     d: Dtypes,
     cols: usize,
@@ -160,59 +280,25 @@ fn compare(
     r: &mut CheckResult,
 ) -> Result<()> {
     let cfg = variant.config(d.param, d.out);
-    let shape = variant.shape(cols);
-    let mut rng = Rng::new(seed);
-    let mut random = |shape: &[usize], dtype: DType, mean: f64, std: f64| {
-        let n: usize = shape.iter().product();
-        Tensor::new(
-            shape.to_vec(),
-            dtype,
-            (0..n).map(|_| rng.normal_with(mean, std)).collect(),
-        )
+    let inputs = Inputs::random(&cfg, variant, d, cols, seed)?;
+    let got = match subject {
+        Subject::Device(device) => run_layer(device, &cfg, &inputs, seed)?,
+        #[cfg(feature = "emulator")]
+        Subject::Emulator => emulated::run(&cfg, variant.layout(cols), &inputs)?,
     };
-    let x = random(&shape, d.x, 2.0, 1.5)?;
-    let dy = random(&shape, cfg.output_dtype(d.x), 0.0, 1.0)?;
-    let mask: Vec<bool> = (0..x.numel())
-        .map(|i| i % cols == 0 || (i * 7919) % 10 < 7)
-        .collect();
-    let param_shape = cfg.resolve(&shape)?.param_shape;
-    let scale = random(&param_shape, d.param, 1.0, 0.5)?;
-    let bias = random(&param_shape, d.param, 0.0, 0.5)?;
-
-    let mut results = Vec::new();
-    for dev in [device, &Device::Cpu] {
-        let mut ln = LayerNorm::new(dev, &cfg, &shape, seed)?;
-        if cfg.has_scale() {
-            ln.set_scale(&scale)?;
-        }
-        if cfg.has_bias() {
-            ln.set_bias(&bias)?;
-        }
-        let xa = Array::from_tensor(dev, &x)?;
-        let (y, saved) = if variant == Variant::Masked {
-            ln.forward_train_masked(&xa, &mask)?
-        } else {
-            ln.forward_train(&xa)?
-        };
-        let g = ln.backward(&xa, &Array::from_tensor(dev, &dy)?, &saved)?;
-        let host = |a: Option<Array>| a.map(|a| a.to_tensor()).transpose();
-        results.push([
-            Some(y.to_tensor()?),
-            Some(g.dx.to_tensor()?),
-            host(g.dscale)?,
-            host(g.dbias)?,
-        ]);
-    }
-    let (cpu, gpu) = (
-        results.pop().unwrap_or_default(),
-        results.pop().unwrap_or_default(),
-    );
-    for ((name, got), want) in ["y", "dx", "dscale", "dbias"].into_iter().zip(gpu).zip(cpu) {
+    let want = run_layer(&Device::Cpu, &cfg, &inputs, seed)?;
+    let rows = inputs.x.numel() / cols.max(1);
+    for ((name, got), want) in ["y", "dx", "dscale", "dbias"]
+        .into_iter()
+        .zip(got)
+        .zip(want)
+    {
         let (Some(got), Some(want)) = (got, want) else {
             continue;
         };
-        let reduced = if name.starts_with('d') && name != "dx" {
-            shape[0]
+        // dscale and dbias sum over the rows, y and dx over a row.
+        let reduced = if name.starts_with("ds") || name.starts_with("db") {
+            rows
         } else {
             cols
         };
@@ -224,6 +310,30 @@ fn compare(
         }
     }
     Ok(())
+}
+
+/// Forward (masked when the inputs have a mask) and backward through a [`LayerNorm`].
+fn run_layer(dev: &Device, cfg: &NormConfig, inputs: &Inputs, seed: u64) -> Result<Outputs> {
+    let mut ln = LayerNorm::new(dev, cfg, inputs.x.shape(), seed)?;
+    if let Some(scale) = &inputs.scale {
+        ln.set_scale(scale)?;
+    }
+    if let Some(bias) = &inputs.bias {
+        ln.set_bias(bias)?;
+    }
+    let xa = Array::from_tensor(dev, &inputs.x)?;
+    let (y, saved) = match &inputs.mask {
+        Some(mask) => ln.forward_train_masked(&xa, mask)?,
+        None => ln.forward_train(&xa)?,
+    };
+    let g = ln.backward(&xa, &Array::from_tensor(dev, &inputs.dy)?, &saved)?;
+    let host = |a: Option<Array>| a.map(|a| a.to_tensor()).transpose();
+    Ok([
+        Some(y.to_tensor()?),
+        Some(g.dx.to_tensor()?),
+        host(g.dscale)?,
+        host(g.dbias)?,
+    ])
 }
 
 /// Largest error relative to the tolerance of a result rounded to `dtype` from an f32
@@ -266,7 +376,7 @@ mod tests {
                 param: DType::F32,
                 out: DType::BF16,
             };
-            let r = check(&Device::Cpu, v, d, 96, 1);
+            let r = check(&Subject::Device(Device::Cpu), v, d, 96, 1);
             assert!(r.passed(), "{r:?}");
             assert_eq!(r.worst_ratio, 0.0, "{r:?}");
         }

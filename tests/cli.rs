@@ -1,8 +1,10 @@
-//! The `warpnorm` binary: `verify` on the fixtures, a malformed file, a missing path; `info`,
-//! `check`, `bench`, `demo`, help, bad arguments and colours, all without a GPU.
+//! The `warpnorm` binary: `verify` on the fixtures (from files and built in), a malformed
+//! file, a missing path; `info`, `check`, `bench`, `demo`, help, bad arguments, exit
+//! statuses, sizes too large for the machine and colours, all without a GPU.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 fn warpnorm(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_warpnorm"))
@@ -183,18 +185,26 @@ fn info_json_has_the_same_facts() {
     }
 }
 
+/// The exit status of a finished process.
+fn code(out: &Output) -> i32 {
+    out.status.code().expect("an exit status, not a signal")
+}
+
+#[cfg(feature = "emulator")]
 #[test]
-fn check_on_the_cpu_prints_passing_json_records() {
-    let out = warpnorm_env(&["check", "--device", "cpu", "--quick", "--json"], &[]);
-    assert!(out.status.success(), "{}", text(&out));
+fn check_runs_the_emulated_kernels_and_prints_json_records() {
+    let args = [
+        "check", "--device", "emulator", "--cols", "7,33", "--seed", "11", "--json",
+    ];
+    let out = warpnorm_env(&args, &[]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
     let v = json(&out);
+    assert!(v["device"].as_str().unwrap().contains("emulation"), "{v}");
     let results = v["results"].as_array().expect("a results array");
-    assert!(!results.is_empty());
     assert_eq!(v["failed"], 0, "{v}");
     let passed = v["passed"].as_u64().unwrap() as usize;
     let skipped = v["skipped"].as_u64().unwrap() as usize;
     assert_eq!(passed + skipped, results.len());
-    assert!(passed > results.len() / 2);
     for r in results {
         for key in [
             "variant",
@@ -209,42 +219,120 @@ fn check_on_the_cpu_prints_passing_json_records() {
         }
         assert!(r["status"] == "pass" || r["status"] == "skip", "{r}");
         assert_eq!(r["passed"], r["status"] == "pass", "{r}");
+        for key in ["x", "param", "out"] {
+            assert!(
+                ["f32", "f16", "bf16"].contains(&r[key].as_str().unwrap()),
+                "{r}"
+            );
+        }
     }
-    // Every variant ran, at the quick lengths only.
+    // Every variant ran on each dtype combination the emulation has (unless its API
+    // cannot express the combination), at the cols asked.
     for variant in warpnorm::selftest::Variant::ALL {
-        assert!(results.iter().any(|r| r["variant"] == variant.name()));
+        let of: Vec<_> = results
+            .iter()
+            .filter(|r| r["variant"] == variant.name())
+            .collect();
+        assert!(of.iter().any(|r| r["status"] == "pass"), "{variant:?}: {v}");
+        for (x, p, o) in warpnorm::cuda::tiers::EMULATED_COMBOS {
+            let combo: Vec<_> = of
+                .iter()
+                .filter(|r| r["x"] == x && r["param"] == p && r["out"] == o)
+                .collect();
+            assert_eq!(combo.len(), 2, "{variant:?} {x} {p} {o}: {v}");
+            assert!(
+                combo.iter().all(|r| r["status"] == "pass"
+                    || !r["skipped"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .contains("emulation")),
+                "{variant:?} {x} {p} {o}: {v}"
+            );
+        }
     }
-    assert!(results.iter().all(|r| r["cols"] == 7 || r["cols"] == 768));
-    // The seed is printed and takes effect.
-    let seed = v["seed"].as_u64().unwrap();
-    let again = warpnorm_env(
-        &[
-            "check",
-            "--device",
-            "cpu",
-            "--json",
-            "--cols",
-            "5",
-            "--seed",
-            &seed.to_string(),
-        ],
-        &[],
+    assert!(results.iter().all(|r| r["cols"] == 7 || r["cols"] == 33));
+    // The kernels and the reference are different computations: a check that compared
+    // the reference with itself would find every error exactly 0.
+    assert!(
+        results
+            .iter()
+            .any(|r| r["status"] == "pass" && r["worst_ratio"].as_f64().unwrap() > 0.0),
+        "{v}"
     );
-    assert_eq!(json(&again)["seed"].as_u64(), Some(seed));
+    // The others are skipped, saying why.
+    assert!(skipped > 0);
+    assert!(results
+        .iter()
+        .filter(|r| r["status"] == "skip")
+        .all(|r| r["skipped"].as_str().is_some_and(|w| !w.is_empty())));
+    // A fresh seed is printed, and given back it repeats the run exactly.
+    let run = |seed: Option<&str>| {
+        let mut args = vec!["check", "--device", "emulator", "--json", "--cols", "5"];
+        args.extend(seed.map(|s| ["--seed", s]).into_iter().flatten());
+        json(&warpnorm_env(&args, &[]))
+    };
+    let first = run(None);
+    let seed = first["seed"].as_u64().expect("a seed").to_string();
+    assert_eq!(run(Some(&seed)), first);
 }
 
+#[cfg(feature = "emulator")]
 #[test]
-fn check_without_json_prints_a_table_and_a_summary() {
-    let out = warpnorm_env(&["check", "--device", "cpu", "--cols", "3"], &[]);
+fn check_without_a_gpu_checks_the_emulation_and_prints_a_table() {
+    if has_gpu() {
+        println!("SKIP: a GPU is present, so check runs on it rather than the emulation");
+        return;
+    }
+    let out = warpnorm_env(&["check", "--cols", "3", "--seed", "5"], &[]);
     let s = text(&out);
-    assert!(out.status.success(), "{s}");
-    assert!(s.contains("against itself"), "{s}");
+    assert_eq!(code(&out), 0, "{s}");
+    assert!(s.contains("no GPU ("), "{s}");
+    assert!(
+        s.contains("checking the kernels' CPU emulation against the CPU reference"),
+        "{s}"
+    );
     assert!(s.contains("seed "), "{s}");
     for variant in warpnorm::selftest::Variant::ALL {
         assert!(s.lines().any(|l| l.starts_with(variant.name())), "{s}");
     }
+    assert!(
+        s.contains(
+            "SKIP every variant x f16 p f16 y f16 cols=3: not compiled into the CPU emulation"
+        ),
+        "{s}"
+    );
     let last = s.lines().last().unwrap_or_default();
-    assert!(last.contains(" passed, 0 failed"), "{last}");
+    assert!(last.contains(" passed, 0 failed, "), "{last}");
+}
+
+#[cfg(not(feature = "emulator"))]
+#[test]
+fn check_without_a_gpu_or_the_emulation_has_nothing_to_check() {
+    if has_gpu() {
+        println!("SKIP: a GPU is present, so check has kernels to check");
+        return;
+    }
+    let out = warpnorm_env(&["check", "--quick"], &[]);
+    let s = text(&out);
+    assert_eq!(code(&out), 3, "{s}");
+    assert!(s.contains("nothing to check on this machine"), "{s}");
+    assert!(s.contains("cargo feature `emulator`"), "{s}");
+    assert!(!s.contains("PASS") && !s.contains("passed"), "{s}");
+}
+
+#[test]
+fn check_on_the_cpu_reference_has_nothing_to_check() {
+    for args in [
+        &["check", "--device", "cpu"][..],
+        &["check", "--device", "CPU", "--quick", "--json"],
+    ] {
+        let out = warpnorm_env(args, &[]);
+        let s = text(&out);
+        assert_eq!(code(&out), 3, "{args:?}: {s}");
+        assert!(s.contains("nothing to check on this machine"), "{s}");
+        assert!(!s.contains("PASS") && !s.contains("passed"), "{s}");
+        assert!(out.stdout.is_empty(), "{s}");
+    }
 }
 
 #[test]
@@ -352,26 +440,60 @@ fn bench_plot_writes_an_svg() {
     assert!(chart.contains("bf16 fwd"), "{chart}");
 }
 
-#[test]
-fn demo_runs_on_the_cpu() {
-    let out = warpnorm_env(&["demo", "--device", "cpu"], &[]);
-    let s = text(&out);
-    assert!(out.status.success(), "{s}");
+/// What every demo prints, whatever runs it.
+fn assert_demo_story(s: &str) {
     for want in [
-        "smaller batch",
         "massive activation",
         "constant",
         "y std",
         "gradients:",
-        "PASS",
+        "x bf16 [",
+        "scale/bias f32",
     ] {
         assert!(s.contains(want), "missing {want}: {s}");
     }
+    assert!(!s.contains("float32") && !s.contains("(bfloat16)"), "{s}");
+}
+
+#[cfg(feature = "emulator")]
+#[test]
+fn demo_checks_the_emulated_kernels_against_the_reference() {
+    let out = warpnorm_env(
+        &[
+            "demo", "--device", "emulator", "--rows", "16", "--cols", "256",
+        ],
+        &[],
+    );
+    let s = text(&out);
+    assert_eq!(code(&out), 0, "{s}");
+    assert_demo_story(&s);
+    let check = s
+        .lines()
+        .find(|l| l.starts_with("check:"))
+        .unwrap_or_default();
+    assert!(
+        check.contains("the emulated kernels against the f64 CPU reference")
+            && check.ends_with("PASS"),
+        "{s}"
+    );
+}
+
+#[test]
+fn demo_on_the_cpu_reference_has_nothing_to_check() {
+    let out = warpnorm_env(
+        &["demo", "--device", "cpu", "--rows", "32", "--cols", "64"],
+        &[],
+    );
+    let s = text(&out);
+    assert_eq!(code(&out), 3, "{s}");
+    assert_demo_story(&s);
+    assert!(s.contains("check: nothing to check on this machine"), "{s}");
+    assert!(!s.contains("PASS"), "{s}");
 }
 
 #[test]
 fn bad_arguments_fail_and_name_the_value() {
-    let cases: [&[&str]; 11] = [
+    let cases: [&[&str]; 17] = [
         &["bench", "--dtype", "f64"],
         &["bench", "--norm", "group_norm"],
         &["bench", "--dtype", "bf16,int8"],
@@ -382,12 +504,18 @@ fn bad_arguments_fail_and_name_the_value() {
         &["demo", "--device", "cuda:x"],
         &["bench", "--device", "tpu:0"],
         &["verify", "--device", "cuda:x", "tests/fixtures"],
-        &["demo", "--hidden", "0"],
+        &["demo", "--cols", "0"],
+        &["bench", "--bytes", "-1"],
+        &["bench", "--cols", "-5"],
+        &["bench", "--iters", "0"],
+        &["check", "--seed", "-1"],
+        &["bench", "--pass", "both"],
+        &["verify", "--device", "emulator", "tests/fixtures"],
     ];
     for args in cases {
         let out = warpnorm_env(args, &[]);
         let s = text(&out);
-        assert!(!out.status.success(), "{args:?} succeeded: {s}");
+        assert_eq!(code(&out), 2, "{args:?}: {s}");
         let bad = args[args.len() - 1 - usize::from(args[0] == "verify")];
         let named = bad.rsplit(',').next().unwrap_or(bad);
         assert!(
@@ -400,12 +528,216 @@ fn bad_arguments_fail_and_name_the_value() {
 
 #[test]
 fn a_gpu_that_is_not_there_is_an_error_not_a_panic() {
-    for sub in ["check", "demo", "bench"] {
-        let out = warpnorm_env(&[sub, "--device", "cuda:99"], &[]);
+    // A device that does not open is a failure to run (1), not a usage error (2).
+    for args in [
+        &["check", "--device", "cuda:99"][..],
+        &["demo", "--device", "cuda:99"],
+        &["bench", "--device", "cuda:99"],
+        &["verify", "--device", "cuda:99", "--builtin"],
+        &["verify", "--device", "cuda:99", "tests/fixtures"],
+    ] {
+        let out = warpnorm_env(args, &[]);
         let s = text(&out);
-        assert!(!out.status.success(), "{sub}: {s}");
-        assert!(s.contains("error:"), "{sub}: {s}");
-        assert!(!s.contains("panicked"), "{sub}: {s}");
+        assert_eq!(code(&out), 1, "{args:?}: {s}");
+        assert!(s.contains("error:"), "{args:?}: {s}");
+        assert!(!s.contains("panicked"), "{args:?}: {s}");
+    }
+}
+
+#[test]
+fn help_documents_the_exit_statuses_and_the_vocabulary() {
+    let s = text(&warpnorm_env(&["--help"], &[]));
+    for want in [
+        "Exit status: 0 done",
+        "1 a check failed",
+        "2 usage error",
+        "3 nothing to check",
+        "rows x cols",
+        "f32, f16 and bf16",
+    ] {
+        assert!(s.contains(want), "missing {want}: {s}");
+    }
+    for sub in ["check", "bench", "demo"] {
+        let s = text(&warpnorm_env(&[sub, "--help"], &[]));
+        assert!(s.contains("--cols"), "{sub}: {s}");
+        for old in ["--tokens", "--hidden", "row length", " D ", "D="] {
+            assert!(!s.contains(old), "{sub} still says {old}: {s}");
+        }
+    }
+    let s = text(&warpnorm_env(&["bench", "--help"], &[]));
+    assert!(s.contains("fwd_bwd") && !s.contains("both"), "{s}");
+}
+
+#[test]
+fn devices_parse_in_any_case() {
+    assert!(matches!(
+        warpnorm::Device::parse("CPU"),
+        Ok(warpnorm::Device::Cpu)
+    ));
+    assert!(matches!(
+        warpnorm::Device::parse(" Cpu "),
+        Ok(warpnorm::Device::Cpu)
+    ));
+    let out = warpnorm_env(
+        &[
+            "verify",
+            "--device",
+            "CPU",
+            "tests/fixtures/flax_ln_d3.json",
+        ],
+        &[],
+    );
+    assert_eq!(code(&out), 0, "{}", text(&out));
+}
+
+#[test]
+fn bench_from_a_file_refuses_what_only_a_measurement_uses() {
+    for flag in [["--norm", "rms_norm"], ["--pass", "bwd"], ["--cols", "128"]] {
+        let out = warpnorm_env(&["bench", "--from", "records.json", flag[0], flag[1]], &[]);
+        let s = text(&out);
+        assert_eq!(code(&out), 2, "{flag:?}: {s}");
+        assert!(
+            s.contains("cannot be used with") && s.contains(flag[0]),
+            "{s}"
+        );
+    }
+}
+
+#[test]
+fn bench_passes_are_named_as_in_the_records_and_the_chart_follows_the_norm() {
+    let dir = temp_dir("cli_bench_vocabulary");
+    let svg = dir.join("rms.svg");
+    let args = [
+        "bench",
+        "--device",
+        "cpu",
+        "--json",
+        "--dtype",
+        "bf16",
+        "--cols",
+        "64",
+        "--bytes",
+        "16KiB",
+        "--norm",
+        "rms_norm",
+        "--pass",
+        "bwd,fwd_bwd",
+        "--plot",
+        svg.to_str().unwrap(),
+    ];
+    let out = warpnorm_env(&args, &[]);
+    assert_eq!(code(&out), 0, "{}", text(&out));
+    let passes: Vec<String> = json(&out)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["pass"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(passes, ["bwd", "fwd_bwd"]);
+    let chart = std::fs::read_to_string(&svg).unwrap();
+    assert!(chart.contains("RMSNorm throughput"), "{chart}");
+    assert!(!chart.contains("LayerNorm"), "{chart}");
+    // `all` is the three passes; fwd+bwd is another spelling of fwd_bwd.
+    let args = [
+        "bench", "--device", "cpu", "--json", "--dtype", "f32", "--cols", "64", "--bytes", "16KiB",
+        "--pass", "all",
+    ];
+    let out = warpnorm_env(&args, &[]);
+    let all: Vec<String> = json(&out)
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["pass"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(all, ["fwd", "bwd", "fwd_bwd"]);
+    let args = [
+        "bench", "--device", "cpu", "--json", "--dtype", "f32", "--cols", "64", "--bytes", "16KiB",
+        "--pass", "fwd+bwd",
+    ];
+    assert_eq!(json(&warpnorm_env(&args, &[]))[0]["pass"], "fwd_bwd");
+}
+
+#[test]
+fn verify_builtin_needs_no_checkout() {
+    // Run from a folder with no fixtures in it.
+    let dir = temp_dir("cli_builtin");
+    let out = Command::new(env!("CARGO_BIN_EXE_warpnorm"))
+        .args(["verify", "--builtin", "--device", "cpu"])
+        .current_dir(&dir)
+        .output()
+        .expect("the warpnorm binary runs");
+    let s = text(&out);
+    assert_eq!(code(&out), 0, "{s}");
+    let fixtures = std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "json")
+        })
+        .count();
+    assert!(fixtures > 0);
+    assert!(
+        s.contains(&format!("{fixtures} passed, 0 failed, 0 skipped")),
+        "{s}"
+    );
+    assert_eq!(
+        s.lines().filter(|l| l.starts_with("PASS ")).count(),
+        fixtures,
+        "{s}"
+    );
+    assert!(s.contains("(builtin:flax_ln_d3.json)"), "{s}");
+    // Dtypes by the names the command takes.
+    assert!(s.contains(" y f32 ") && s.contains(" y bf16 "), "{s}");
+    for numpy_name in ["float32", "float16", "bfloat16"] {
+        assert!(!s.contains(&format!(" {numpy_name} max_err")), "{s}");
+    }
+    // Paths and --builtin are one or the other.
+    let out = warpnorm_env(&["verify", "--builtin", "tests/fixtures"], &[]);
+    assert_eq!(code(&out), 2, "{}", text(&out));
+}
+
+/// Sizes beyond any machine, each refused as a usage error that says how large the
+/// problem was, before anything is allocated.
+#[test]
+fn sizes_too_large_for_the_machine_are_refused_quickly() {
+    let cases: [(&[&str], &str); 6] = [
+        (
+            &["bench", "--device", "cpu", "--cols", "18446744073709551615"],
+            "needs more than 2^64 bytes",
+        ),
+        (
+            &["demo", "--rows", "4294967296", "--cols", "4294967296"],
+            "a 4294967296 x 4294967296 batch needs more than 2^64 bytes",
+        ),
+        (
+            &["demo", "--device", "cpu", "--rows", "100000", "--cols", "100000"],
+            "a 100000 x 100000 batch needs 596.0 GiB, more than the 4.0 GiB a problem may take on the host",
+        ),
+        (
+            &["check", "--cols", "4294967296"],
+            "a case of cols 4294967296 (2 x 4294967296 x 3 elements) needs 1.5 TiB",
+        ),
+        (
+            &["bench", "--device", "cpu", "--bytes", "1024GiB", "--cols", "1024"],
+            "a 268435456 x 1024 f32 problem needs 16.0 TiB",
+        ),
+        (
+            &["bench", "--warmup", "18446744073709551615"],
+            "`18446744073709551615` is more than 1000000 iterations",
+        ),
+    ];
+    for (args, want) in cases {
+        let start = Instant::now();
+        let out = warpnorm_env(args, &[]);
+        let took = start.elapsed();
+        let s = text(&out);
+        assert_eq!(code(&out), 2, "{args:?}: {s}");
+        assert!(s.contains(want), "{args:?}: want {want}: {s}");
+        assert!(!s.contains("panicked"), "{s}");
+        assert!(took < Duration::from_secs(1), "{args:?} took {took:?}");
     }
 }
 

@@ -119,6 +119,16 @@ impl FixtureReport {
 
 /// Loads, runs and compares one fixture file; never fails, errors go in the report.
 pub fn verify_file(path: &Path, backend: &dyn Backend) -> FixtureReport {
+    verify_loaded(path, Fixture::load(path), backend)
+}
+
+/// [`verify_file`] for a fixture's text (one built into a program, say); `path` names it
+/// in the report.
+pub fn verify_text(path: &Path, text: &str, backend: &dyn Backend) -> FixtureReport {
+    verify_loaded(path, Fixture::parse(path, text), backend)
+}
+
+fn verify_loaded(path: &Path, loaded: Result<Fixture>, backend: &dyn Backend) -> FixtureReport {
     let mut report = FixtureReport {
         path: path.to_path_buf(),
         name: None,
@@ -126,7 +136,7 @@ pub fn verify_file(path: &Path, backend: &dyn Backend) -> FixtureReport {
         error: None,
         skipped: None,
     };
-    let result = Fixture::load(path).and_then(|fx| {
+    let result = loaded.and_then(|fx| {
         report.name = Some(fx.name.clone());
         let out = backend.run(&fx)?;
         check_outputs(&fx, &out)
@@ -179,12 +189,30 @@ pub fn run(
             }
         }
     }
-    if files.is_empty() && summary.failed == 0 {
-        writeln!(out, "FAIL: no fixture files found under the given paths")?;
-        summary.failed += 1;
-    }
-    for f in &files {
-        let report = verify_file(f, backend);
+    let reports = files.iter().map(|f| verify_file(f, backend));
+    report_all(reports, summary, backend, out)
+}
+
+/// [`run`] over fixtures given as (name, text) pairs, e.g. built into a program.
+pub fn run_texts(
+    fixtures: &[(&str, &str)],
+    backend: &dyn Backend,
+    out: &mut dyn Write,
+) -> std::io::Result<Summary> {
+    let reports = fixtures
+        .iter()
+        .map(|(name, text)| verify_text(Path::new(name), text, backend));
+    report_all(reports, Summary::default(), backend, out)
+}
+
+/// Writes one line per report and the summary lines, counting into `summary`.
+fn report_all(
+    reports: impl Iterator<Item = FixtureReport>,
+    mut summary: Summary,
+    backend: &dyn Backend,
+    out: &mut dyn Write,
+) -> std::io::Result<Summary> {
+    for report in reports {
         writeln!(out, "{}", format_report(&report))?;
         if report.skipped.is_some() {
             summary.skipped += 1;
@@ -193,6 +221,10 @@ pub fn run(
         } else {
             summary.failed += 1;
         }
+    }
+    if summary == Summary::default() {
+        writeln!(out, "FAIL: no fixture files found")?;
+        summary.failed += 1;
     }
     writeln!(out, "backend: {}", backend.name())?;
     writeln!(
@@ -221,7 +253,7 @@ pub fn format_report(r: &FixtureReport) -> String {
             None => line.push_str(&format!(
                 "  {} {} max_err={:.3e} worst={:.3}{}",
                 o.name,
-                o.dtype,
+                crate::bench::dtype_name(o.dtype),
                 o.max_abs_err,
                 o.worst_ratio,
                 if o.passed() {

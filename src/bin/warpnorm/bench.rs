@@ -1,4 +1,4 @@
-//! `warpnorm bench`: LayerNorm throughput per dtype, row length and pass.
+//! `warpnorm bench`: LayerNorm / RMSNorm throughput per dtype, cols and pass.
 //!
 //! On a GPU this is [`warpnorm::bench::run_with`] (CUDA events, rotated buffers, a copy as
 //! the ceiling). On the CPU it times the reference backend with the host clock on small
@@ -6,7 +6,6 @@
 //! say nothing about the kernels.
 
 use std::path::{Path, PathBuf};
-use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::ValueEnum;
@@ -15,92 +14,104 @@ use warpnorm::plot::{Chart, Dash, Series};
 use warpnorm::rng::Rng;
 use warpnorm::{cuda, Array, DType, Device, Error, LayerNorm, NormConfig, Result, Tensor};
 
-use crate::args::{parse_bytes, parse_cols, parse_count, parse_dtype, parse_norm, DeviceSpec};
+use crate::args::{
+    parse_bytes, parse_dtype, parse_iters, parse_len, parse_norm, parse_warmup, DeviceSpec,
+    EMULATOR_RUNS_NO_BACKEND,
+};
+use crate::exit::{CommandResult, Failure, Outcome};
+use crate::limits::{bytes_of, Budget, HOST_BYTES_PER_ELEMENT};
 use crate::output::{human_bytes, progress, table, Align, Notes};
 
-/// What to time.
+/// What to time; the names are those of the records' `pass` field.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum PassArg {
-    /// Training forward (y, mean, rstd).
+    /// Training forward: y and the statistics.
     Fwd,
-    /// Backward alone (dx, dscale, dbias).
+    /// Backward alone: dx, dscale, dbias from a forward's statistics.
     Bwd,
     /// Forward then backward, one training step.
     #[value(name = "fwd_bwd", alias = "fwd+bwd")]
     FwdBwd,
-    /// fwd and fwd_bwd.
-    Both,
     /// fwd, bwd and fwd_bwd.
     All,
 }
 
-impl PassArg {
-    fn passes(self) -> Vec<Pass> {
-        match self {
-            PassArg::Fwd => vec![Pass::Fwd],
-            PassArg::Bwd => vec![Pass::Bwd],
-            PassArg::FwdBwd => vec![Pass::FwdBwd],
-            PassArg::Both => vec![Pass::Fwd, Pass::FwdBwd],
-            PassArg::All => vec![Pass::Fwd, Pass::Bwd, Pass::FwdBwd],
-        }
-    }
+/// The passes a list of `--pass` values asks for, each once, in the order fwd, bwd,
+/// fwd_bwd.
+fn passes(args: &[PassArg]) -> Vec<Pass> {
+    let wants = |p: PassArg| args.contains(&p) || args.contains(&PassArg::All);
+    [
+        (PassArg::Fwd, Pass::Fwd),
+        (PassArg::Bwd, Pass::Bwd),
+        (PassArg::FwdBwd, Pass::FwdBwd),
+    ]
+    .into_iter()
+    .filter(|&(arg, _)| wants(arg))
+    .map(|(_, pass)| pass)
+    .collect()
 }
 
 /// Time forward / backward throughput against the device's copy bandwidth.
 ///
-/// Each problem is rows x D activations of about --bytes; GB/s counts the bytes a LayerNorm
-/// must move (x, y, dy, dx, parameters, statistics) and "% copy" compares it with a
-/// device-to-device copy measured in the same run. Times are medians of CUDA-event timed
-/// iterations over buffers rotated past the L2 cache.
+/// Each problem is rows x cols activations of about --bytes (cols is the normalized
+/// length); GB/s counts the bytes the normalization must move (x, y, dy, dx, parameters,
+/// statistics) and "% copy" compares it with a device-to-device copy measured in the same
+/// run. Times are medians of CUDA-event timed iterations over buffers rotated past the L2
+/// cache.
 ///
 /// Without a GPU (or with --device cpu) this times the CPU reference backend with the host
 /// clock on small problems: a way to try the command, not a measure of the kernels.
 #[derive(clap::Args, Debug)]
 #[command(after_help = "Examples:\n  \
-    warpnorm bench                                   # every dtype, D = 128 .. 65536\n  \
+    warpnorm bench                                   # every dtype, cols 128 .. 65536\n  \
     warpnorm bench --dtype bf16 --cols 1024,4096,8192 --pass fwd\n  \
     warpnorm bench --dtype bf16 --param-dtype f32 --bytes 1GiB\n  \
-    warpnorm bench --norm rms --dtype bf16 --pass all      # RMSNorm\n  \
+    warpnorm bench --norm rms_norm --dtype bf16 --pass all\n  \
     warpnorm bench --json > results.json --plot throughput.svg\n  \
     warpnorm bench --device cpu --cols 128 --bytes 1MiB   # the CPU reference, anywhere\n  \
     warpnorm bench --from results.json --plot throughput.svg   # chart an earlier run")]
 pub struct Args {
     /// Device: cpu, cuda or cuda:N [default: cuda:0 if present, else cpu].
-    #[arg(long, value_parser = DeviceSpec::parse)]
+    #[arg(long, value_parser = DeviceSpec::parse_backend)]
     device: Option<DeviceSpec>,
-    /// Activation dtypes, comma-separated [default: f32,f16,bf16].
+    /// Activation dtypes, comma-separated: f32, f16, bf16 [default: all three].
     #[arg(long, value_delimiter = ',', value_parser = parse_dtype)]
     dtype: Option<Vec<DType>>,
     /// Scale and bias dtype: f32, or each activation's own dtype when not given.
     #[arg(long, value_parser = parse_dtype)]
     param_dtype: Option<DType>,
-    /// Row lengths D, comma-separated [default GPU: 128,256,...,65536; CPU: 128,1024,4096].
-    #[arg(long, value_delimiter = ',', value_parser = parse_cols)]
+    /// Cols (normalized lengths), comma-separated [default GPU: 128,256,...,65536; CPU:
+    /// 128,1024,4096].
+    #[arg(long, value_delimiter = ',', value_parser = parse_len, allow_hyphen_values = true)]
     cols: Option<Vec<usize>>,
-    /// Size of x per problem, e.g. 256MiB, 1GiB [default GPU: 256MiB; CPU: 1MiB].
-    #[arg(long, value_parser = parse_bytes)]
+    /// Size of x per problem (rows follow), e.g. 256MiB, 1GiB [default GPU: 256MiB; CPU:
+    /// 1MiB].
+    #[arg(long, value_parser = parse_bytes, allow_hyphen_values = true)]
     bytes: Option<u64>,
-    /// Passes to time (a copy is always timed as the ceiling on a GPU).
-    #[arg(long, value_enum, default_value = "both")]
-    pass: PassArg,
+    /// Passes to time, comma-separated (a copy is always timed as the ceiling on a GPU).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "fwd,fwd_bwd")]
+    pass: Vec<PassArg>,
     /// Normalization: layer_norm (scale and bias) or rms_norm (scale only).
     #[arg(long, default_value = "layer_norm", value_parser = parse_norm)]
     norm: Norm,
-    /// Timed iterations per measurement; the median is reported [default GPU: 100; CPU: 5].
-    #[arg(long, value_parser = parse_count)]
+    /// Timed iterations per measurement (at most 1000000); the median is reported
+    /// [default GPU: 100; CPU: 5].
+    #[arg(long, value_parser = parse_iters, allow_hyphen_values = true)]
     iters: Option<usize>,
-    /// Untimed iterations first [default GPU: 10; CPU: 1].
-    #[arg(long)]
+    /// Untimed iterations first (at most 1000000) [default GPU: 10; CPU: 1].
+    #[arg(long, value_parser = parse_warmup, allow_hyphen_values = true)]
     warmup: Option<usize>,
     /// Print the records as JSON on stdout (notes go to stderr).
     #[arg(long)]
     json: bool,
-    /// Also write a chart of GB/s against D per dtype and pass (SVG).
+    /// Also write a chart of GB/s against cols per dtype and pass (SVG).
     #[arg(long, value_name = "FILE.svg")]
     plot: Option<PathBuf>,
     /// Do not measure: read the records of an earlier `--json` run (to tabulate or plot
-    /// results from another machine).
-    #[arg(long, value_name = "FILE.json", conflicts_with_all = ["device", "dtype", "param_dtype", "cols", "bytes", "iters", "warmup"])]
+    /// results from another machine). What to measure cannot be given with it.
+    #[arg(long, value_name = "FILE.json", conflicts_with_all = [
+        "device", "dtype", "param_dtype", "cols", "bytes", "pass", "norm", "iters", "warmup",
+    ])]
     from: Option<PathBuf>,
 }
 
@@ -110,7 +121,7 @@ const CPU_BYTES: u64 = 1 << 20;
 const CPU_ITERS: usize = 5;
 const CPU_WARMUP: usize = 1;
 
-pub fn run(args: &Args) -> Result<ExitCode> {
+pub fn run(args: &Args) -> CommandResult {
     let notes = Notes { json: args.json };
     let records = match &args.from {
         Some(path) => {
@@ -144,14 +155,17 @@ pub fn run(args: &Args) -> Result<ExitCode> {
         })?;
         notes.say(format!("chart written to {}", path.display()));
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(Outcome::Success)
 }
 
 /// Runs the benchmark on the GPU asked for (or found), else on the CPU reference.
-fn measure(args: &Args, notes: Notes) -> Result<Vec<BenchRecord>> {
+fn measure(args: &Args, notes: Notes) -> std::result::Result<Vec<BenchRecord>, Failure> {
     let (gpu, why_not_gpu) = match args.device {
         Some(DeviceSpec::Cpu) => (None, None),
         Some(DeviceSpec::Cuda(n)) => (Some(n), None),
+        Some(DeviceSpec::Emulator) => {
+            return Err(Failure::Usage(EMULATOR_RUNS_NO_BACKEND.to_string()))
+        }
         None => match cuda::device_count() {
             Ok(_) => (Some(0), None),
             Err(e) => (None, Some(reason(&e))),
@@ -173,7 +187,7 @@ fn measure(args: &Args, notes: Notes) -> Result<Vec<BenchRecord>> {
         bytes: args
             .bytes
             .unwrap_or(if on_gpu { defaults.bytes } else { CPU_BYTES }),
-        passes: args.pass.passes(),
+        passes: passes(&args.pass),
         norm: args.norm,
         warmup: args
             .warmup
@@ -184,6 +198,7 @@ fn measure(args: &Args, notes: Notes) -> Result<Vec<BenchRecord>> {
         ..defaults
     };
     opts.validate()?;
+    admit(&opts, gpu)?;
     let sizes = format!(
         "{} of x per problem, median of {} iterations after {} warm-up",
         human_bytes(opts.bytes),
@@ -196,11 +211,16 @@ fn measure(args: &Args, notes: Notes) -> Result<Vec<BenchRecord>> {
             let steps = opts.dtypes.len() * opts.cols.len() * (1 + opts.passes.len());
             let bar = progress(steps as u64, "bench");
             let records = bench::run_with(&opts, |r| {
-                bar.set_message(format!("{} D={} {}", dtype_name(r.dtype), r.cols, r.pass));
+                bar.set_message(format!(
+                    "{} cols={} {}",
+                    dtype_name(r.dtype),
+                    r.cols,
+                    r.pass
+                ));
                 bar.inc(1);
             });
             bar.finish_and_clear();
-            records
+            Ok(records?)
         }
         None => {
             let why = why_not_gpu
@@ -210,9 +230,34 @@ fn measure(args: &Args, notes: Notes) -> Result<Vec<BenchRecord>> {
                 "{why}timing the CPU reference backend with the host clock ({sizes}); \
                  no copy ceiling, and nothing about the GPU kernels"
             ));
-            run_cpu(&opts)
+            Ok(run_cpu(&opts)?)
         }
     }
+}
+
+/// Refuses problems that would not fit: on a GPU, one buffer set (x, y, dy, dx) in its
+/// free memory; on the CPU, the reference's f64 tensors in the host limit.
+fn admit(opts: &BenchOptions, gpu: Option<usize>) -> std::result::Result<(), Failure> {
+    let budget = match gpu {
+        Some(n) => {
+            let be = cuda::CudaBackend::new(n)?;
+            Budget::gpu(&be)?
+        }
+        None => Budget::host(),
+    };
+    for &dtype in &opts.dtypes {
+        for &cols in &opts.cols {
+            let param = opts.param_dtype.unwrap_or(dtype);
+            let p = Problem::for_bytes(dtype, param, cols, opts.bytes)?;
+            let per_element = match gpu {
+                Some(_) => 4 * dtype.size() as u64,
+                None => HOST_BYTES_PER_ELEMENT,
+            };
+            let what = format!("a {} x {cols} {} problem", p.rows, dtype_name(dtype));
+            budget.admit(&what, bytes_of(&[p.rows, cols], per_element))?;
+        }
+    }
+    Ok(())
 }
 
 /// Records of an earlier `--json` run: a JSON array, an object with a `records` array,
@@ -284,7 +329,7 @@ fn run_cpu(opts: &BenchOptions) -> Result<Vec<BenchRecord>> {
             let (x, dy) = (random(1.0, 2.0)?, random(0.0, 1.0)?);
             let (_, saved) = ln.forward_train(&x)?;
             for &pass in &opts.passes {
-                bar.set_message(format!("{} D={cols} {pass}", dtype_name(dtype)));
+                bar.set_message(format!("{} cols={cols} {pass}", dtype_name(dtype)));
                 let mut times = Vec::with_capacity(opts.iters);
                 for i in 0..opts.warmup + opts.iters {
                     let start = Instant::now();
@@ -350,7 +395,8 @@ fn cpu_table(records: &[BenchRecord]) -> String {
     )
 }
 
-/// GB/s against D: one colour per dtype, one line style per pass, the copy dotted.
+/// GB/s against cols: one colour per dtype, one line style per pass, the copy dotted;
+/// titled by the normalization the records time.
 pub fn chart(records: &[BenchRecord], device: &str) -> Chart {
     let mut series: Vec<Series> = Vec::new();
     for r in records {
@@ -387,12 +433,23 @@ pub fn chart(records: &[BenchRecord], device: &str) -> Chart {
     for s in &mut series {
         s.points.sort_by(|a, b| a.0.total_cmp(&b.0));
     }
+    let norm = norm_title(records);
     Chart {
-        title: format!("LayerNorm throughput, {device}"),
-        x_label: "row length D (elements)".to_string(),
-        y_label: "GB/s (bytes a LayerNorm must move)".to_string(),
+        title: format!("{norm} throughput, {device}"),
+        x_label: "cols (normalized length, elements)".to_string(),
+        y_label: format!("GB/s (bytes a {norm} must move)"),
         log2_x: true,
         series,
+    }
+}
+
+/// `LayerNorm`, `RMSNorm`, or both when the records mix them.
+fn norm_title(records: &[BenchRecord]) -> &'static str {
+    let has = |n: Norm| records.iter().any(|r| r.norm == n);
+    match (has(Norm::LayerNorm), has(Norm::RmsNorm)) {
+        (false, true) => "RMSNorm",
+        (true, true) => "LayerNorm / RMSNorm",
+        _ => "LayerNorm",
     }
 }
 

@@ -4,8 +4,6 @@
 //! will they run on, and is NCCL there" without running anything, and says plainly when
 //! there is no GPU instead of failing.
 
-use std::process::ExitCode;
-
 use serde::Serialize;
 use warpnorm::cuda::kernels::{ImageKind, IMAGES};
 use warpnorm::cuda::{self, CudaBackend};
@@ -71,14 +69,14 @@ struct Nccl {
     message: Option<String>,
 }
 
-pub fn run(args: &Args) -> Result<ExitCode, Error> {
+pub fn run(args: &Args) -> crate::exit::CommandResult {
     let info = gather();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&info)?);
     } else {
         print(&info);
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(crate::exit::Outcome::Success)
 }
 
 fn gather() -> Info {

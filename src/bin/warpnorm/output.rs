@@ -114,7 +114,7 @@ fn visible_len(s: &str) -> usize {
 
 /// `1.5 GiB`, `80 MiB`, `512 B`: binary units, for memory and image sizes.
 pub fn human_bytes(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    const UNITS: [&str; 7] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
     let mut v = bytes as f64;
     let mut unit = 0;
     while v >= 1024.0 && unit + 1 < UNITS.len() {
@@ -175,6 +175,7 @@ mod tests {
         assert_eq!(human_bytes(512), "512 B");
         assert_eq!(human_bytes(80 << 30), "80.0 GiB");
         assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(u64::MAX), "16.0 EiB");
         assert_eq!(human_duration(Duration::from_micros(850)), "850 us");
         assert_eq!(human_duration(Duration::from_millis(1250)), "1.25 s");
     }

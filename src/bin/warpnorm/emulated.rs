@@ -1,0 +1,15 @@
+//! The kernels' CPU emulation, where this build has it (cargo feature `emulator`): what
+//! `check` and `demo` run on a machine without a GPU.
+
+use warpnorm::selftest::Subject;
+
+/// Whether this build has the emulation.
+pub const BUILT: bool = cfg!(feature = "emulator");
+
+/// The emulation as a self-test subject, when built in.
+pub fn subject() -> Option<Subject> {
+    #[cfg(feature = "emulator")]
+    return Some(Subject::Emulator);
+    #[cfg(not(feature = "emulator"))]
+    None
+}

@@ -1,0 +1,128 @@
+//! The kernels' CPU emulation as a subject of the self-test: the same forward and
+//! backward launches a GPU gets, on host buffers.
+
+use half::{bf16, f16};
+
+use super::{Dtypes, Inputs, Outputs};
+use crate::cuda::emulator::{self, HostBackward, HostForward};
+use crate::cuda::tiers::EMULATED_COMBOS;
+use crate::ops::{Layout, NormSpec};
+use crate::{DType, Element, Error, NormConfig, Result, Tensor};
+
+/// Why the emulation cannot run `d`: only the combinations in [`EMULATED_COMBOS`] are
+/// compiled into it.
+pub(super) fn cannot_run(d: Dtypes) -> Option<String> {
+    let name = crate::bench::dtype_name;
+    let combo = (name(d.x), name(d.param), name(d.out));
+    if EMULATED_COMBOS.contains(&combo) {
+        return None;
+    }
+    let compiled: Vec<String> = EMULATED_COMBOS
+        .iter()
+        .map(|(x, p, o)| format!("x {x} p {p} y {o}"))
+        .collect();
+    Some(format!(
+        "not compiled into the CPU emulation (it has {})",
+        compiled.join(", ")
+    ))
+}
+
+/// Forward and backward of `inputs` (laid out as `layout`) through the emulated kernels,
+/// with the statistics of the forward.
+pub fn run(cfg: &NormConfig, layout: Layout, inputs: &Inputs) -> Result<Outputs> {
+    let param = cfg.param_dtype();
+    let out = cfg.output_dtype(inputs.x.dtype());
+    match (inputs.x.dtype(), param, out) {
+        (DType::F32, DType::F32, DType::F32) => typed::<f32, f32, f32>(cfg, layout, inputs),
+        (DType::F16, DType::F16, DType::F16) => typed::<f16, f16, f16>(cfg, layout, inputs),
+        (DType::F16, DType::F16, DType::F32) => typed::<f16, f16, f32>(cfg, layout, inputs),
+        (DType::F16, DType::F32, DType::F16) => typed::<f16, f32, f16>(cfg, layout, inputs),
+        (DType::F16, DType::F32, DType::F32) => typed::<f16, f32, f32>(cfg, layout, inputs),
+        (DType::BF16, DType::BF16, DType::BF16) => typed::<bf16, bf16, bf16>(cfg, layout, inputs),
+        (DType::BF16, DType::BF16, DType::F32) => typed::<bf16, bf16, f32>(cfg, layout, inputs),
+        (DType::BF16, DType::F32, DType::BF16) => typed::<bf16, f32, bf16>(cfg, layout, inputs),
+        (DType::BF16, DType::F32, DType::F32) => typed::<bf16, f32, f32>(cfg, layout, inputs),
+        (x, p, o) => Err(Error::Unsupported(format!(
+            "the kernels take x {x} with parameters {p} and output {o}"
+        ))),
+    }
+}
+
+fn host<T: Element>(t: &Tensor) -> Vec<T> {
+    t.data().iter().map(|&v| T::from_f64(v)).collect()
+}
+
+fn tensor<T: Element>(like: &Tensor, dtype: DType, v: &[T]) -> Result<Tensor> {
+    Tensor::new(
+        like.shape().to_vec(),
+        dtype,
+        v.iter().map(|e| e.to_f64()).collect(),
+    )
+}
+
+/// Outputs start as NaN, so a value the kernels fail to write cannot pass.
+fn poisoned<T: Element>(n: usize) -> Vec<T> {
+    vec![T::from_f64(f64::NAN); n]
+}
+
+fn typed<T: Element, P: Element, O: Element>(
+    cfg: &NormConfig,
+    layout: Layout,
+    inputs: &Inputs,
+) -> Result<Outputs> {
+    let spec = NormSpec::from_config(cfg);
+    let (rows, n) = (layout.num_rows(), inputs.x.numel());
+    let x: Vec<T> = host(&inputs.x);
+    let scale: Option<Vec<P>> = inputs.scale.as_ref().map(host);
+    let bias: Option<Vec<P>> = inputs.bias.as_ref().map(host);
+    let mask: Option<Vec<u8>> = inputs
+        .mask
+        .as_ref()
+        .map(|m| m.iter().map(|&b| u8::from(b)).collect());
+    let (mut y, mut mean, mut rstd) = (poisoned::<O>(n), poisoned(rows), poisoned(rows));
+    emulator::forward::<T, P, O>(
+        &spec,
+        layout,
+        HostForward {
+            x: &x,
+            scale: scale.as_deref(),
+            bias: bias.as_deref(),
+            mask: mask.as_deref(),
+            y: &mut y,
+            stats: Some((&mut mean, &mut rstd)),
+        },
+    )?;
+    let dy: Vec<O> = host(&inputs.dy);
+    let mut dx = poisoned::<T>(n);
+    let mut dscale = scale.as_ref().map(|s| poisoned::<P>(s.len()));
+    let mut dbias = bias.as_ref().map(|b| poisoned::<P>(b.len()));
+    let mut workspace = poisoned::<f32>(emulator::backward_workspace_len(&layout));
+    emulator::backward::<T, P, O>(
+        &spec,
+        layout,
+        HostBackward {
+            x: &x,
+            dy: &dy,
+            scale: scale.as_deref(),
+            mask: mask.as_deref(),
+            mean: &mean,
+            rstd: &rstd,
+            dx: &mut dx,
+            dscale: dscale.as_deref_mut(),
+            dbias: dbias.as_deref_mut(),
+            workspace: &mut workspace,
+        },
+    )?;
+    let param = |grad: Option<Vec<P>>, like: Option<&Tensor>| -> Result<Option<Tensor>> {
+        match (grad, like) {
+            (Some(g), Some(like)) => Ok(Some(tensor(like, P::DTYPE, &g)?)),
+            _ => Ok(None),
+        }
+    };
+    Ok([
+        Some(tensor(&inputs.dy, O::DTYPE, &y)?),
+        Some(tensor(&inputs.x, T::DTYPE, &dx)?),
+        param(dscale, inputs.scale.as_ref())?,
+        param(dbias, inputs.bias.as_ref())?,
+    ])
+}
