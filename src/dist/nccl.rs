@@ -37,7 +37,11 @@ print(site.getsitepackages()[0])')/nvidia\" -name 'libnccl.so.2' | head -n1)\" \
 /// panics (cudarc panics on the first NCCL call without the library).
 pub fn nccl_available() -> Result<()> {
     // SAFETY: only tries to dlopen the library by name; no NCCL function is called.
+    #[cfg(not(feature = "candle-cuda"))]
     let present = unsafe { cudarc::nccl::sys::is_culib_present() };
+    // Linked at build time with candle's CUDA (cudarc's `dynamic-linking`).
+    #[cfg(feature = "candle-cuda")]
+    let present = true;
     if present {
         Ok(())
     } else {
