@@ -398,22 +398,27 @@ impl LayerNorm {
         p.as_ref().map(Array::to_tensor).transpose()
     }
 
-    /// How x's reduction axes map onto the kernels' layouts: a contiguous run of axes,
-    /// innermost (rows) or not (channels-first), with parameters along exactly those axes.
     fn gpu_layout(&self, shape: &[usize]) -> Result<Layout> {
-        let red = &self.axes.reduction;
+        let params = self.scale.is_some() || self.bias.is_some();
+        Self::axes_layout(&self.axes, params, shape)
+    }
+
+    /// How the reduction axes of a contiguous x of `shape` map onto the kernels' layouts: a
+    /// contiguous run of axes, innermost (rows) or not (channels-first), with parameters
+    /// (when `params`) along exactly those axes.
+    pub(crate) fn axes_layout(axes: &Axes, params: bool, shape: &[usize]) -> Result<Layout> {
+        let red = &axes.reduction;
         let (first, last) = (red[0], red[red.len() - 1]);
         if last - first + 1 != red.len() {
             return Err(Error::Unsupported(format!(
                 "reduction axes {red:?} are not adjacent; the GPU kernels need one contiguous run"
             )));
         }
-        let params = self.scale.is_some() || self.bias.is_some();
-        if params && self.axes.features != *red {
+        if params && axes.features != *red {
             return Err(Error::Unsupported(format!(
                 "feature axes {:?} differ from the reduction axes {red:?}; the GPU kernels take parameters along the \
                  normalised axes",
-                self.axes.features
+                axes.features
             )));
         }
         let outer: usize = shape[..first].iter().product();

@@ -93,6 +93,8 @@
 
 pub mod array;
 pub mod bench;
+#[cfg(feature = "candle")]
+pub mod candle;
 pub mod config;
 pub mod cuda;
 pub mod device;

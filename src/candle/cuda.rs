@@ -1,0 +1,250 @@
+//! The op on a candle CUDA device: warpnorm's kernels read and write the storages' own
+//! buffers, launched on candle's stream. The forward allocates y (and, for a backward,
+//! the per-row mean and rstd it saves in the op); the backward allocates dx, dscale, dbias
+//! and the f32 workspace of the deterministic dscale / dbias reduction.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use candle_core::backend::BackendStorage;
+use candle_core::cuda::{CudaDType, DeviceId};
+use candle_core::op::BackpropOp;
+use candle_core::{CudaDevice, CudaStorage, Layout, Shape, Storage, Tensor};
+use cudarc::driver::{CudaSlice, CudaStream, CudaView, ValidAsZeroBits};
+use half::{bf16, f16};
+
+use super::convert::{contiguous_range, warpnorm_dtype};
+use super::op::{Grads, NormOp, Params};
+use crate::cuda::CudaBackend;
+use crate::layer::{dispatch, LayerNorm};
+use crate::ops::{self, NormSpec};
+use crate::{DType, Element, Error, NormConfig, Result};
+
+/// What a training forward keeps for the backward: f32, one per row.
+pub(crate) struct Saved {
+    mean: CudaSlice<f32>,
+    rstd: CudaSlice<f32>,
+}
+
+/// warpnorm's kernels loaded into a candle device's context, once per device (loading the
+/// modules is far slower than a launch).
+fn backend(dev: &CudaDevice) -> Result<Arc<CudaBackend>> {
+    static BACKENDS: OnceLock<Mutex<HashMap<DeviceId, Arc<CudaBackend>>>> = OnceLock::new();
+    let mut loaded = BACKENDS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if let Some(be) = loaded.get(&dev.id()) {
+        return Ok(be.clone());
+    }
+    let be = CudaBackend::with_stream(dev.cuda_stream())?;
+    loaded.insert(dev.id(), be.clone());
+    Ok(be)
+}
+
+/// One call's device, stream and kernel layout; its methods are instantiated per dtype
+/// triple (x, parameters, y) by `dispatch!`.
+struct Launcher<'a> {
+    cfg: &'a NormConfig,
+    be: &'a CudaBackend,
+    dev: &'a CudaDevice,
+    stream: Arc<CudaStream>,
+    layout: ops::Layout,
+}
+
+impl<'a> Launcher<'a> {
+    fn new(
+        cfg: &'a NormConfig,
+        be: &'a CudaBackend,
+        dev: &'a CudaDevice,
+        dims: &[usize],
+    ) -> Result<Self> {
+        let axes = cfg.resolve(dims)?;
+        let layout = LayerNorm::axes_layout(&axes, cfg.has_scale() || cfg.has_bias(), dims)?;
+        Ok(Launcher {
+            cfg,
+            be,
+            dev,
+            stream: dev.cuda_stream(),
+            layout,
+        })
+    }
+
+    fn forward<T: Kernel, P: Kernel, O: Kernel>(
+        &self,
+        x: (&CudaStorage, &Layout),
+        params: &Params<(&CudaStorage, &Layout)>,
+        train: bool,
+    ) -> Result<(CudaStorage, Option<Saved>)> {
+        let x = view::<T>("x", x)?;
+        let scale = params.scale.map(|p| view::<P>("scale", p)).transpose()?;
+        let bias = params.bias.map(|p| view::<P>("bias", p)).transpose()?;
+        let rows = self.layout.num_rows();
+        let mut y = self.stream.alloc_zeros::<O>(x.len())?;
+        let mut saved = train
+            .then(|| -> Result<Saved> {
+                Ok(Saved {
+                    mean: self.stream.alloc_zeros(rows)?,
+                    rstd: self.stream.alloc_zeros(rows)?,
+                })
+            })
+            .transpose()?;
+        ops::forward::<T, P, O>(
+            self.be,
+            &self.stream,
+            &NormSpec::from_config(self.cfg),
+            self.layout,
+            ops::Forward {
+                x: &x,
+                scale: scale.as_ref().map(|s| s as _),
+                bias: bias.as_ref().map(|b| b as _),
+                mask: None,
+                y: &mut y,
+                stats: saved.as_mut().map(|s| ops::Stats {
+                    mean: &mut s.mean,
+                    rstd: &mut s.rstd,
+                }),
+            },
+        )?;
+        Ok((CudaStorage::wrap_cuda_slice(y, self.dev.clone()), saved))
+    }
+
+    /// dx, and dscale / dbias for the parameters the config has.
+    fn backward<T: Kernel, P: Kernel, O: Kernel>(
+        &self,
+        x: (&CudaStorage, &Layout),
+        scale: Option<(&CudaStorage, &Layout)>,
+        dy: (&CudaStorage, &Layout),
+        saved: &Saved,
+    ) -> Result<(CudaStorage, Option<CudaStorage>, Option<CudaStorage>)> {
+        let x = view::<T>("x", x)?;
+        let dy = view::<O>("dy", dy)?;
+        let scale = scale.map(|p| view::<P>("scale", p)).transpose()?;
+        let cols = self.layout.cols();
+        let mut dx = self.stream.alloc_zeros::<T>(x.len())?;
+        let param_grad = |used: bool| used.then(|| self.stream.alloc_zeros::<P>(cols)).transpose();
+        let mut dscale = param_grad(self.cfg.has_scale())?;
+        let mut dbias = param_grad(self.cfg.has_bias())?;
+        let mut workspace = self
+            .stream
+            .alloc_zeros::<f32>(ops::backward_workspace_len(self.be, &self.layout))?;
+        ops::backward::<T, P, O>(
+            self.be,
+            &self.stream,
+            &NormSpec::from_config(self.cfg),
+            self.layout,
+            ops::Backward {
+                x: &x,
+                dy: &dy,
+                scale: scale.as_ref().map(|s| s as _),
+                mask: None,
+                mean: &saved.mean,
+                rstd: &saved.rstd,
+                dx: &mut dx,
+                dscale: dscale.as_mut().map(|d| d as _),
+                dbias: dbias.as_mut().map(|d| d as _),
+                workspace: &mut workspace,
+            },
+        )?;
+        let wrap = |s| CudaStorage::wrap_cuda_slice(s, self.dev.clone());
+        Ok((wrap(dx), dscale.map(wrap), dbias.map(wrap)))
+    }
+}
+
+/// The element types both warpnorm's kernels and candle's CUDA storages hold.
+trait Kernel: Element + CudaDType + ValidAsZeroBits {}
+impl Kernel for f32 {}
+impl Kernel for f16 {}
+impl Kernel for bf16 {}
+
+/// The elements of a contiguous storage as a view of its buffer (no copy).
+fn view<'s, T: Kernel>(
+    what: &'static str,
+    (s, l): (&'s CudaStorage, &Layout),
+) -> Result<CudaView<'s, T>> {
+    let slice = s
+        .as_cuda_slice::<T>()
+        .map_err(|e| Error::Unsupported(format!("`{what}` is {:?}: {e}", s.dtype())))?;
+    let range = contiguous_range(what, l)?;
+    let len = slice.len();
+    slice.try_slice(range.clone()).ok_or_else(|| Error::Shape {
+        what,
+        expected: format!("a buffer holding elements {range:?}"),
+        got: format!("{len} elements"),
+    })
+}
+
+pub(crate) fn forward(
+    op: &NormOp,
+    x: (&CudaStorage, &Layout),
+    params: Params<(&CudaStorage, &Layout)>,
+) -> Result<(CudaStorage, Shape)> {
+    let dev = &x.0.device;
+    let be = backend(dev)?;
+    let l = Launcher::new(&op.cfg, &be, dev, x.1.dims())?;
+    let x_dtype = warpnorm_dtype("x", x.0.dtype())?;
+    let (y, saved) = dispatch!(
+        l,
+        x_dtype,
+        forward(x, &params, op.train),
+        "use candle's CPU device"
+    )?;
+    if let Some(saved) = saved {
+        // candle runs an op's forward once; a second set would only repeat the same values.
+        let _ = op.saved.set(saved);
+    }
+    Ok((y, x.1.shape().clone()))
+}
+
+pub(crate) fn backward(
+    op: &NormOp,
+    x: &Tensor,
+    params: Params<&Tensor>,
+    dy: &Tensor,
+) -> candle_core::Result<Grads> {
+    let saved = op.saved.get().ok_or_else(|| {
+        Error::Unsupported("backward of a CUDA norm whose forward saved no statistics".into())
+    })?;
+    let (xs, xl) = x.storage_and_layout();
+    let (dys, dyl) = dy.storage_and_layout();
+    let scale = params.scale.map(Tensor::storage_and_layout);
+    let xs = cuda_storage("x", &xs)?;
+    let dys = cuda_storage("dy", &dys)?;
+    let scale = match &scale {
+        Some((s, l)) => Some((cuda_storage("scale", s)?, *l)),
+        None => None,
+    };
+    let dev = &xs.device;
+    let be = backend(dev)?;
+    let l = Launcher::new(&op.cfg, &be, dev, xl.dims())?;
+    let x_dtype = warpnorm_dtype("x", xs.dtype())?;
+    let (dx, dscale, dbias) = dispatch!(
+        l,
+        x_dtype,
+        backward((xs, xl), scale, (dys, dyl), saved),
+        "use candle's CPU device"
+    )?;
+    let tensor = |s: CudaStorage, like: &Tensor| {
+        Tensor::from_storage(
+            Storage::Cuda(s),
+            like.shape().clone(),
+            BackpropOp::none(),
+            false,
+        )
+    };
+    Ok(Grads {
+        dx: tensor(dx, x),
+        dscale: dscale.zip(params.scale).map(|(d, p)| tensor(d, p)),
+        dbias: dbias.zip(params.bias).map(|(d, p)| tensor(d, p)),
+    })
+}
+
+fn cuda_storage<'s>(what: &str, s: &'s Storage) -> Result<&'s CudaStorage> {
+    match s {
+        Storage::Cuda(s) => Ok(s),
+        other => Err(Error::Unsupported(format!(
+            "`{what}` is on {:?} while x is on a CUDA device",
+            other.device()
+        ))),
+    }
+}
