@@ -31,7 +31,7 @@ impl Subject {
     }
 
     /// Why this subject cannot run dtype combination `d` at all, if it cannot.
-    fn cannot_run(&self, d: Dtypes) -> Option<String> {
+    fn cannot_run(&self, #[allow(unused_variables)] d: Dtypes) -> Option<String> {
         match self {
             Subject::Device(_) => None,
             #[cfg(feature = "emulator")]

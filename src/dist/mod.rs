@@ -11,6 +11,7 @@
 //! [`crate::sharded::ShardedLayerNorm`] builds on these: one collective per direction.
 
 mod collective;
+#[cfg(feature = "nccl")]
 mod deadline;
 pub mod groups;
 mod in_process;
@@ -19,6 +20,7 @@ mod nccl;
 mod reduce;
 
 pub use collective::{Buf, BufMut, Collective, Membership};
+#[cfg(feature = "nccl")]
 pub use deadline::DEFAULT_COLLECTIVE_TIMEOUT;
 pub use groups::{AxisGroups, MAX_WORLD};
 pub use in_process::{InProcessCuda, InProcessHost};
