@@ -197,8 +197,10 @@ fn measure(args: &Args, notes: Notes) -> std::result::Result<Vec<BenchRecord>, F
             .unwrap_or(if on_gpu { defaults.iters } else { CPU_ITERS }),
         ..defaults
     };
-    opts.validate()?;
+    // The memory check first: it names how large the problem is. What is left for the
+    // library to refuse comes from the command line too, so it is a usage error as well.
     admit(&opts, gpu)?;
+    opts.validate().map_err(|e| Failure::Usage(e.to_string()))?;
     let sizes = format!(
         "{} of x per problem, median of {} iterations after {} warm-up",
         human_bytes(opts.bytes),
