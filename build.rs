@@ -31,6 +31,7 @@ fn main() {
         "CUDA_PATH",
         "PYTHONPATH",
         "DOCS_RS",
+        "WARPNORM_KERNEL_CACHE",
     ] {
         println!("cargo:rerun-if-env-changed={var}");
     }
@@ -85,7 +86,10 @@ fn main() {
     // changed since the last run in this OUT_DIR (the script also reruns for a new commit).
     let fingerprint = fingerprint(&manifest, &archs, &toolchain, nvrtc_version);
     let stamp = out.join("kernels.stamp");
-    if fs::read_to_string(&stamp).ok().as_deref() == Some(fingerprint.as_str()) {
+    let cache = cache_dir(&out, &format!("kernels-{fingerprint}"));
+    let up_to_date = fs::read_to_string(&stamp).ok().as_deref() == Some(fingerprint.as_str());
+    if up_to_date || cache.as_deref().is_some_and(|c| restore(c, &out)) {
+        fs::write(&stamp, &fingerprint).unwrap();
         #[cfg(feature = "emulator")]
         build_emulator(&manifest, &out, &fingerprint);
         return;
@@ -123,6 +127,11 @@ fn main() {
         embedded_source(&modules, &archs, Some(nvrtc_version)),
     )
     .unwrap();
+    if let Some(cache) = &cache {
+        let mut files: Vec<PathBuf> = modules.iter().map(|m| m.file.clone()).collect();
+        files.extend(["resource_usage.txt", "kernels.rs"].map(|f| out.join(f)));
+        store(cache, &files);
+    }
     fs::write(&stamp, &fingerprint).unwrap();
 
     #[cfg(feature = "emulator")]
@@ -153,16 +162,68 @@ fn fingerprint(
     files(&manifest.join("kernels"), &mut inputs);
     inputs.push(manifest.join("src/cuda/tiers.rs"));
     inputs.sort();
+    // Paths relative to the checkout and no toolchain paths, so that two checkouts of the
+    // same sources share one cache entry.
     let mut h = std::collections::hash_map::DefaultHasher::new();
     for p in &inputs {
-        p.hash(&mut h);
+        p.strip_prefix(manifest).unwrap_or(p).hash(&mut h);
         fs::read(p).unwrap_or_default().hash(&mut h);
     }
     archs.hash(&mut h);
-    toolchain.nvrtc.hash(&mut h);
-    toolchain.include.hash(&mut h);
+    toolchain.nvrtc.file_name().hash(&mut h);
+    fs::read(toolchain.include.join("cuda_fp16.hpp"))
+        .unwrap_or_default()
+        .hash(&mut h);
     nvrtc_version.hash(&mut h);
     format!("{:016x}", h.finish())
+}
+
+/// The folder that keeps one set of build outputs (`key`) across build folders: every
+/// feature set, profile and checkout has its own OUT_DIR, and compiling the kernels again
+/// for each would cost minutes. `WARPNORM_KERNEL_CACHE` names the cache's root (`off`
+/// disables it); by default it is `warpnorm-kernels/` in cargo's target folder.
+fn cache_dir(out: &Path, key: &str) -> Option<PathBuf> {
+    let root = match env::var_os("WARPNORM_KERNEL_CACHE") {
+        Some(v) if v == "off" || v.is_empty() => return None,
+        Some(v) => PathBuf::from(v),
+        None => out
+            .ancestors()
+            .find(|d| d.join("CACHEDIR.TAG").is_file())?
+            .join("warpnorm-kernels"),
+    };
+    Some(root.join(key))
+}
+
+/// Copies a complete cache entry into `out`; false when there is none (or it is unreadable).
+fn restore(entry: &Path, out: &Path) -> bool {
+    let Ok(files) = fs::read_dir(entry) else {
+        return false;
+    };
+    files
+        .flatten()
+        .all(|f| fs::copy(f.path(), out.join(f.file_name())).is_ok())
+}
+
+/// Saves `files` as the cache entry `entry`, whole or not at all: they are written to a
+/// private folder that is then renamed into place (a concurrent build may win the race;
+/// its entry holds the same bytes). A cache that cannot be written only costs time.
+fn store(entry: &Path, files: &[PathBuf]) {
+    let (Some(root), Some(name)) = (entry.parent(), entry.file_name()) else {
+        return;
+    };
+    let staging = root.join(format!(
+        ".{}-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let staged = fs::create_dir_all(&staging).is_ok()
+        && files.iter().all(|f| {
+            f.file_name()
+                .is_some_and(|n| fs::copy(f, staging.join(n)).is_ok())
+        });
+    if !staged || fs::rename(&staging, entry).is_err() {
+        let _ = fs::remove_dir_all(&staging);
+    }
 }
 
 /// Makes the git commit of the source tree available as WARPNORM_GIT_COMMIT (for
@@ -205,6 +266,23 @@ fn build_emulator(manifest: &Path, out: &Path, fingerprint: &str) {
         println!("cargo:rustc-link-lib=stdc++");
         return;
     }
+    let triple = env::var("TARGET").unwrap_or_default();
+    let compiler = env::var("CXX").unwrap_or_default();
+    let key = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (&triple, &compiler).hash(&mut h);
+        format!("emulator-{fingerprint}-{:016x}", h.finish())
+    };
+    println!("cargo:rerun-if-env-changed=CXX");
+    let cache = cache_dir(out, &key);
+    if cache.as_deref().is_some_and(|c| restore(c, out)) {
+        println!("cargo:rustc-link-search=native={}", out.display());
+        println!("cargo:rustc-link-lib=static={LIB}");
+        println!("cargo:rustc-link-lib=stdc++");
+        fs::write(stamp, fingerprint).unwrap();
+        return;
+    }
     let mut table = String::new();
     for source in ["layernorm_fwd.cu", "layernorm_bwd.cu"] {
         for e in tiers::instantiations(source)
@@ -230,6 +308,9 @@ fn build_emulator(manifest: &Path, out: &Path, fingerprint: &str) {
         .flag_if_supported("-Wno-unknown-pragmas")
         .opt_level(1)
         .compile(LIB);
+    if let Some(cache) = &cache {
+        store(cache, &[out.join(format!("lib{LIB}.a"))]);
+    }
     fs::write(stamp, fingerprint).unwrap();
 }
 
@@ -504,15 +585,14 @@ fn embedded_source(modules: &[Module], archs: &[String], nvrtc: Option<(u32, u32
         lowered,
     } in modules
     {
-        let (kind, data) = match target {
-            Target::Cubin(_) => (
-                "ImageKind::Cubin",
-                format!("include_bytes!({:?})", file.display().to_string()),
-            ),
-            Target::Ptx(_) => (
-                "ImageKind::Ptx",
-                format!("include_bytes!({:?})", file.display().to_string()),
-            ),
+        // Named relative to OUT_DIR, so that the file is the same in every build folder.
+        let data = format!(
+            "include_bytes!(concat!(env!(\"OUT_DIR\"), \"/{}\"))",
+            file.file_name().unwrap().to_string_lossy()
+        );
+        let kind = match target {
+            Target::Cubin(_) => "ImageKind::Cubin",
+            Target::Ptx(_) => "ImageKind::Ptx",
         };
         writeln!(
             s,
