@@ -81,6 +81,12 @@
 //! `WARPNORM_CUDA_ARCHS=sm_100,sm_120` adds CUBINs for more GPUs when the NVRTC supports
 //! them (CUDA 12.8 or newer).
 //!
+//! Compiling the kernels takes minutes, so the compiled images are kept in a cache keyed by
+//! the kernel sources, the architectures and the NVRTC version: by default
+//! `warpnorm-kernels/` in cargo's target folder, shared by every profile and feature set;
+//! `WARPNORM_KERNEL_CACHE=<folder>` moves it (one folder can serve several checkouts) and
+//! `WARPNORM_KERNEL_CACHE=off` turns it off.
+//!
 //! **cudarc's features** follow the crate that uses warpnorm: warpnorm asks for
 //! `fallback-dynamic-loading` (so `dynamic-linking`, as candle enables, or `dynamic-loading`
 //! win) and `cuda-version-from-build-system` with `fallback-latest` instead of pinning a
