@@ -72,28 +72,14 @@ const PARSE_SLACK: f64 = 1.0 / (1u64 << 50) as f64;
 pub const MAX_FIXTURE_BYTES: u64 = 64 << 20;
 
 /// The text of a regular file of at most [`MAX_FIXTURE_BYTES`]. Anything else (a FIFO,
-/// a device such as `/dev/zero`, a socket, a folder) is refused by its type before it is
-/// opened, since opening a FIFO blocks until a writer appears and a device may never end.
+/// a device such as `/dev/zero`, a socket, a folder) is refused by its type: a FIFO would
+/// block until a writer appears and a device may never end.
 fn read_text(path: &Path) -> std::result::Result<String, String> {
     use std::io::Read;
-    let regular = |meta: &std::fs::Metadata| -> std::result::Result<(), String> {
-        if !meta.is_file() {
-            return Err(format!(
-                "not a regular file ({}); fixtures are regular JSON files",
-                file_kind(meta)
-            ));
-        }
-        if meta.len() > MAX_FIXTURE_BYTES {
-            return Err(format!(
-                "{} bytes is more than the {MAX_FIXTURE_BYTES} bytes a fixture may have",
-                meta.len()
-            ));
-        }
-        Ok(())
-    };
+    // Refused by the path's type before opening, and checked again on the opened file in
+    // case the path changed in between; the open itself does not wait on a FIFO.
     regular(&std::fs::metadata(path).map_err(|e| format!("cannot read: {e}"))?)?;
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot read: {e}"))?;
-    // Checked again on the opened file, in case the path changed in between.
+    let file = open_without_blocking(path).map_err(|e| format!("cannot read: {e}"))?;
     regular(&file.metadata().map_err(|e| format!("cannot read: {e}"))?)?;
     let mut text = String::new();
     file.take(MAX_FIXTURE_BYTES + 1)
@@ -105,6 +91,37 @@ fn read_text(path: &Path) -> std::result::Result<String, String> {
         ));
     }
     Ok(text)
+}
+
+/// Refuses what is not a regular file of at most [`MAX_FIXTURE_BYTES`].
+fn regular(meta: &std::fs::Metadata) -> std::result::Result<(), String> {
+    if !meta.is_file() {
+        return Err(format!(
+            "not a regular file ({}); fixtures are regular JSON files",
+            file_kind(meta)
+        ));
+    }
+    if meta.len() > MAX_FIXTURE_BYTES {
+        return Err(format!(
+            "{} bytes is more than the {MAX_FIXTURE_BYTES} bytes a fixture may have",
+            meta.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Opens `path` for reading without waiting for a FIFO's writer (`O_NONBLOCK`, which
+/// changes nothing for a regular file), so that a path swapped for a FIFO after its type
+/// was checked cannot block the caller.
+fn open_without_blocking(path: &Path) -> std::io::Result<std::fs::File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    options.open(path)
 }
 
 /// What a file that is not regular is, for messages.
@@ -520,4 +537,40 @@ fn broadcast<T: Copy>(data: &[T], shape: &[usize], target: &[usize]) -> Option<V
             })
             .collect(),
     )
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+
+    /// A path that became a FIFO after its type was checked: the open returns at once
+    /// (no writer is waited for) and the check on the opened file refuses it.
+    #[test]
+    fn a_fifo_swapped_in_after_the_check_is_refused_without_blocking() {
+        let dir = std::env::temp_dir().join(format!("warpnorm-fifo-race-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("x.json");
+        match std::process::Command::new("mkfifo").arg(&fifo).status() {
+            Ok(s) if s.success() => {}
+            other => {
+                eprintln!("SKIP: mkfifo is unavailable ({other:?})");
+                return;
+            }
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        let opened = fifo.clone();
+        std::thread::spawn(move || {
+            let result = open_without_blocking(&opened)
+                .map_err(|e| e.to_string())
+                .and_then(|f| regular(&f.metadata().map_err(|e| e.to_string())?));
+            let _ = tx.send(result);
+        });
+        let result = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("opening a FIFO blocked");
+        let _ = std::fs::remove_dir_all(&dir);
+        let e = result.unwrap_err();
+        assert!(e.contains("not a regular file (a FIFO)"), "{e}");
+    }
 }
