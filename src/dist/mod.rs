@@ -25,7 +25,7 @@ pub use deadline::DEFAULT_COLLECTIVE_TIMEOUT;
 pub use groups::{AxisGroups, MAX_WORLD};
 pub use in_process::{InProcessCuda, InProcessHost};
 #[cfg(feature = "nccl")]
-pub use nccl::{nccl_available, NcclCollective, NcclIds};
+pub use nccl::{nccl_available, NcclCollective, NcclIds, DEFAULT_JOIN_TIMEOUT};
 pub use reduce::{pmean, pmean_host, psum, psum_host};
 
 /// Always [`crate::Error::Nccl`]: this build has no NCCL backend (the `nccl` feature is off).

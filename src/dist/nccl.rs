@@ -13,6 +13,7 @@
 //! loaded (cudarc would panic on first use without it).
 
 use std::path::Path;
+use std::sync::mpsc::RecvTimeoutError;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -22,6 +23,7 @@ use cudarc::nccl::{group_end, group_start, Comm, Id, ReduceOp};
 use super::collective::{check_count, check_equal_lens, check_gather_lens, Membership};
 use super::deadline::Deadline;
 use super::{AxisGroups, Buf, BufMut, Collective};
+use crate::cuda::nccl::SendComm;
 use crate::cuda::CudaBackend;
 use crate::{Device, Error, Result};
 
@@ -43,6 +45,29 @@ pub fn nccl_available() -> Result<()> {
     } else {
         Err(Error::Nccl(NCCL_HINT.into()))
     }
+}
+
+/// How long [`NcclCollective::multi_process`] waits for the other ranks to join: as long
+/// as a collective may take, since ranks start as unevenly as they run.
+pub const DEFAULT_JOIN_TIMEOUT: Duration = super::DEFAULT_COLLECTIVE_TIMEOUT;
+
+/// Runs `work` on a thread of its own and waits for its result at most `timeout`:
+/// `Err(Timeout)` when it did not finish in time (the thread is then left to finish, or
+/// block, alone), `Err(Disconnected)` when it panicked or could not start.
+fn within<T: Send + 'static>(
+    timeout: Duration,
+    work: impl FnOnce() -> T + Send + 'static,
+) -> std::result::Result<T, RecvTimeoutError> {
+    let (done, result) = std::sync::mpsc::channel();
+    let started = std::thread::Builder::new()
+        .name("warpnorm-nccl-join".into())
+        .spawn(move || {
+            let _ = done.send(work());
+        });
+    if started.is_err() {
+        return Err(RecvTimeoutError::Disconnected);
+    }
+    result.recv_timeout(timeout)
 }
 
 fn nccl_error(what: &str, e: cudarc::nccl::result::NcclError) -> Error {
@@ -192,8 +217,9 @@ impl NcclIds {
 /// communicator. Every collective has a deadline ([`NcclCollective::set_timeout`],
 /// [`crate::dist::DEFAULT_COLLECTIVE_TIMEOUT`] by default): one that does not finish in time (a peer
 /// rank failed or stopped) aborts the communicators, so that no rank waits forever, and
-/// every later call returns an error. Creating the communicators
-/// ([`NcclCollective::multi_process`]) still waits for every rank of the group to join.
+/// every later call returns an error. Creating the communicators across processes
+/// ([`NcclCollective::multi_process`]) waits for the group's other ranks at most
+/// [`DEFAULT_JOIN_TIMEOUT`] (or the time given to [`NcclCollective::multi_process_within`]).
 pub struct NcclCollective {
     members: Membership,
     /// One per local rank: its group's communicator, on the rank's backend stream.
@@ -263,13 +289,31 @@ impl NcclCollective {
     }
 
     /// This process is world rank `rank` on `backend`; `ids` holds one unique id per
-    /// group, the same in every process. Blocks until every rank of the group has joined.
+    /// group, the same in every process. Waits for every rank of the group to join, at
+    /// most [`DEFAULT_JOIN_TIMEOUT`] (see [`NcclCollective::multi_process_within`]).
     pub fn multi_process(
         backend: Arc<CudaBackend>,
         rank: usize,
         axis_name: impl Into<String>,
         groups: AxisGroups,
         ids: &NcclIds,
+    ) -> Result<NcclCollective> {
+        Self::multi_process_within(backend, rank, axis_name, groups, ids, DEFAULT_JOIN_TIMEOUT)
+    }
+
+    /// [`NcclCollective::multi_process`], waiting at most `timeout` for the other ranks
+    /// of the group to join. When one never arrives (it crashed, or was given other ids)
+    /// this returns [`Error::Nccl`] instead of blocking forever. NCCL's blocking join
+    /// cannot be cancelled, so the waiting thread is left behind, still holding the
+    /// unique id: treat the error as fatal for the process (exit, and start every rank
+    /// again with new ids).
+    pub fn multi_process_within(
+        backend: Arc<CudaBackend>,
+        rank: usize,
+        axis_name: impl Into<String>,
+        groups: AxisGroups,
+        ids: &NcclIds,
+        timeout: Duration,
     ) -> Result<NcclCollective> {
         let device = Device::Cuda(backend.clone());
         let members = Membership::new(axis_name, groups, vec![rank], vec![device])?;
@@ -289,10 +333,32 @@ impl NcclCollective {
         }
         let id = ids.get(group)?;
         nccl_available()?;
-        // ncclCommInitRank takes the calling thread's current device.
-        backend.context().bind_to_thread()?;
-        let comm = Comm::from_rank(backend.stream().clone(), position, groups.group_size(), id)
-            .map_err(|e| nccl_error("ncclCommInitRank", e))?;
+        let size = groups.group_size();
+        let stream = backend.stream().clone();
+        let joined = within(timeout, move || -> Result<SendComm> {
+            // ncclCommInitRank takes the calling thread's current device.
+            stream.context().bind_to_thread()?;
+            Comm::from_rank(stream, position, size, id)
+                .map(SendComm)
+                .map_err(|e| nccl_error("ncclCommInitRank", e))
+        });
+        let comm = match joined {
+            Ok(comm) => comm?.0,
+            Err(RecvTimeoutError::Disconnected) => {
+                return Err(Error::Nccl(
+                    "the thread joining the NCCL group failed to start or panicked".into(),
+                ))
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                return Err(Error::Nccl(format!(
+                    "rank {rank} waited {timeout:?} for the other {} rank(s) of its group \
+                     (group {group}) to join, and at least one never did (it failed, or was \
+                     given other ids); the join cannot be cancelled: end this process and \
+                     start every rank again",
+                    size - 1
+                )))
+            }
+        };
         Ok(NcclCollective {
             members,
             comms: Deadline::new(vec![comm])?,
@@ -430,5 +496,32 @@ impl Collective for NcclCollective {
             }
             Ok(())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn within_returns_what_finishes_in_time() {
+        assert_eq!(within(Duration::from_secs(10), || 7), Ok(7));
+    }
+
+    #[test]
+    fn within_gives_up_on_what_never_finishes() {
+        let start = Instant::now();
+        let blocked = within(Duration::from_millis(200), || loop {
+            std::thread::park();
+        });
+        assert_eq!(blocked, Err(RecvTimeoutError::Timeout));
+        assert!(start.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn within_reports_a_panic_as_disconnected() {
+        let r: std::result::Result<(), _> =
+            within(Duration::from_secs(10), || panic!("join failed"));
+        assert_eq!(r, Err(RecvTimeoutError::Disconnected));
     }
 }
