@@ -60,12 +60,19 @@ fn warpnorm_dtype(d: DType) -> warpnorm::DType {
     }
 }
 
-/// The devices to test on: the CPU, and the first CUDA device when candle has one.
+/// The devices to test on: the CPU, and the first CUDA device when built with
+/// `candle-cuda` and candle finds one.
 fn devices(test: &str) -> Vec<Device> {
     let mut devs = vec![Device::Cpu];
+    if !cfg!(feature = "candle-cuda") {
+        skip(&format!(
+            "{test} on CUDA: built without the `candle-cuda` feature"
+        ));
+        return devs;
+    }
     match Device::new_cuda(0) {
         Ok(d) => devs.push(d),
-        Err(e) => skip(&format!("{test} on CUDA: {e}")),
+        Err(e) => skip(&format!("{test} on CUDA: no CUDA device ({e})")),
     }
     devs
 }

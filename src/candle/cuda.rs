@@ -106,7 +106,7 @@ impl<'a> Launcher<'a> {
                 }),
             },
         )?;
-        Ok((CudaStorage::wrap_cuda_slice(y, self.dev.clone()), saved))
+        Ok((self.storage(y), saved))
     }
 
     /// dx, and dscale / dbias for the parameters the config has.
@@ -146,8 +146,16 @@ impl<'a> Launcher<'a> {
                 workspace: &mut workspace,
             },
         )?;
-        let wrap = |s| CudaStorage::wrap_cuda_slice(s, self.dev.clone());
-        Ok((wrap(dx), dscale.map(wrap), dbias.map(wrap)))
+        Ok((
+            self.storage(dx),
+            dscale.map(|d| self.storage(d)),
+            dbias.map(|d| self.storage(d)),
+        ))
+    }
+
+    /// A buffer this call allocated, as a storage of its device.
+    fn storage<E: Kernel>(&self, slice: CudaSlice<E>) -> CudaStorage {
+        CudaStorage::wrap_cuda_slice(slice, self.dev.clone())
     }
 }
 
