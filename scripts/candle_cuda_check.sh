@@ -60,7 +60,9 @@ esac
 EOF
 chmod +x "$stand_in"
 
-echo "candle-cuda: type-check only (clippy); candle's own kernels are not compiled (see $0)"
+echo "candle-cuda: type-check only (clippy against candle's CUDA API). candle's own kernels are" \
+    "not compiled (about 16 CPU-minutes of nvcc, and CI has no GPU to run them): a stand-in nvcc" \
+    "writes empty PTX, so nothing built in ${check_dir#"$PWD"/} may be run or shipped (see $0)"
 # warpnorm's kernels come from the main build's cache (no second NVRTC compile).
 NVCC=$stand_in CUDA_COMPUTE_CAP=80 CARGO_TARGET_DIR=$check_dir \
     WARPNORM_KERNEL_CACHE=${WARPNORM_KERNEL_CACHE:-$target/warpnorm-kernels} \
