@@ -29,6 +29,15 @@ enum Norms {
     CandleNn,
 }
 
+impl Norms {
+    fn label(self) -> &'static str {
+        match self {
+            Norms::Warpnorm => "warpnorm",
+            Norms::CandleNn => "candle-nn (decomposed)",
+        }
+    }
+}
+
 struct Options {
     steps: usize,
     batch: usize,
@@ -154,15 +163,6 @@ fn synthetic_data(batch: usize, dev: &Device) -> Result<(Tensor, Tensor)> {
     let c = Tensor::randn(0f32, 1.0, (8, 1), dev)?;
     let y = (x.matmul(&a)?.sin()?.matmul(&c)? + (x.matmul(&b)?.sqr()? / 4.0)?)?;
     Ok((x, y))
-}
-
-impl Norms {
-    fn label(self) -> &'static str {
-        match self {
-            Norms::Warpnorm => "warpnorm",
-            Norms::CandleNn => "candle-nn (decomposed)",
-        }
-    }
 }
 
 /// The first CUDA device when built with `candle-cuda` and there is one, else the CPU.
