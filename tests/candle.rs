@@ -60,12 +60,19 @@ fn warpnorm_dtype(d: DType) -> warpnorm::DType {
     }
 }
 
-/// The devices to test on: the CPU, and the first CUDA device when candle has one.
+/// The devices to test on: the CPU, and the first CUDA device when built with
+/// `candle-cuda` and candle finds one.
 fn devices(test: &str) -> Vec<Device> {
     let mut devs = vec![Device::Cpu];
+    if !cfg!(feature = "candle-cuda") {
+        skip(&format!(
+            "{test} on CUDA: built without the `candle-cuda` feature"
+        ));
+        return devs;
+    }
     match Device::new_cuda(0) {
         Ok(d) => devs.push(d),
-        Err(e) => skip(&format!("{test} on CUDA: {e}")),
+        Err(e) => skip(&format!("{test} on CUDA: no CUDA device ({e})")),
     }
     devs
 }
@@ -315,4 +322,34 @@ fn bad_inputs_are_errors_that_name_the_problem() {
     assert!(e.to_string().contains("RmsNorm needs"), "{e}");
     let e = LayerNorm::new(Some(scale.clone()), None, cfg).expect_err("missing bias");
     assert!(e.to_string().contains("bias"), "{e}");
+}
+
+/// The README's candle example is not compiled itself: it must stay the module docs' one,
+/// which the doc tests compile.
+#[test]
+fn readme_example_is_the_compiled_module_doc_example() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let read = |path: &str| std::fs::read_to_string(format!("{root}/{path}")).unwrap();
+    let readme = read("README.md");
+    let section = readme
+        .split("\n## candle\n")
+        .nth(1)
+        .expect("README has a candle section");
+    let in_readme = section
+        .split("```rust,ignore\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("the candle section has a rust example");
+    let module = read("src/candle/mod.rs");
+    let in_docs: String = module
+        .lines()
+        .filter_map(|l| l.strip_prefix("//!"))
+        .map(|l| l.strip_prefix(' ').unwrap_or(l))
+        .skip_while(|l| *l != "```no_run")
+        .skip(1)
+        .take_while(|l| *l != "```")
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(!in_docs.is_empty(), "the module docs have a no_run example");
+    assert_eq!(in_readme, in_docs);
 }

@@ -80,12 +80,12 @@ impl<'a> Launcher<'a> {
         let scale = params.scale.map(|p| view::<P>("scale", p)).transpose()?;
         let bias = params.bias.map(|p| view::<P>("bias", p)).transpose()?;
         let rows = self.layout.num_rows();
-        let mut y = self.stream.alloc_zeros::<O>(x.len())?;
+        let mut y = self.alloc::<O>("y", x.len())?;
         let mut saved = train
             .then(|| -> Result<Saved> {
                 Ok(Saved {
-                    mean: self.stream.alloc_zeros(rows)?,
-                    rstd: self.stream.alloc_zeros(rows)?,
+                    mean: self.alloc("mean", rows)?,
+                    rstd: self.alloc("rstd", rows)?,
                 })
             })
             .transpose()?;
@@ -106,7 +106,7 @@ impl<'a> Launcher<'a> {
                 }),
             },
         )?;
-        Ok((CudaStorage::wrap_cuda_slice(y, self.dev.clone()), saved))
+        Ok((self.storage(y), saved))
     }
 
     /// dx, and dscale / dbias for the parameters the config has.
@@ -121,13 +121,12 @@ impl<'a> Launcher<'a> {
         let dy = view::<O>("dy", dy)?;
         let scale = scale.map(|p| view::<P>("scale", p)).transpose()?;
         let cols = self.layout.cols();
-        let mut dx = self.stream.alloc_zeros::<T>(x.len())?;
-        let param_grad = |used: bool| used.then(|| self.stream.alloc_zeros::<P>(cols)).transpose();
-        let mut dscale = param_grad(self.cfg.has_scale())?;
-        let mut dbias = param_grad(self.cfg.has_bias())?;
-        let mut workspace = self
-            .stream
-            .alloc_zeros::<f32>(ops::backward_workspace_len(self.be, &self.layout))?;
+        let mut dx = self.alloc::<T>("dx", x.len())?;
+        let param_grad = |what, used: bool| used.then(|| self.alloc::<P>(what, cols)).transpose();
+        let mut dscale = param_grad("dscale", self.cfg.has_scale())?;
+        let mut dbias = param_grad("dbias", self.cfg.has_bias())?;
+        let workspace_len = ops::backward_workspace_len(self.be, &self.layout);
+        let mut workspace = self.alloc::<f32>("workspace", workspace_len)?;
         ops::backward::<T, P, O>(
             self.be,
             &self.stream,
@@ -146,8 +145,28 @@ impl<'a> Launcher<'a> {
                 workspace: &mut workspace,
             },
         )?;
-        let wrap = |s| CudaStorage::wrap_cuda_slice(s, self.dev.clone());
-        Ok((wrap(dx), dscale.map(wrap), dbias.map(wrap)))
+        Ok((
+            self.storage(dx),
+            dscale.map(|d| self.storage(d)),
+            dbias.map(|d| self.storage(d)),
+        ))
+    }
+
+    /// `len` zeroed elements on the call's stream; the byte size is checked first (cudarc
+    /// multiplies it unchecked).
+    fn alloc<E: Element>(&self, what: &'static str, len: usize) -> Result<CudaSlice<E>> {
+        if len.checked_mul(std::mem::size_of::<E>()).is_none() {
+            return Err(Error::TooLarge {
+                what,
+                msg: format!("{len} elements overflow a byte size"),
+            });
+        }
+        Ok(self.stream.alloc_zeros(len)?)
+    }
+
+    /// A buffer this call allocated, as a storage of its device.
+    fn storage<E: Kernel>(&self, slice: CudaSlice<E>) -> CudaStorage {
+        CudaStorage::wrap_cuda_slice(slice, self.dev.clone())
     }
 }
 
