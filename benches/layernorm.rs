@@ -54,7 +54,7 @@ fn settings() -> Result<Settings> {
 /// gives `iter_custom` no way to fail).
 fn bench_problem(c: &mut Criterion, timer: &GpuTimer, problem: &Problem) -> Result<()> {
     let mut case = timer.case(problem)?;
-    let dtype = bench::dtype_name(problem.dtype);
+    let dtype = problem.dtype.short_name();
     for pass in [Pass::Fwd, Pass::Bwd, Pass::Copy] {
         let mut group = c.benchmark_group(format!("{pass}/{dtype}"));
         group.throughput(Throughput::Bytes(problem.bytes(pass)));

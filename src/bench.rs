@@ -147,22 +147,13 @@ impl std::fmt::Display for Norm {
     }
 }
 
-/// The short dtype names the bench speaks (`f32`, `f16`, `bf16`).
-pub fn dtype_name(d: DType) -> &'static str {
-    match d {
-        DType::F32 => "f32",
-        DType::F16 => "f16",
-        DType::BF16 => "bf16",
-    }
-}
-
 /// Serialises a [`DType`] by its short name, so records match the command line.
 mod short_dtype {
-    use super::{dtype_name, DType};
+    use super::DType;
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(d: &DType, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(dtype_name(*d))
+        s.serialize_str(d.short_name())
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DType, D::Error> {
@@ -618,7 +609,7 @@ pub fn render_table(records: &[BenchRecord]) -> String {
             [
                 r.implementation.clone(),
                 r.norm.name().to_string(),
-                dtype_name(r.dtype).to_string(),
+                r.dtype.short_name().to_string(),
                 r.cols.to_string(),
                 r.rows.to_string(),
                 r.pass.name().to_string(),

@@ -18,14 +18,17 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use cudarc::driver::CudaSlice;
-use half::{bf16, f16};
 
 use crate::array::{mask_to_device, Array, DeviceElement, Storage};
 use crate::cuda::CudaBackend;
-use crate::limits::{self, checked_product};
+use crate::limits::checked_product;
+use crate::module_params::{
+    check_cotangent, check_param, check_param_alloc, init_params, kernel_dtypes,
+};
 use crate::ops::{self, Layout, NormSpec};
 use crate::reference::{self, Params};
 use crate::rng::Rng;
+use crate::with_kernel_dtypes;
 use crate::{Axes, DType, Device, Error, NormConfig, NormKind, Result, Tensor};
 
 /// What `forward_train` keeps for `backward`.
@@ -59,43 +62,6 @@ impl LayerId {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         LayerId(NEXT.fetch_add(1, Ordering::Relaxed))
     }
-}
-
-/// Scale and bias (those the config uses) of `shape`, drawn from the config's initializers
-/// in that order, on `device`.
-pub(crate) fn init_params(
-    cfg: &NormConfig,
-    shape: &[usize],
-    device: &Device,
-    rng: &mut Rng,
-) -> Result<(Option<Array>, Option<Array>)> {
-    let mut param = |on: bool, options: &crate::config::ParamOptions| -> Result<Option<Array>> {
-        if !on {
-            return Ok(None);
-        }
-        let data = options.init.init(shape, rng)?;
-        let t = Tensor::new(shape.to_vec(), cfg.param_dtype(), data)?;
-        Array::from_tensor(device, &t).map(Some)
-    };
-    let scale = param(cfg.has_scale(), cfg.scale_options())?;
-    let bias = param(cfg.has_bias(), cfg.bias_options())?;
-    Ok((scale, bias))
-}
-
-/// Errors unless the parameters of `param_shape` (those the config has) fit on `device`,
-/// and on the host where they are initialised: checked before any is drawn.
-pub(crate) fn check_param_alloc(
-    cfg: &NormConfig,
-    device: &Device,
-    param_shape: &[usize],
-) -> Result<()> {
-    if !(cfg.has_scale() || cfg.has_bias()) {
-        return Ok(());
-    }
-    let what = "x_shape (the parameters' part)";
-    let n = checked_product(what, param_shape)?;
-    limits::check_host_alloc(what, n, std::mem::size_of::<f64>())?;
-    device.check_alloc(what, n, cfg.param_dtype().size())
 }
 
 /// Gradients: dx in x's dtype, dscale / dbias in the parameter dtype (absent when the
@@ -206,7 +172,8 @@ impl LayerNorm {
         self.check_saved(x, saved)?;
         match (&self.device, self.kernel_layout(x, saved.mask.is_some())) {
             (Device::Cuda(be), Ok(layout)) => {
-                dispatch!(self, x.dtype(), gpu_backward(be, layout, x, dy, saved))
+                let d = kernel_dtypes(&self.cfg, x.dtype());
+                with_kernel_dtypes!(d, <T, P, O> => self.gpu_backward::<T, P, O>(be, layout, x, dy, saved))
             }
             (Device::Cuda(_), Err(e)) if !matches!(e, Error::Unsupported(_)) => Err(e),
             _ => self.reference_backward(x, dy, saved),
@@ -284,11 +251,10 @@ impl LayerNorm {
         match (&self.device, self.kernel_layout(x, mask.is_some())) {
             (Device::Cuda(be), Ok(layout)) => {
                 let mask_dev = mask.map(|m| mask_to_device(be.stream(), m)).transpose()?;
-                let (y, mean, rstd) = dispatch!(
-                    self,
-                    x.dtype(),
-                    gpu_forward(be, layout, x, mask_dev.as_ref(), train)
-                )?;
+                let d = kernel_dtypes(&self.cfg, x.dtype());
+                let (y, mean, rstd) = with_kernel_dtypes!(d, <T, P, O> => {
+                    self.gpu_forward::<T, P, O>(be, layout, x, mask_dev.as_ref(), train)
+                })?;
                 let rows = layout.num_rows();
                 let stats =
                     |s: CudaSlice<f32>| Array::from_parts(vec![rows], DType::F32, Storage::F32(s));
@@ -316,14 +282,7 @@ impl LayerNorm {
         if !self.device.is_cuda() {
             return Err(Error::Unsupported("the layer is on the CPU".into()));
         }
-        let (p, o) = (self.cfg.param_dtype(), self.cfg.output_dtype(x_dtype));
-        let takes = |d: DType| d == x_dtype || d == DType::F32;
-        if !(takes(p) && takes(o)) {
-            return Err(Error::Unsupported(format!(
-                "x {x_dtype} with parameters {p} and output {o}: the kernels take parameters and output in x's \
-                 dtype or float32"
-            )));
-        }
+        kernel_dtypes(&self.cfg, x_dtype).check_compiled()?;
         let layout = self.gpu_layout(x_shape)?;
         if masked && matches!(layout, Layout::ChannelsFirst { .. }) {
             return Err(Error::Unsupported(
@@ -431,37 +390,6 @@ impl LayerNorm {
         })
     }
 }
-
-/// Calls `$layer.$f::<T, P, O>(..)` for x's dtype and the config's parameter and output
-/// dtypes (`$layer.cfg`), or returns an error naming a combination the kernels do not take
-/// (`$hint` says where to go instead). Shared by the single-device and sharded layers.
-macro_rules! dispatch {
-    ($layer:expr, $x:expr, $f:ident($($arg:expr),*)) => {
-        dispatch!($layer, $x, $f($($arg),*), "use Device::cpu()")
-    };
-    ($layer:expr, $x:expr, $f:ident($($arg:expr),*), $hint:expr) => {{
-        let x_dtype: DType = $x;
-        let p_dtype = $layer.cfg.param_dtype();
-        let o_dtype = $layer.cfg.output_dtype(x_dtype);
-        use DType::*;
-        match (x_dtype, p_dtype, o_dtype) {
-            (F32, F32, F32) => $layer.$f::<f32, f32, f32>($($arg),*),
-            (F16, F16, F16) => $layer.$f::<f16, f16, f16>($($arg),*),
-            (F16, F16, F32) => $layer.$f::<f16, f16, f32>($($arg),*),
-            (F16, F32, F16) => $layer.$f::<f16, f32, f16>($($arg),*),
-            (F16, F32, F32) => $layer.$f::<f16, f32, f32>($($arg),*),
-            (BF16, BF16, BF16) => $layer.$f::<bf16, bf16, bf16>($($arg),*),
-            (BF16, BF16, F32) => $layer.$f::<bf16, bf16, f32>($($arg),*),
-            (BF16, F32, BF16) => $layer.$f::<bf16, f32, bf16>($($arg),*),
-            (BF16, F32, F32) => $layer.$f::<bf16, f32, f32>($($arg),*),
-            (x, p, o) => Err(Error::Unsupported(format!(
-                "x {x} with parameters {p} and output {o} on the GPU: parameters and output must each be {x} or \
-                 float32 ({})", $hint
-            ))),
-        }
-    }};
-}
-pub(crate) use dispatch;
 
 impl LayerNorm {
     fn gpu_forward<T: DeviceElement, P: DeviceElement, O: DeviceElement>(
@@ -581,59 +509,4 @@ impl NormKind {
             NormKind::RmsScaling => "rms_scaling",
         }
     }
-}
-
-/// Checks a parameter tensor a caller hands to a layer: the config uses it, and its shape
-/// and dtype are the layer's.
-pub(crate) fn check_param(
-    cfg: &NormConfig,
-    param_shape: &[usize],
-    what: &'static str,
-    used: bool,
-    t: &Tensor,
-) -> Result<()> {
-    if !used {
-        return Err(Error::InvalidConfig(format!("the config has no {what}")));
-    }
-    if t.shape() != param_shape {
-        return Err(Error::Shape {
-            what,
-            expected: format!("{param_shape:?}"),
-            got: format!("{:?}", t.shape()),
-        });
-    }
-    if t.dtype() != cfg.param_dtype() {
-        return Err(Error::DType {
-            what,
-            expected: cfg.param_dtype(),
-            got: t.dtype(),
-        });
-    }
-    Ok(())
-}
-
-/// Checks a cotangent: the shape of x, the dtype of y (the config's output dtype for x), and
-/// on the same kind of device as x.
-pub(crate) fn check_cotangent(cfg: &NormConfig, x: &Array, dy: &Array) -> Result<()> {
-    if dy.shape() != x.shape() {
-        return Err(Error::Shape {
-            what: "dy",
-            expected: format!("{:?} (the shape of x)", x.shape()),
-            got: format!("{:?}", dy.shape()),
-        });
-    }
-    let y_dtype = cfg.output_dtype(x.dtype());
-    if dy.dtype() != y_dtype {
-        return Err(Error::DType {
-            what: "dy",
-            expected: y_dtype,
-            got: dy.dtype(),
-        });
-    }
-    if dy.is_cuda() != x.is_cuda() {
-        return Err(Error::Unsupported(
-            "dy and x live on different devices".into(),
-        ));
-    }
-    Ok(())
 }

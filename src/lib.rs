@@ -104,6 +104,7 @@ pub mod error;
 pub mod fixture;
 pub mod layer;
 pub mod limits;
+mod module_params;
 pub mod ops;
 pub mod plot;
 pub mod reference;

@@ -31,7 +31,7 @@ use crate::cuda::params::{
     WarpnormStridedFwdParams,
 };
 use crate::cuda::{self, CudaBackend, Launch, OnStream};
-use crate::{DType, Element, Error, NormConfig, NormKind, Result};
+use crate::{Element, Error, NormConfig, NormKind, Result};
 
 /// What the kernels compute: the part of a [`NormConfig`] that reaches the GPU.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -208,28 +208,6 @@ pub struct Backward<'a, T, P, O> {
 /// f32 elements of workspace a [`backward`] call needs on this device.
 pub fn backward_workspace_len(be: &CudaBackend, layout: &Layout) -> usize {
     cuda::backward_workspace_len(layout.num_rows(), layout.cols(), be.info().sm_count)
-}
-
-fn short(d: DType) -> &'static str {
-    match d {
-        DType::F32 => "f32",
-        DType::F16 => "f16",
-        DType::BF16 => "bf16",
-    }
-}
-
-fn dtypes<T: Element, P: Element, O: Element>() -> Result<cuda::Dtypes> {
-    let (x, p, o) = (T::DTYPE, P::DTYPE, O::DTYPE);
-    if !(p == x || p == DType::F32) || !(o == x || o == DType::F32) {
-        return Err(Error::Unsupported(format!(
-            "x {x} with parameters {p} and output {o}: parameters and output must each be {x} or float32"
-        )));
-    }
-    Ok(cuda::Dtypes {
-        x: short(x),
-        param: short(p),
-        out: short(o),
-    })
 }
 
 /// Device addresses of one call's buffers, with cudarc's stream-ordering guards kept
@@ -468,7 +446,9 @@ pub(crate) fn check_call<T: Element, P: Element, O: Element>(
     }
     let extents = layout.extents()?;
     check_mask_layout(has_mask, layout)?;
-    Ok((dtypes::<T, P, O>()?, extents))
+    let dtypes = cuda::Dtypes::of::<T, P, O>();
+    dtypes.check_compiled()?;
+    Ok((dtypes, extents))
 }
 
 /// Builds the parameter struct of a checked forward and launches it.

@@ -54,6 +54,7 @@ use crate::cuda::launch_sharded::StatsMode;
 use crate::dist::Collective;
 use crate::layer::Gradients;
 use crate::limits::checked_product;
+use crate::module_params;
 use crate::rng::Rng;
 use crate::{DType, Device, Error, NormConfig, NormKind, Result, Tensor};
 
@@ -159,13 +160,13 @@ impl ShardedLayerNorm {
         }
         let axes = resolve(cfg, shard_shape)?;
         for device in devices {
-            crate::layer::check_param_alloc(cfg, device, &axes.param_shape)?;
+            module_params::check_param_alloc(cfg, device, &axes.param_shape)?;
         }
         let mut params = Vec::with_capacity(devices.len());
         for (device, &rank) in devices.iter().zip(comm.local_ranks()) {
             let mut rng = Rng::new(seed ^ (rank as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
             let (scale, bias) =
-                crate::layer::init_params(cfg, &axes.param_shape, device, &mut rng)?;
+                module_params::init_params(cfg, &axes.param_shape, device, &mut rng)?;
             params.push(ShardParams { scale, bias });
         }
         Ok(ShardedLayerNorm {
@@ -228,7 +229,7 @@ impl ShardedLayerNorm {
                 self.params.len()
             ))
         })?;
-        crate::layer::check_param(&self.cfg, &self.axes.param_shape, what, used, t)?;
+        module_params::check_param(&self.cfg, &self.axes.param_shape, what, used, t)?;
         Array::from_tensor(device, t)
     }
 
@@ -272,7 +273,7 @@ impl ShardedLayerNorm {
         check_count("dy shards", xs.len(), dys.len())?;
         check_count("saved statistics", xs.len(), saved.len())?;
         for (x, dy) in xs.iter().zip(dys) {
-            crate::layer::check_cotangent(&self.cfg, x, dy)?;
+            module_params::check_cotangent(&self.cfg, x, dy)?;
         }
         for (s, x) in saved.iter().zip(xs) {
             let dvar_rows = s.dvar.as_ref().map_or(view.rows, Array::numel);

@@ -5,7 +5,7 @@
 //! exists to test the kernels on machines without a GPU; it is far too slow for anything
 //! else.
 //!
-//! Only the dtype combinations in [`tiers::EMULATED_COMBOS`] are compiled; others return
+//! Only the dtype combinations in [`Dtypes::emulated`] are compiled; others return
 //! [`Error::Unsupported`].
 
 use std::ffi::{c_char, c_int, c_void, CString};
@@ -13,8 +13,7 @@ use std::ffi::{c_char, c_int, c_void, CString};
 use cudarc::driver::{DeviceRepr, LaunchConfig};
 
 use super::select;
-use super::tiers;
-use super::Launch;
+use super::{Dtypes, Launch};
 use crate::ops::{self, check_len, BwdAddrs, FwdAddrs, Layout, NormSpec};
 use crate::{Element, Error, Result};
 
@@ -86,12 +85,7 @@ impl Launch for Emulator {
 
 /// Whether the emulation has the kernels of this dtype combination.
 pub fn supports<T: Element, P: Element, O: Element>() -> bool {
-    let name = |d: crate::DType| match d {
-        crate::DType::F32 => "f32",
-        crate::DType::F16 => "f16",
-        crate::DType::BF16 => "bf16",
-    };
-    tiers::EMULATED_COMBOS.contains(&(name(T::DTYPE), name(P::DTYPE), name(O::DTYPE)))
+    Dtypes::emulated().contains(&Dtypes::of::<T, P, O>())
 }
 
 /// Host buffers of a forward pass (see [`ops::Forward`]).

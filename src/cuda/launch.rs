@@ -17,8 +17,8 @@ use super::params::{
 };
 use super::select::{self, Plan, STRIDED_THREADS};
 use super::tiers::expr;
-use super::CudaBackend;
-use crate::Result;
+use super::{CudaBackend, Dtypes};
+use crate::{DType, Result};
 
 /// Something that runs warpnorm's kernels.
 pub(crate) trait Launch {
@@ -100,14 +100,6 @@ impl Launch for OnStream<'_> {
     }
 }
 
-/// Dtype short names (`f32`, `f16`, `bf16`) of x, the parameters and y.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Dtypes {
-    pub x: &'static str,
-    pub param: &'static str,
-    pub out: &'static str,
-}
-
 pub(crate) struct FwdBuffers {
     pub params: WarpnormFwdParams,
     pub dtypes: Dtypes,
@@ -134,16 +126,16 @@ fn config(grid: u32, threads: u32, smem: u32) -> LaunchConfig {
 
 pub(crate) fn forward_rows<L: Launch>(l: &L, b: &FwdBuffers) -> Result<()> {
     let p = &b.params;
-    let d = b.dtypes;
+    let (x, param, out) = b.dtypes.short_names();
     let plan = select::forward_plan(p.cols as u64, b.vec, b.elem_bytes, l.max_smem_per_cta());
     let (name, smem) = match plan {
-        Plan::Rows(t) => (expr::fwd_rows(d.x, d.param, d.out, t), 0),
+        Plan::Rows(t) => (expr::fwd_rows(x, param, out, t), 0),
         Plan::Cta {
             vec,
             cached,
             smem_bytes,
             ..
-        } => (expr::fwd_cta(d.x, d.param, d.out, vec, cached), smem_bytes),
+        } => (expr::fwd_cta(x, param, out, vec, cached), smem_bytes),
     };
     let grid = select::forward_grid(p.rows as u64, plan, l.sm_count());
     l.launch(
@@ -160,13 +152,14 @@ pub(crate) fn forward_strided<L: Launch>(
     d: Dtypes,
 ) -> Result<()> {
     let grid = select::strided_forward_grid((p.outer * p.inner) as u64, l.sm_count());
-    let name = expr::fwd_strided(d.x, d.param, d.out);
+    let (x, param, out) = d.short_names();
+    let name = expr::fwd_strided(x, param, out);
     l.launch("layernorm_fwd", &name, p, config(grid, STRIDED_THREADS, 0))
 }
 
 pub(crate) fn backward_rows<L: Launch>(l: &L, b: &BwdBuffers) -> Result<()> {
     let p = &b.params;
-    let d = b.dtypes;
+    let (x, param, out) = b.dtypes.short_names();
     if p.rows == 0 {
         // No rows: the parameter gradients are sums of nothing.
         return finalize_both(l, b, 0, 0, 0);
@@ -175,7 +168,7 @@ pub(crate) fn backward_rows<L: Launch>(l: &L, b: &BwdBuffers) -> Result<()> {
     let plan = select::backward_plan(cols, b.vec, l.max_smem_per_cta());
     let (name, smem) = match plan {
         Plan::Rows(t) => (
-            expr::bwd_rows(d.x, d.param, d.out, t),
+            expr::bwd_rows(x, param, out, t),
             select::backward_rows_smem(t, cols),
         ),
         Plan::Cta {
@@ -183,7 +176,7 @@ pub(crate) fn backward_rows<L: Launch>(l: &L, b: &BwdBuffers) -> Result<()> {
             cached,
             smem_bytes,
             ..
-        } => (expr::bwd_cta(d.x, d.param, d.out, vec, cached), smem_bytes),
+        } => (expr::bwd_cta(x, param, out, vec, cached), smem_bytes),
     };
     let resident = l.resident_ctas("layernorm_bwd", &name, plan.threads(), smem)?;
     let grid = select::backward_grid(p.rows as u64, plan, l.sm_count(), resident);
@@ -207,9 +200,9 @@ pub(crate) fn backward_strided<L: Launch>(
     p: &WarpnormStridedBwdParams,
     b: &BwdBuffers,
 ) -> Result<()> {
-    let d = b.dtypes;
+    let (x, param, out) = b.dtypes.short_names();
     let grid = select::strided_backward_grid((p.outer * p.inner) as u64, l.sm_count());
-    let name = expr::bwd_strided(d.x, d.param, d.out);
+    let name = expr::bwd_strided(x, param, out);
     l.launch("layernorm_bwd", &name, p, config(grid, STRIDED_THREADS, 0))?;
     let parts = grid as i32 * (STRIDED_THREADS as i32 / 32);
     finalize_both(l, b, p.partial_dscale as u64, p.partial_dbias as u64, parts)
@@ -231,7 +224,7 @@ fn finalize_both<L: Launch>(
 /// the sum of `parts` partial rows of `cols` f32 at `partial`, in part order.
 pub(crate) fn finalize_param_grads<L: Launch>(
     l: &L,
-    param: &str,
+    param: DType,
     cols: i64,
     parts: i32,
     outputs: [(u64, Option<u64>); 2],
@@ -247,7 +240,7 @@ pub(crate) fn finalize_param_grads<L: Launch>(
         let grid = (cols as u64).div_ceil(256).clamp(1, 65_535) as u32;
         l.launch(
             "layernorm_bwd",
-            &expr::finalize(param),
+            &expr::finalize(param.short_name()),
             &p,
             config(grid, 256, 0),
         )?;

@@ -17,7 +17,7 @@ use super::params::{
 };
 use super::tiers::sharded as names;
 use super::{CudaBackend, Dtypes, Launch, OnStream};
-use crate::{NormKind, Result};
+use crate::{DType, NormKind, Result};
 
 /// `kShardThreads`: a CTA of the warp-per-row kernels holds this many threads (4 warps).
 const ROW_THREADS: u32 = 128;
@@ -112,7 +112,7 @@ fn write(addr: u64) -> *mut c_void {
 pub(crate) fn row_stats(
     be: &CudaBackend,
     stream: &CudaStream,
-    x_dtype: &str,
+    x_dtype: DType,
     x: u64,
     x_stride: i64,
     mask: u64,
@@ -131,7 +131,14 @@ pub(crate) fn row_stats(
         mode: mode.code(),
     };
     let cfg = config(row_grid(be, shape.rows), ROW_THREADS);
-    launch(be, stream, "sharded", &names::row_stats(x_dtype), &p, cfg)
+    launch(
+        be,
+        stream,
+        "sharded",
+        &names::row_stats(x_dtype.short_name()),
+        &p,
+        cfg,
+    )
 }
 
 /// Device addresses and options of [`apply`] (0 for an absent optional buffer).
@@ -180,7 +187,8 @@ pub(crate) fn apply(
         kind: kind_code(a.kind),
         mode: a.mode.code(),
     };
-    let name = names::apply(d.x, d.param, d.out);
+    let (x, param, out) = d.short_names();
+    let name = names::apply(x, param, out);
     let cfg = config(row_grid(be, shape.rows), ROW_THREADS);
     launch(be, stream, "sharded", &name, &p, cfg)
 }
@@ -241,7 +249,8 @@ pub(crate) fn bwd_sums(
     shape: Rows,
     a: &BwdArgs,
 ) -> Result<()> {
-    let name = names::bwd_sums(d.x, d.param, d.out);
+    let (x, param, out) = d.short_names();
+    let name = names::bwd_sums(x, param, out);
     launch_bwd_rows(be, stream, &name, shape, a)
 }
 
@@ -253,7 +262,8 @@ pub(crate) fn dx(
     shape: Rows,
     a: &BwdArgs,
 ) -> Result<()> {
-    let name = names::dx(d.x, d.param, d.out);
+    let (x, param, out) = d.short_names();
+    let name = names::dx(x, param, out);
     launch_bwd_rows(be, stream, &name, shape, a)
 }
 
@@ -315,6 +325,7 @@ pub(crate) fn param_grads(
     if a.dscale.is_none() && a.dbias.is_none() {
         return Ok(());
     }
+    let (x, _, out) = d.short_names();
     let (chunk_rows, chunks) = param_chunks(shape.rows, shape.cols, be.info.sm_count);
     let half = chunks * shape.cols as u64 * 4;
     let partial_dscale = a.dscale.map_or(0, |_| a.workspace);
@@ -337,14 +348,7 @@ pub(crate) fn param_grads(
         .div_ceil(FLAT_THREADS as u64)
         .min(MAX_CHUNKS) as u32;
     let cfg = config((col_blocks, chunks as u32), FLAT_THREADS);
-    launch(
-        be,
-        stream,
-        "sharded",
-        &names::param_grads(d.x, d.out),
-        &p,
-        cfg,
-    )?;
+    launch(be, stream, "sharded", &names::param_grads(x, out), &p, cfg)?;
     let outputs = [(partial_dscale, a.dscale), (partial_dbias, a.dbias)];
     let l = OnStream { be, stream };
     launch::finalize_param_grads(&l, d.param, shape.cols, chunks as i32, outputs)
@@ -355,8 +359,8 @@ pub(crate) fn param_grads(
 pub(crate) fn cast_scale(
     be: &CudaBackend,
     stream: &CudaStream,
-    src_dtype: &str,
-    dst_dtype: &str,
+    src_dtype: DType,
+    dst_dtype: DType,
     src: u64,
     dst: u64,
     n: i64,
@@ -368,7 +372,7 @@ pub(crate) fn cast_scale(
         n,
         divisor,
     };
-    let name = names::cast_scale(src_dtype, dst_dtype);
+    let name = names::cast_scale(src_dtype.short_name(), dst_dtype.short_name());
     let cfg = config(flat_grid(be, n), FLAT_THREADS);
     launch(be, stream, "sharded", &name, &p, cfg)
 }

@@ -5,6 +5,7 @@
 //! safe operations on caller-owned buffers live in [`crate::ops`].
 
 pub mod driver;
+mod dtypes;
 #[cfg(feature = "emulator")]
 pub mod emulator;
 pub mod kernels;
@@ -27,9 +28,10 @@ use crate::{Error, Result};
 use kernels::{Image, ImageKind, IMAGES};
 
 pub use driver::{CudaVersion, DriverSupport};
+pub use dtypes::Dtypes;
 pub(crate) use launch::{
-    backward_rows, backward_strided, forward_rows, forward_strided, BwdBuffers, Dtypes, FwdBuffers,
-    Launch, OnStream,
+    backward_rows, backward_strided, forward_rows, forward_strided, BwdBuffers, FwdBuffers, Launch,
+    OnStream,
 };
 pub use select::backward_workspace_len;
 

@@ -7,15 +7,16 @@
 use std::sync::Arc;
 
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, SyncOnDrop};
-use half::{bf16, f16};
 
 use super::{ShardSaved, ShardedLayerNorm, View};
 use crate::array::{mask_to_device, Array, DeviceElement};
 use crate::cuda::launch_sharded::{self, ApplyArgs, BwdArgs, ParamGradArgs, Rows, StatsMode};
 use crate::cuda::{CudaBackend, Dtypes};
 use crate::dist::{Buf, BufMut};
-use crate::layer::{dispatch, Gradients};
-use crate::{DType, Device, Element, Error, Result};
+use crate::layer::Gradients;
+use crate::module_params;
+use crate::with_kernel_dtypes;
+use crate::{DType, Device, Error, Result};
 
 /// Device addresses of one launch's buffers, with cudarc's stream-ordering guards kept
 /// alive until the launch has been enqueued (dropping a guard records the buffer's use
@@ -50,22 +51,6 @@ impl<'a> Guards<'a> {
     }
 }
 
-fn short(d: DType) -> &'static str {
-    match d {
-        DType::F32 => "f32",
-        DType::F16 => "f16",
-        DType::BF16 => "bf16",
-    }
-}
-
-fn dtypes<T: Element, P: Element, O: Element>() -> Dtypes {
-    Dtypes {
-        x: short(T::DTYPE),
-        param: short(P::DTYPE),
-        out: short(O::DTYPE),
-    }
-}
-
 fn rows_of(v: View) -> Rows {
     Rows {
         rows: v.rows as i64,
@@ -85,6 +70,19 @@ impl ShardedLayerNorm {
             Some(Device::Cuda(be)) => Ok(be),
             _ => Err(Error::Unsupported(format!("local rank {i} has no GPU"))),
         }
+    }
+
+    /// The kernels' dtypes for shards of `x_dtype`, or why the GPU collective cannot
+    /// normalise them.
+    fn kernel_dtypes(&self, x_dtype: DType) -> Result<Dtypes> {
+        let d = module_params::kernel_dtypes(&self.cfg, x_dtype);
+        d.check_compiled().map_err(|e| match e {
+            Error::Unsupported(why) => {
+                Error::Unsupported(format!("{why} (use the CPU collective)"))
+            }
+            other => other,
+        })?;
+        Ok(d)
     }
 
     /// Errors unless every array is a GPU array of dtype `T` on its rank's GPU.
@@ -109,12 +107,8 @@ impl ShardedLayerNorm {
         v: View,
         train: bool,
     ) -> Result<(Vec<Array>, Vec<ShardSaved>)> {
-        dispatch!(
-            self,
-            xs[0].dtype(),
-            gpu_forward(xs, masks, v, train),
-            "use the CPU collective"
-        )
+        let d = self.kernel_dtypes(xs[0].dtype())?;
+        with_kernel_dtypes!(d, <T, P, O> => self.gpu_forward::<T, P, O>(xs, masks, v, train))
     }
 
     /// Local rank `i`'s mask on its GPU (one byte per element), if there is one.
@@ -132,12 +126,8 @@ impl ShardedLayerNorm {
         saved: &[ShardSaved],
         v: View,
     ) -> Result<Vec<Gradients>> {
-        dispatch!(
-            self,
-            xs[0].dtype(),
-            gpu_backward(xs, dys, saved, v),
-            "use the CPU collective"
-        )
+        let d = self.kernel_dtypes(xs[0].dtype())?;
+        with_kernel_dtypes!(d, <T, P, O> => self.gpu_backward::<T, P, O>(xs, dys, saved, v))
     }
 
     fn gpu_forward<T: DeviceElement, P: DeviceElement, O: DeviceElement>(
@@ -148,7 +138,7 @@ impl ShardedLayerNorm {
         train: bool,
     ) -> Result<(Vec<Array>, Vec<ShardSaved>)> {
         self.check_on_gpus::<T>("x", &xs.iter().collect::<Vec<_>>())?;
-        let d = dtypes::<T, P, O>();
+        let d = Dtypes::of::<T, P, O>();
         let shape = rows_of(v);
         let mode = self.mode();
         let k = self.group_size();
@@ -292,7 +282,7 @@ impl ShardedLayerNorm {
                 }
             }
         }
-        let d = dtypes::<T, P, O>();
+        let d = Dtypes::of::<T, P, O>();
         let shape = rows_of(v);
         let kind = self.cfg.kind();
         let weight = (1.0 / (self.group_size() as f64 * v.cols as f64)) as f32;

@@ -253,7 +253,7 @@ pub fn format_report(r: &FixtureReport) -> String {
             None => line.push_str(&format!(
                 "  {} {} max_err={:.3e} worst={:.3}{}",
                 o.name,
-                crate::bench::dtype_name(o.dtype),
+                o.dtype.short_name(),
                 o.max_abs_err,
                 o.worst_ratio,
                 if o.passed() {
