@@ -19,6 +19,17 @@ pub(crate) fn kernel_dtypes(cfg: &NormConfig, x_dtype: DType) -> Dtypes {
     }
 }
 
+/// [`kernel_dtypes`] when the kernels are compiled for them, else an error naming the
+/// combination and `instead`, where to go for it.
+pub(crate) fn compiled_dtypes(cfg: &NormConfig, x_dtype: DType, instead: &str) -> Result<Dtypes> {
+    let d = kernel_dtypes(cfg, x_dtype);
+    d.check_compiled().map_err(|e| match e {
+        Error::Unsupported(why) => Error::Unsupported(format!("{why} ({instead})")),
+        other => other,
+    })?;
+    Ok(d)
+}
+
 /// Scale and bias (those the config uses) of `shape`, drawn from the config's initializers
 /// in that order, on `device`.
 pub(crate) fn init_params(

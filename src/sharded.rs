@@ -50,12 +50,13 @@ use std::sync::Arc;
 
 use crate::array::Array;
 use crate::config::Axes;
-use crate::cuda::launch_sharded::StatsMode;
 use crate::dist::Collective;
 use crate::layer::Gradients;
+use crate::layout::Layout;
 use crate::limits::checked_product;
 use crate::module_params;
 use crate::rng::Rng;
+use crate::shard_stats::StatsMode;
 use crate::{DType, Device, Error, NormConfig, NormKind, Result, Tensor};
 
 /// What `forward_train` keeps for `backward`, per local rank.
@@ -113,13 +114,6 @@ impl std::fmt::Debug for ShardedLayerNorm {
             .field("axes", &self.axes)
             .finish()
     }
-}
-
-/// A shard as the kernels see it: `rows` rows of `cols` contiguous features.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct View {
-    pub rows: usize,
-    pub cols: usize,
 }
 
 impl ShardedLayerNorm {
@@ -276,18 +270,18 @@ impl ShardedLayerNorm {
             module_params::check_cotangent(&self.cfg, x, dy)?;
         }
         for (s, x) in saved.iter().zip(xs) {
-            let dvar_rows = s.dvar.as_ref().map_or(view.rows, Array::numel);
+            let dvar_rows = s.dvar.as_ref().map_or(view.num_rows(), Array::numel);
             let mask_len = s.mask.as_ref().map_or(x.numel(), Vec::len);
-            if s.mean.numel() != view.rows
-                || s.rstd.numel() != view.rows
-                || dvar_rows != view.rows
+            if s.mean.numel() != view.num_rows()
+                || s.rstd.numel() != view.num_rows()
+                || dvar_rows != view.num_rows()
                 || mask_len != x.numel()
             {
                 return Err(Error::Shape {
                     what: "saved statistics",
                     expected: format!(
                         "{} rows and a mask of {} elements, or none (from forward_train of these shards)",
-                        view.rows,
+                        view.num_rows(),
                         x.numel()
                     ),
                     got: format!(
@@ -341,14 +335,9 @@ impl ShardedLayerNorm {
         self.comm.groups().group_size()
     }
 
-    /// How the group combines its statistics: moments for flax's exact variance, means
-    /// (one pmean) for the fast variance and RMSNorm.
+    /// How the group combines its statistics.
     pub(crate) fn mode(&self) -> StatsMode {
-        if self.cfg.kind() == NormKind::LayerNorm && !self.cfg.fast_variance() {
-            StatsMode::Moments
-        } else {
-            StatsMode::Means
-        }
+        StatsMode::for_config(&self.cfg)
     }
 
     /// Whether backward needs the fast variance's clamp derivative.
@@ -358,7 +347,7 @@ impl ShardedLayerNorm {
 
     /// Checks one shard per local rank, all of one shape and dtype (as `pmap` maps one
     /// program over equal shards), each on its rank's device.
-    fn check_inputs(&self, xs: &[Array]) -> Result<View> {
+    fn check_inputs(&self, xs: &[Array]) -> Result<Layout> {
         check_count("x shards", self.params.len(), xs.len())?;
         let first = &xs[0];
         if first.shape().len() != self.rank {
@@ -394,10 +383,8 @@ impl ShardedLayerNorm {
             }
         }
         let cols = axes.row_len(first.shape());
-        Ok(View {
-            rows: axes.rows(first.shape()),
-            cols,
-        })
+        // Shards are contiguous: `rows` rows of `cols` features.
+        Ok(Layout::rows(axes.rows(first.shape()), cols))
     }
 }
 

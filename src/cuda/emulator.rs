@@ -1,7 +1,7 @@
 //! The kernels on the CPU (feature `emulator`): the CUDA sources in `kernels/` compiled
 //! for the host with a small execution model (`kernels/emulator/`), one host thread per
 //! CUDA thread. Calls go through the same checks, parameter structs, tier selection and
-//! grid sizing as [`crate::ops`] on a GPU; only the last step, the launch, differs. It
+//! grid sizing as [`crate::ops`] on a GPU (`norm.rs`); only the last step, the launch, differs. It
 //! exists to test the kernels on machines without a GPU; it is far too slow for anything
 //! else.
 //!
@@ -12,9 +12,10 @@ use std::ffi::{c_char, c_int, c_void, CString};
 
 use cudarc::driver::{DeviceRepr, LaunchConfig};
 
+use super::norm::{self, check_call, BwdAddrs, FwdAddrs, NormSpec};
 use super::select;
 use super::{Dtypes, Launch};
-use crate::ops::{self, check_len, BwdAddrs, FwdAddrs, Layout, NormSpec};
+use crate::layout::{check_len, Layout};
 use crate::{Element, Error, Result};
 
 extern "C" {
@@ -58,7 +59,7 @@ impl Launch for Emulator {
         cfg: LaunchConfig,
     ) -> Result<()> {
         let name = CString::new(expr).map_err(|_| Error::Unsupported(expr.to_string()))?;
-        // SAFETY: `params` is the kernel's parameter struct, built by ops' shared core from
+        // SAFETY: `params` is the kernel's parameter struct, built by `norm.rs` from
         // host slices whose lengths the public functions below checked exactly as ops
         // checks device buffers; the harness reads it as that struct for `expr`, and the
         // pointers stay valid until it returns (it joins every thread).
@@ -88,7 +89,7 @@ pub fn supports<T: Element, P: Element, O: Element>() -> bool {
     Dtypes::emulated().contains(&Dtypes::of::<T, P, O>())
 }
 
-/// Host buffers of a forward pass (see [`ops::Forward`]).
+/// Host buffers of a forward pass (see [`crate::ops::Forward`]).
 pub struct HostForward<'a, T, P, O> {
     pub x: &'a [T],
     pub scale: Option<&'a [P]>,
@@ -98,7 +99,7 @@ pub struct HostForward<'a, T, P, O> {
     pub stats: Option<(&'a mut [f32], &'a mut [f32])>,
 }
 
-/// Host buffers of a backward pass (see [`ops::Backward`]).
+/// Host buffers of a backward pass (see [`crate::ops::Backward`]).
 pub struct HostBackward<'a, T, P, O> {
     pub x: &'a [T],
     pub dy: &'a [O],
@@ -132,13 +133,13 @@ fn addr_opt<T>(what: &'static str, s: Option<&[T]>, need: usize) -> Result<u64> 
     s.map_or(Ok(0), |s| addr(what, s, need))
 }
 
-/// [`ops::forward`] on the CPU emulation.
+/// [`crate::ops::forward`] on the CPU emulation.
 pub fn forward<T: Element, P: Element, O: Element>(
     spec: &NormSpec,
     layout: Layout,
     a: HostForward<'_, T, P, O>,
 ) -> Result<()> {
-    let (d, n) = ops::check_call::<T, P, O>(Some(spec), &layout, a.mask.is_some())?;
+    let (d, n) = check_call::<T, P, O>(Some(spec), &layout, a.mask.is_some())?;
     let (mean, rstd) = match a.stats {
         Some((m, r)) => (addr_mut("mean", m, n.rows)?, addr_mut("rstd", r, n.rows)?),
         None => (0, 0),
@@ -152,16 +153,16 @@ pub fn forward<T: Element, P: Element, O: Element>(
         mean,
         rstd,
     };
-    ops::forward_core::<_, T>(&Emulator, spec, layout, d, addrs)
+    norm::forward::<_, T>(&Emulator, spec, layout, d, addrs)
 }
 
-/// [`ops::backward`] on the CPU emulation.
+/// [`crate::ops::backward`] on the CPU emulation.
 pub fn backward<T: Element, P: Element, O: Element>(
     spec: &NormSpec,
     layout: Layout,
     a: HostBackward<'_, T, P, O>,
 ) -> Result<()> {
-    let (d, n) = ops::check_call::<T, P, O>(None, &layout, a.mask.is_some())?;
+    let (d, n) = check_call::<T, P, O>(None, &layout, a.mask.is_some())?;
     let need = backward_workspace_len(&layout);
     let addrs = BwdAddrs {
         x: addr("x", a.x, n.x)?,
@@ -179,5 +180,5 @@ pub fn backward<T: Element, P: Element, O: Element>(
         workspace: addr_mut("workspace", a.workspace, need)?,
         workspace_len: need,
     };
-    ops::backward_core::<_, T>(&Emulator, spec, layout, d, addrs)
+    norm::backward::<_, T>(&Emulator, spec, layout, d, addrs)
 }

@@ -12,7 +12,7 @@ use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 
 use super::collective::{check_axis, check_count, check_equal_lens};
 use super::{BufMut, Collective};
-use crate::cuda::{launch_sharded, CudaBackend};
+use crate::cuda::{sharded as kernels, CudaBackend, OnStream};
 use crate::{DType, Device, Element, Error, Result};
 
 /// `lax.psum(x, axis_name)` over the collective's groups, in place: one buffer per local
@@ -117,9 +117,8 @@ fn reduce_device<T: Element>(
             for (b, be) in bufs.iter_mut().zip(&bes) {
                 let stream = be.stream();
                 let (ptr, _guard) = b.device_ptr_mut(stream);
-                launch_sharded::cast_scale(
-                    be,
-                    stream,
+                kernels::cast_scale(
+                    &OnStream { be, stream },
                     DType::F32,
                     DType::F32,
                     ptr,
@@ -139,7 +138,15 @@ fn reduce_device<T: Element>(
         {
             let (src, _src_guard) = b.device_ptr(stream);
             let (dst, _dst_guard) = wide.device_ptr_mut(stream);
-            launch_sharded::cast_scale(be, stream, dtype, DType::F32, src, dst, n as i64, 1.0)?;
+            kernels::cast_scale(
+                &OnStream { be, stream },
+                dtype,
+                DType::F32,
+                src,
+                dst,
+                n as i64,
+                1.0,
+            )?;
         }
         scratch.push(wide);
     }
@@ -154,7 +161,15 @@ fn reduce_device<T: Element>(
         let stream = be.stream();
         let (src, _src_guard) = wide.device_ptr(stream);
         let (dst, _dst_guard) = b.device_ptr_mut(stream);
-        launch_sharded::cast_scale(be, stream, DType::F32, dtype, src, dst, n as i64, divisor)?;
+        kernels::cast_scale(
+            &OnStream { be, stream },
+            DType::F32,
+            dtype,
+            src,
+            dst,
+            n as i64,
+            divisor,
+        )?;
     }
     Ok(())
 }
