@@ -6,7 +6,7 @@ use crate::{NormConfig, NormKind};
 
 /// What the per-shard statistics are and how the group combines them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum StatsMode {
+pub enum StatsMode {
     /// `{n, mean, M2}` per row, all-gathered and averaged over the group, each rank weighing
     /// 1/k as in flax's `pmean` (exact variance).
     Moments,
@@ -26,7 +26,7 @@ impl StatsMode {
     }
 
     /// f32 values each rank contributes per row.
-    pub(crate) const fn floats_per_row(self) -> usize {
+    pub const fn floats_per_row(self) -> usize {
         match self {
             StatsMode::Moments => 3,
             StatsMode::Means => 2,

@@ -8,6 +8,8 @@
 //! Only the dtype combinations in [`Dtypes::emulated`] are compiled; others return
 //! [`Error::Unsupported`].
 
+pub mod sharded;
+
 use std::ffi::{c_char, c_int, c_void, CString};
 
 use cudarc::driver::{DeviceRepr, LaunchConfig};
@@ -22,7 +24,8 @@ extern "C" {
     fn warpnorm_emu_launch(
         expr: *const c_char,
         params: *const c_void,
-        grid: u32,
+        grid_x: u32,
+        grid_y: u32,
         block: u32,
         smem_bytes: u32,
     ) -> c_int;
@@ -68,6 +71,7 @@ impl Launch for Emulator {
                 name.as_ptr(),
                 (params as *const P).cast(),
                 cfg.grid_dim.0,
+                cfg.grid_dim.1,
                 cfg.block_dim.0,
                 cfg.shared_mem_bytes,
             )

@@ -11,7 +11,7 @@ use cudarc::driver::LaunchConfig;
 use super::launch::{launch_config, Launch};
 use super::params::{
     kind_code, WarpnormBwdParams, WarpnormFinalizeParams, WarpnormFwdParams,
-    WarpnormStridedBwdParams, WarpnormStridedFwdParams,
+    WarpnormStridedBwdParams, WarpnormStridedFwdParams, WARPNORM_FINALIZE_THREADS,
 };
 use super::select::{self, Plan, STRIDED_THREADS};
 use super::tiers::expr;
@@ -387,12 +387,13 @@ pub(crate) fn finalize_param_grads<L: Launch>(
             cols: cols as _,
             parts,
         };
-        let grid = (cols as u64).div_ceil(256).clamp(1, 65_535) as u32;
+        let threads = WARPNORM_FINALIZE_THREADS;
+        let grid = (cols as u64).div_ceil(threads as u64).clamp(1, 65_535) as u32;
         l.launch(
             "layernorm_bwd",
             &expr::finalize(param.short_name()),
             &p,
-            config(grid, 256, 0),
+            config(grid, threads, 0),
         )?;
     }
     Ok(())

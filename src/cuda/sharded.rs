@@ -14,7 +14,8 @@ use super::launch::{launch_config, Launch};
 use super::norm::finalize_param_grads;
 use super::params::{
     kind_code, WarpnormAccumulateParams, WarpnormCastParams, WarpnormShardApplyParams,
-    WarpnormShardBwdParams, WarpnormShardParamGradsParams, WarpnormShardStatsParams,
+    WarpnormShardBwdParams, WarpnormShardParamGradsParams, WarpnormShardStats,
+    WarpnormShardStatsParams, WARPNORM_SHARD_FLAT_THREADS, WARPNORM_SHARD_ROW_THREADS,
 };
 use super::tiers::sharded as names;
 use super::Dtypes;
@@ -22,21 +23,21 @@ use crate::layout::{strides, Layout};
 use crate::shard_stats::StatsMode;
 use crate::{DType, NormKind, Result};
 
-/// `kShardThreads`: a CTA of the warp-per-row kernels holds this many threads (4 warps).
-const ROW_THREADS: u32 = 128;
+/// Threads of a CTA of the warp-per-row kernels, and its warps.
+const ROW_THREADS: u32 = WARPNORM_SHARD_ROW_THREADS;
 const ROW_WARPS: u64 = ROW_THREADS as u64 / 32;
 /// Threads of the element-wise and column kernels.
-const FLAT_THREADS: u32 = 256;
+const FLAT_THREADS: u32 = WARPNORM_SHARD_FLAT_THREADS;
 /// Grids stride over their work beyond this many CTAs per SM.
 const CTAS_PER_SM: u64 = 32;
 /// The largest `gridDim.y` (row chunks of the parameter gradients).
 const MAX_CHUNKS: u64 = 65_535;
 
-/// `kShardMoments` / `kShardMeans`: the `mode` field of the statistics' parameter structs.
+/// The `mode` field of the statistics' parameter structs (`enum WarpnormShardStats`).
 const fn mode_code(mode: StatsMode) -> i32 {
     match mode {
-        StatsMode::Moments => 0,
-        StatsMode::Means => 1,
+        StatsMode::Moments => WarpnormShardStats::WARPNORM_SHARD_MOMENTS as i32,
+        StatsMode::Means => WarpnormShardStats::WARPNORM_SHARD_MEANS as i32,
     }
 }
 
@@ -195,6 +196,16 @@ impl BwdArgs {
             weight: self.weight,
             kind: kind_code(self.kind),
         }
+    }
+}
+
+/// [`BwdArgs::weight`] of dx for a group of `group` ranks and shards of `cols` features.
+pub(crate) fn dx_weight(group: usize, cols: usize, masked: bool) -> f32 {
+    if masked {
+        // The kernel divides this by each row's count of selected elements.
+        (1.0 / group as f64) as f32
+    } else {
+        (1.0 / (group as f64 * cols as f64)) as f32
     }
 }
 

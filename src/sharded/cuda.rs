@@ -251,9 +251,7 @@ impl ShardedLayerNorm {
         let d = Dtypes::of::<T, P, O>();
         let (rows, cols, numel) = (v.num_rows(), v.cols(), v.num_rows() * v.cols());
         let kind = self.cfg.kind();
-        let weight = (1.0 / (self.group_size() as f64 * v.cols() as f64)) as f32;
-        // With a mask the kernel divides this by each row's count of selected elements.
-        let masked_weight = (1.0 / self.group_size() as f64) as f32;
+        let weight = |masked: bool| kernels::dx_weight(self.group_size(), cols, masked);
 
         // Masks the forward did not leave on the GPU go up first: an upload between the
         // collective and the dx kernel could make the host wait on the stream.
@@ -285,7 +283,7 @@ impl ShardedLayerNorm {
                     mask: 0,
                     sums: g.write("sums", &mut out, 2 * rows)?,
                     dx: 0,
-                    weight,
+                    weight: weight(false),
                     kind,
                 };
                 kernels::bwd_sums(&g.launcher(), d, v, &a)?;
@@ -345,11 +343,7 @@ impl ShardedLayerNorm {
                     mask: g.read_opt("mask", mask.map(|m| m as _), numel)?,
                     sums: g.read("sums", group_sums, 2 * rows)?,
                     dx: g.write("dx", &mut dx, numel)?,
-                    weight: if mask.is_some() {
-                        masked_weight
-                    } else {
-                        weight
-                    },
+                    weight: weight(mask.is_some()),
                     kind,
                 };
                 kernels::dx(&g.launcher(), d, v, &a)?;
