@@ -14,9 +14,10 @@ use std::ffi::{c_char, c_int, c_void, CString};
 
 use cudarc::driver::{DeviceRepr, LaunchConfig};
 
+use super::launch::Launch;
 use super::norm::{self, check_call, BwdAddrs, FwdAddrs, NormSpec};
 use super::select;
-use super::{Dtypes, Launch};
+use super::Dtypes;
 use crate::layout::{check_len, Layout};
 use crate::{Element, Error, Result};
 

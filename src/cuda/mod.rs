@@ -15,7 +15,7 @@ mod launch;
 #[cfg(feature = "nccl")]
 pub(crate) mod nccl;
 pub(crate) mod norm;
-pub mod params;
+pub(crate) mod params;
 mod select;
 pub(crate) mod sharded;
 pub mod tiers;
@@ -33,7 +33,7 @@ use kernels::{Image, ImageKind, IMAGES};
 pub use driver::{CudaVersion, DriverSupport};
 pub use dtypes::Dtypes;
 pub(crate) use guards::BufferGuards;
-pub(crate) use launch::{Launch, OnStream};
+pub(crate) use launch::OnStream;
 pub use select::backward_workspace_len;
 
 /// Errors unless the driver library can be loaded: cudarc panics on the first driver call

@@ -1,6 +1,6 @@
 //! `warpnorm bench`: LayerNorm / RMSNorm throughput per dtype, cols and pass.
 //!
-//! On a GPU this is [`warpnorm::bench::run_with`] (CUDA events, rotated buffers, a copy as
+//! On a GPU this is [`warpnorm::tooling::bench::run_with`] (CUDA events, rotated buffers, a copy as
 //! the ceiling). On the CPU it times the reference backend with the host clock on small
 //! problems, so the command, its JSON and its chart can be tried anywhere; those numbers
 //! say nothing about the kernels.
@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::ValueEnum;
-use warpnorm::bench::{self, BenchOptions, BenchRecord, Norm, Pass, Problem};
-use warpnorm::plot::{Chart, Dash, Series};
 use warpnorm::rng::Rng;
+use warpnorm::tooling::bench::{self, BenchOptions, BenchRecord, Norm, Pass, Problem};
+use warpnorm::tooling::plot::{Chart, Dash, Series};
 use warpnorm::{cuda, Array, DType, Device, Error, LayerNorm, NormConfig, Result, Tensor};
 
 use crate::args::{

@@ -9,7 +9,7 @@ use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 
 use serde::Serialize;
-use warpnorm::selftest::{self, CheckResult, Subject, Variant};
+use warpnorm::tooling::selftest::{self, CheckResult, Subject, Variant};
 use warpnorm::Device;
 
 use crate::args::{parse_len, parse_seed, DeviceSpec};

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use warpnorm::cuda::tiers::{self, RowTier};
 use warpnorm::reference::{self, Params};
 use warpnorm::rng::Rng;
-use warpnorm::selftest::error_ratio;
+use warpnorm::tooling::selftest::error_ratio;
 use warpnorm::{Array, DType, Device, LayerNorm, NormConfig, Result, Tensor};
 
 use crate::args::{parse_len, parse_seed, DeviceSpec};
@@ -307,7 +307,7 @@ fn on_device(
 #[cfg(feature = "emulator")]
 fn emulate(cfg: &NormConfig, x: &Tensor, dy: &Tensor, seed: u64) -> Result<Results> {
     use warpnorm::ops::Layout;
-    use warpnorm::selftest::{self, Inputs};
+    use warpnorm::tooling::selftest::{self, Inputs};
     let ln = LayerNorm::new(&Device::Cpu, cfg, x.shape(), seed)?;
     let host = |a: Option<&Array>| a.map(Array::to_tensor).transpose();
     let inputs = Inputs {

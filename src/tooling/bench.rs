@@ -14,12 +14,10 @@
 //! [`run`] returns [`Error::NoDevice`] on a machine without one.
 //!
 //! ```no_run
-//! let records = warpnorm::bench::run(&warpnorm::bench::BenchOptions::default())?;
-//! print!("{}", warpnorm::bench::render_table(&records));
+//! let records = warpnorm::tooling::bench::run(&warpnorm::tooling::bench::BenchOptions::default())?;
+//! print!("{}", warpnorm::tooling::bench::render_table(&records));
 //! # Ok::<(), warpnorm::Error>(())
 //! ```
-
-use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
@@ -619,35 +617,11 @@ pub fn render_table(records: &[BenchRecord]) -> String {
             ]
         })
         .collect();
-    let mut width = header.map(str::len);
-    for row in &rows {
-        for (w, cell) in width.iter_mut().zip(row) {
-            *w = (*w).max(cell.len());
-        }
-    }
-    let mut out = String::new();
-    let mut line = |cells: &[String]| {
-        let parts: Vec<String> = cells
-            .iter()
-            .zip(width)
-            .enumerate()
-            // Text columns left-aligned, numbers right-aligned.
-            .map(|(i, (c, w))| {
-                if i < 2 || i == 4 {
-                    format!("{c:<w$}")
-                } else {
-                    format!("{c:>w$}")
-                }
-            })
-            .collect();
-        let _ = writeln!(out, "{}", parts.join("  ").trim_end());
-    };
-    line(&header.map(String::from));
-    line(&width.map(|w| "-".repeat(w)));
-    for row in &rows {
-        line(row);
-    }
-    out
+    // Text columns left-aligned, numbers right-aligned.
+    use super::table::{render, Align::*};
+    let align = [Left, Left, Right, Right, Left, Right, Right, Right, Right];
+    let rows: Vec<Vec<String>> = rows.into_iter().map(Vec::from).collect();
+    render(&header, &align, &rows)
 }
 
 #[cfg(test)]

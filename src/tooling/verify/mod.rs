@@ -15,8 +15,8 @@ pub use tolerance::{check_outputs, compare, condition, OutputCheck, Rounding, To
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::fixture::{Fixture, RankInputs};
 use crate::reference::{self, Params};
+use crate::tooling::fixture::{Fixture, RankInputs};
 use crate::{Error, Result, Tensor};
 
 /// The outputs a backend produced for a fixture, in the fixture's layout (sharded
