@@ -23,13 +23,18 @@ use crate::array::{mask_to_device, Array, DeviceElement, Storage};
 use crate::cuda::CudaBackend;
 use crate::limits::checked_product;
 use crate::module_params::{
-    check_cotangent, check_param, check_param_alloc, init_params, kernel_dtypes,
+    check_cotangent, check_param, check_param_alloc, init_params, kernel_dtypes, require_rms,
 };
 use crate::ops::{self, Layout, NormSpec};
 use crate::reference::{self, Params};
 use crate::rng::Rng;
 use crate::with_kernel_dtypes;
 use crate::{Axes, DType, Device, Error, NormConfig, NormKind, Result, Tensor};
+
+/// Why the kernels do not compute a layer's input, which a GPU layer then computes with the
+/// reference and a host round trip. A type of its own, so that no [`Error`] is taken for it.
+#[derive(Debug)]
+pub(crate) struct NotCovered(pub String);
 
 /// What `forward_train` keeps for `backward`.
 #[derive(Debug)]
@@ -85,8 +90,37 @@ pub struct LayerNorm {
     bias: Option<Array>,
 }
 
-/// RMSNorm is a [`LayerNorm`] whose config computes no mean ([`NormConfig::rms`]).
-pub type RmsNorm = LayerNorm;
+/// RMSNorm ([`NormConfig::rms`], flax's `RMSNorm`): a [`LayerNorm`] whose config computes
+/// no mean, built only from such a config. It is used as the [`LayerNorm`] it derefs to.
+#[derive(Debug)]
+pub struct RmsNorm(LayerNorm);
+
+impl RmsNorm {
+    /// [`LayerNorm::new`] for an RMSNorm config; any other config is an
+    /// [`Error::InvalidConfig`].
+    pub fn new(device: &Device, cfg: &NormConfig, x_shape: &[usize], seed: u64) -> Result<RmsNorm> {
+        require_rms(cfg, "RmsNorm::new")?;
+        LayerNorm::new(device, cfg, x_shape, seed).map(RmsNorm)
+    }
+
+    /// The layer itself.
+    pub fn into_inner(self) -> LayerNorm {
+        self.0
+    }
+}
+
+impl std::ops::Deref for RmsNorm {
+    type Target = LayerNorm;
+    fn deref(&self) -> &LayerNorm {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for RmsNorm {
+    fn deref_mut(&mut self) -> &mut LayerNorm {
+        &mut self.0
+    }
+}
 
 impl LayerNorm {
     /// A layer for inputs shaped like `x_shape` (batch axes may differ later), with
@@ -170,12 +204,15 @@ impl LayerNorm {
         self.check_input(x)?;
         check_cotangent(&self.cfg, x, dy)?;
         self.check_saved(x, saved)?;
-        match (&self.device, self.kernel_layout(x, saved.mask.is_some())) {
+        match (
+            &self.device,
+            self.kernel_layout(x.shape(), x.dtype(), saved.mask.is_some()),
+        ) {
             (Device::Cuda(be), Ok(layout)) => {
                 let d = kernel_dtypes(&self.cfg, x.dtype());
                 with_kernel_dtypes!(d, <T, P, O> => self.gpu_backward::<T, P, O>(be, layout, x, dy, saved))
             }
-            (Device::Cuda(_), Err(e)) if !matches!(e, Error::Unsupported(_)) => Err(e),
+            // The CPU device, or an input the kernels do not cover: the reference.
             _ => self.reference_backward(x, dy, saved),
         }
     }
@@ -248,7 +285,10 @@ impl LayerNorm {
                 });
             }
         }
-        match (&self.device, self.kernel_layout(x, mask.is_some())) {
+        match (
+            &self.device,
+            self.kernel_layout(x.shape(), x.dtype(), mask.is_some()),
+        ) {
             (Device::Cuda(be), Ok(layout)) => {
                 let mask_dev = mask.map(|m| mask_to_device(be.stream(), m)).transpose()?;
                 let d = kernel_dtypes(&self.cfg, x.dtype());
@@ -269,32 +309,42 @@ impl LayerNorm {
                     },
                 ))
             }
-            (Device::Cuda(_), Err(e)) if !matches!(e, Error::Unsupported(_)) => Err(e),
+            // The CPU device, or an input the kernels do not cover: the reference.
             _ => self.reference_forward(x, mask),
         }
     }
 
     /// Whether the CUDA kernels compute this layer for inputs shaped like `x_shape` (the
-    /// layer then runs on the GPU), or why not: then a GPU layer computes the result with
-    /// the CPU reference and copies it back (correct for every config, but a host round
-    /// trip). Always `Err` on the CPU device.
+    /// layer then runs on the GPU), or why not ([`Error::Unsupported`]): then a GPU layer
+    /// computes the result with the CPU reference and copies it back (correct for every
+    /// config, but a host round trip). Always `Err` on the CPU device.
     pub fn kernels_cover(&self, x_shape: &[usize], x_dtype: DType, masked: bool) -> Result<()> {
+        self.kernel_layout(x_shape, x_dtype, masked)
+            .map(drop)
+            .map_err(|why| Error::Unsupported(why.0))
+    }
+
+    /// How the kernels see an x of `x_shape` and `x_dtype`, or why they do not compute it.
+    fn kernel_layout(
+        &self,
+        x_shape: &[usize],
+        x_dtype: DType,
+        masked: bool,
+    ) -> std::result::Result<Layout, NotCovered> {
         if !self.device.is_cuda() {
-            return Err(Error::Unsupported("the layer is on the CPU".into()));
+            return Err(NotCovered("the layer is on the CPU".into()));
         }
-        kernel_dtypes(&self.cfg, x_dtype).check_compiled()?;
+        let dtypes = kernel_dtypes(&self.cfg, x_dtype);
+        if !dtypes.is_compiled() {
+            return Err(NotCovered(dtypes.why_not_compiled()));
+        }
         let layout = self.gpu_layout(x_shape)?;
         if masked && matches!(layout, Layout::ChannelsFirst { .. }) {
-            return Err(Error::Unsupported(
+            return Err(NotCovered(
                 "a mask with a reduction axis that is not innermost".into(),
             ));
         }
-        Ok(())
-    }
-
-    fn kernel_layout(&self, x: &Array, masked: bool) -> Result<Layout> {
-        self.kernels_cover(x.shape(), x.dtype(), masked)?;
-        self.gpu_layout(x.shape())
+        Ok(layout)
     }
 
     /// The f64 reference on the host: the CPU backend, and a GPU layer's path for configs
@@ -357,7 +407,7 @@ impl LayerNorm {
         p.as_ref().map(Array::to_tensor).transpose()
     }
 
-    fn gpu_layout(&self, shape: &[usize]) -> Result<Layout> {
+    fn gpu_layout(&self, shape: &[usize]) -> std::result::Result<Layout, NotCovered> {
         let params = self.scale.is_some() || self.bias.is_some();
         Self::axes_layout(&self.axes, params, shape)
     }
@@ -365,16 +415,20 @@ impl LayerNorm {
     /// How the reduction axes of a contiguous x of `shape` map onto the kernels' layouts: a
     /// contiguous run of axes, innermost (rows) or not (channels-first), with parameters
     /// (when `params`) along exactly those axes.
-    pub(crate) fn axes_layout(axes: &Axes, params: bool, shape: &[usize]) -> Result<Layout> {
+    pub(crate) fn axes_layout(
+        axes: &Axes,
+        params: bool,
+        shape: &[usize],
+    ) -> std::result::Result<Layout, NotCovered> {
         let red = &axes.reduction;
         let (first, last) = (red[0], red[red.len() - 1]);
         if last - first + 1 != red.len() {
-            return Err(Error::Unsupported(format!(
+            return Err(NotCovered(format!(
                 "reduction axes {red:?} are not adjacent; the GPU kernels need one contiguous run"
             )));
         }
         if params && axes.features != *red {
-            return Err(Error::Unsupported(format!(
+            return Err(NotCovered(format!(
                 "feature axes {:?} differ from the reduction axes {red:?}; the GPU kernels take parameters along the \
                  normalised axes",
                 axes.features

@@ -8,7 +8,7 @@ use crate::config::ParamOptions;
 use crate::cuda::Dtypes;
 use crate::limits::{self, checked_product};
 use crate::rng::Rng;
-use crate::{DType, Device, Error, NormConfig, Result, Tensor};
+use crate::{DType, Device, Error, NormConfig, NormKind, Result, Tensor};
 
 /// The kernels' dtypes for x of `x_dtype` under `cfg`: its parameter and output dtypes.
 pub(crate) fn kernel_dtypes(cfg: &NormConfig, x_dtype: DType) -> Dtypes {
@@ -28,6 +28,19 @@ pub(crate) fn compiled_dtypes(cfg: &NormConfig, x_dtype: DType, instead: &str) -
         other => other,
     })?;
     Ok(d)
+}
+
+/// Errors unless `cfg` is an RMSNorm config: what `RmsNorm::new` and `ShardedRmsNorm::new`
+/// (named `what`) take, so that neither builds a LayerNorm.
+pub(crate) fn require_rms(cfg: &NormConfig, what: &str) -> Result<()> {
+    if cfg.kind() == NormKind::RmsNorm {
+        return Ok(());
+    }
+    Err(Error::InvalidConfig(format!(
+        "{what} takes an RMSNorm config (NormConfig::rms()), not a {} one; use the LayerNorm \
+         form for it",
+        cfg.kind().label()
+    )))
 }
 
 /// Scale and bias (those the config uses) of `shape`, drawn from the config's initializers

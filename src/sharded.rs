@@ -101,8 +101,47 @@ const _: () = {
     send_and_sync::<ShardSaved>();
 };
 
-/// RMSNorm is a [`ShardedLayerNorm`] with [`NormConfig::rms`].
-pub type ShardedRmsNorm = ShardedLayerNorm;
+/// Sharded RMSNorm ([`NormConfig::rms`]): a [`ShardedLayerNorm`] built only from an RMSNorm
+/// config. It is used as the [`ShardedLayerNorm`] it derefs to.
+pub struct ShardedRmsNorm(ShardedLayerNorm);
+
+impl ShardedRmsNorm {
+    /// [`ShardedLayerNorm::new`] for an RMSNorm config; any other config is an
+    /// [`Error::InvalidConfig`].
+    pub fn new(
+        cfg: &NormConfig,
+        comm: Arc<dyn Collective>,
+        shard_shape: &[usize],
+        seed: u64,
+    ) -> Result<ShardedRmsNorm> {
+        module_params::require_rms(cfg, "ShardedRmsNorm::new")?;
+        ShardedLayerNorm::new(cfg, comm, shard_shape, seed).map(ShardedRmsNorm)
+    }
+
+    /// The layer itself.
+    pub fn into_inner(self) -> ShardedLayerNorm {
+        self.0
+    }
+}
+
+impl std::fmt::Debug for ShardedRmsNorm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("ShardedRmsNorm").field(&self.0).finish()
+    }
+}
+
+impl std::ops::Deref for ShardedRmsNorm {
+    type Target = ShardedLayerNorm;
+    fn deref(&self) -> &ShardedLayerNorm {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ShardedRmsNorm {
+    fn deref_mut(&mut self) -> &mut ShardedLayerNorm {
+        &mut self.0
+    }
+}
 
 impl std::fmt::Debug for ShardedLayerNorm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -62,7 +62,8 @@ impl<'a> Launcher<'a> {
         dims: &[usize],
     ) -> Result<Self> {
         let axes = cfg.resolve(dims)?;
-        let layout = LayerNorm::axes_layout(&axes, cfg.has_scale() || cfg.has_bias(), dims)?;
+        let layout = LayerNorm::axes_layout(&axes, cfg.has_scale() || cfg.has_bias(), dims)
+            .map_err(|why| Error::Unsupported(why.0))?;
         Ok(Launcher {
             cfg,
             be,

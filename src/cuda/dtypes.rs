@@ -54,9 +54,14 @@ impl Dtypes {
         }
     }
 
+    /// Whether the kernels are compiled for this combination.
+    pub fn is_compiled(self) -> bool {
+        Dtypes::compiled().contains(&self)
+    }
+
     /// Errors unless the kernels are compiled for this combination, naming the rule.
     pub fn check_compiled(self) -> Result<()> {
-        if Dtypes::compiled().contains(&self) {
+        if self.is_compiled() {
             Ok(())
         } else {
             Err(self.not_compiled())
@@ -66,11 +71,16 @@ impl Dtypes {
     /// The error for a combination the kernels are not compiled for.
     #[doc(hidden)]
     pub fn not_compiled(self) -> Error {
+        Error::Unsupported(self.why_not_compiled())
+    }
+
+    /// What the kernels take, for a combination they are not compiled for.
+    pub(crate) fn why_not_compiled(self) -> String {
         let Dtypes { x, param, out } = self;
-        Error::Unsupported(format!(
+        format!(
             "x {x} with parameters {param} and output {out}: the kernels take parameters and output in x's \
              dtype or float32"
-        ))
+        )
     }
 
     /// The short names `tiers`' kernel names are built from: `(x, param, out)`.
