@@ -18,6 +18,17 @@ mod tiers {
     include!("src/cuda/tiers.rs");
 }
 
+/// The launch shapes `tiers` shares with the kernels (`kernels/params.h`).
+#[allow(
+    dead_code,
+    non_camel_case_types,
+    non_upper_case_globals,
+    non_snake_case
+)]
+mod params {
+    include!("src/cuda/params_bindings.rs");
+}
+
 const DEFAULT_CUBIN_ARCHS: [&str; 2] = ["sm_80", "sm_90"];
 const PTX_ARCH: &str = "compute_80";
 
@@ -252,12 +263,27 @@ fn record_git_commit(manifest: &Path) {
 }
 
 /// Compiles the CPU emulation of the kernels (kernels/emulator/) with the host C++
-/// compiler, for the instantiations `tiers::emulated` selects.
+/// compiler, for the instantiations `tiers::emulated_instantiations` selects.
 #[cfg(feature = "emulator")]
 fn build_emulator(manifest: &Path, out: &Path, fingerprint: &str) {
     const LIB: &str = "warpnorm_emulator";
+    let mut table = String::new();
+    for source in ["layernorm_fwd.cu", "layernorm_bwd.cu", "sharded.cu"] {
+        for e in tiers::emulated_instantiations(source) {
+            writeln!(table, "{{{e:?}, [](const void* p) {{ call(&{e}, p); }}}},").unwrap();
+        }
+    }
+    let triple = env::var("TARGET").unwrap_or_default();
+    let compiler = env::var("CXX").unwrap_or_default();
+    let key = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        // The table names what is compiled: it follows tiers.rs, and this script's list.
+        (&triple, &compiler, &table).hash(&mut h);
+        format!("emulator-{fingerprint}-{:016x}", h.finish())
+    };
     let stamp = out.join("emulator.stamp");
-    if fs::read_to_string(&stamp).ok().as_deref() == Some(fingerprint)
+    if fs::read_to_string(&stamp).ok().as_deref() == Some(key.as_str())
         && out.join(format!("lib{LIB}.a")).is_file()
     {
         // Up to date: only tell cargo what to link.
@@ -266,31 +292,14 @@ fn build_emulator(manifest: &Path, out: &Path, fingerprint: &str) {
         println!("cargo:rustc-link-lib=stdc++");
         return;
     }
-    let triple = env::var("TARGET").unwrap_or_default();
-    let compiler = env::var("CXX").unwrap_or_default();
-    let key = {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        (&triple, &compiler).hash(&mut h);
-        format!("emulator-{fingerprint}-{:016x}", h.finish())
-    };
     println!("cargo:rerun-if-env-changed=CXX");
     let cache = cache_dir(out, &key);
     if cache.as_deref().is_some_and(|c| restore(c, out)) {
         println!("cargo:rustc-link-search=native={}", out.display());
         println!("cargo:rustc-link-lib=static={LIB}");
         println!("cargo:rustc-link-lib=stdc++");
-        fs::write(stamp, fingerprint).unwrap();
+        fs::write(stamp, &key).unwrap();
         return;
-    }
-    let mut table = String::new();
-    for source in ["layernorm_fwd.cu", "layernorm_bwd.cu"] {
-        for e in tiers::instantiations(source)
-            .into_iter()
-            .filter(|e| tiers::emulated(e))
-        {
-            writeln!(table, "{{{e:?}, [](const void* p) {{ call(&{e}, p); }}}},").unwrap();
-        }
     }
     fs::write(out.join("kernel_table.inc"), table).unwrap();
     let emu = manifest.join("kernels/emulator");
@@ -311,7 +320,7 @@ fn build_emulator(manifest: &Path, out: &Path, fingerprint: &str) {
     if let Some(cache) = &cache {
         store(cache, &[out.join(format!("lib{LIB}.a"))]);
     }
-    fs::write(stamp, fingerprint).unwrap();
+    fs::write(stamp, &key).unwrap();
 }
 
 #[derive(Clone)]

@@ -2,7 +2,7 @@
 //! dbias) and the device-to-device copy that bounds both, per dtype and row length.
 //!
 //! Times come from CUDA events (`iter_custom`), not the host clock, and each iteration uses
-//! the next of several rotated buffer sets so L2 does not flatter (see `warpnorm::bench`).
+//! the next of several rotated buffer sets so L2 does not flatter (see `warpnorm::tooling::bench`).
 //! Throughput is the bytes a LayerNorm must move (`Problem::bytes`); criterion prints it in
 //! binary units (GiB/s), the comparison script in decimal GB/s.
 //!
@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput};
-use warpnorm::bench::{self, GpuTimer, Pass, Problem};
+use warpnorm::tooling::bench::{self, GpuTimer, Pass, Problem};
 use warpnorm::{DType, Result};
 
 /// What to run, from the environment (criterion owns the command line).
@@ -54,7 +54,7 @@ fn settings() -> Result<Settings> {
 /// gives `iter_custom` no way to fail).
 fn bench_problem(c: &mut Criterion, timer: &GpuTimer, problem: &Problem) -> Result<()> {
     let mut case = timer.case(problem)?;
-    let dtype = bench::dtype_name(problem.dtype);
+    let dtype = problem.dtype.short_name();
     for pass in [Pass::Fwd, Pass::Bwd, Pass::Copy] {
         let mut group = c.benchmark_group(format!("{pass}/{dtype}"));
         group.throughput(Throughput::Bytes(problem.bytes(pass)));

@@ -17,6 +17,8 @@ namespace warpnorm {
 
 constexpr int kWarpSize = 32;
 constexpr unsigned kFullMask = 0xffffffffu;
+// The CTA kernels' reduction scratch (params.h) holds cta_merge's three floats per warp.
+static_assert(WARPNORM_CTA_SCRATCH_FLOATS == 3 * WARPNORM_CTA_MAX_THREADS / kWarpSize, "CTA scratch size");
 
 // ---------------------------------------------------------------------------------------
 // dtype conversion: all arithmetic happens in f32, storage is T.

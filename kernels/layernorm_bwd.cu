@@ -16,7 +16,7 @@
 
 namespace warpnorm {
 
-constexpr int kBwdRowsBlock = 128;
+constexpr int kBwdRowsBlock = WARPNORM_ROWS_CTA_THREADS;
 
 template <int GROUP> struct BwdLayout {
     static constexpr int kThreads = GROUP > kWarpSize ? GROUP : kBwdRowsBlock;
@@ -201,14 +201,14 @@ __global__ void __launch_bounds__(BwdLayout<GROUP>::kThreads, 1) layer_norm_bwd(
 // the dscale/dbias sums live in shared memory when 2 * cols floats fit (SMEM_ACC), else
 // directly in this CTA's own partial rows in global memory.
 template <typename T, typename P, typename O, int VEC, bool SMEM_ACC>
-__global__ void __launch_bounds__(1024, 1) layer_norm_bwd_cta(const WarpnormBwdParams p) {
+__global__ void __launch_bounds__(WARPNORM_CTA_MAX_THREADS, 1) layer_norm_bwd_cta(const WarpnormBwdParams p) {
     WARPNORM_DYNAMIC_SMEM(smem);
     float* scratch = smem;
     const long long step = (long long)blockDim.x * VEC;
     float* acc_scale;
     float* acc_bias;
     if constexpr (SMEM_ACC) {
-        acc_scale = smem + kWarpSize * 3;
+        acc_scale = smem + WARPNORM_CTA_SCRATCH_FLOATS;
         acc_bias = acc_scale + p.cols;
     } else {
         acc_scale = p.partial_dscale + (long long)blockIdx.x * p.cols;
@@ -268,7 +268,7 @@ __global__ void __launch_bounds__(1024, 1) layer_norm_bwd_cta(const WarpnormBwdP
 
 // out[c] = sum of the partial rows in CTA order: the fixed order is what makes dscale and
 // dbias identical from run to run.
-template <typename P> __global__ void __launch_bounds__(256) finalize_partials(const WarpnormFinalizeParams p) {
+template <typename P> __global__ void __launch_bounds__(WARPNORM_FINALIZE_THREADS) finalize_partials(const WarpnormFinalizeParams p) {
     for (long long col = (long long)blockIdx.x * blockDim.x + threadIdx.x; col < p.cols;
          col += (long long)gridDim.x * blockDim.x) {
         float sum = 0.f;
@@ -281,7 +281,7 @@ template <typename P> __global__ void __launch_bounds__(256) finalize_partials(c
 // forward. dscale/dbias: each warp sums its 32 rows per column with a butterfly and lane 0
 // adds the result to the warp's own partial row, so parts = gridDim.x * warps per CTA.
 template <typename T, typename P, typename O>
-__global__ void __launch_bounds__(256) layer_norm_bwd_strided(const WarpnormStridedBwdParams p) {
+__global__ void __launch_bounds__(WARPNORM_STRIDED_THREADS) layer_norm_bwd_strided(const WarpnormStridedBwdParams p) {
     const long long rows = p.outer * p.inner;
     const int lane = threadIdx.x % kWarpSize;
     const long long part = (long long)blockIdx.x * (blockDim.x / kWarpSize) + threadIdx.x / kWarpSize;

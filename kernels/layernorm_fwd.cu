@@ -17,7 +17,7 @@ namespace warpnorm {
 
 // Threads per CTA when a group is at most a warp: enough warps to hide latency, few enough
 // that the grid still spreads over every SM for short inputs.
-constexpr int kRowsBlock = 128;
+constexpr int kRowsBlock = WARPNORM_ROWS_CTA_THREADS;
 
 template <int GROUP> struct GroupLayout {
     static constexpr int kThreads = GROUP > kWarpSize ? GROUP : kRowsBlock;
@@ -184,7 +184,7 @@ __global__ void __launch_bounds__(GroupLayout<GROUP>::kThreads, 1) layer_norm_fw
 
 // Shared-memory layout of layer_norm_fwd_cta: the reduction scratch first (so that the
 // row cache that follows stays 16-byte aligned), then the cached row (CACHE only).
-constexpr int kCtaScratchFloats = 3 * 1024 / kWarpSize;
+constexpr int kCtaScratchFloats = WARPNORM_CTA_SCRATCH_FLOATS;
 
 // Merges VEC fresh elements into a thread's running moments: a two-pass over the chunk,
 // then Chan's merge, so that long rows never accumulate a large sum of squares.
@@ -218,7 +218,7 @@ __device__ __forceinline__ Moments warp_merge(Moments m) {
 }
 
 template <typename T, typename P, typename O, int VEC, bool CACHE>
-__global__ void __launch_bounds__(1024, 1) layer_norm_fwd_cta(const WarpnormFwdParams p) {
+__global__ void __launch_bounds__(WARPNORM_CTA_MAX_THREADS, 1) layer_norm_fwd_cta(const WarpnormFwdParams p) {
     WARPNORM_DYNAMIC_SMEM(smem);
     float* scratch = smem;
     T* cached_row = reinterpret_cast<T*>(smem + kCtaScratchFloats);
@@ -279,7 +279,7 @@ __global__ void __launch_bounds__(1024, 1) layer_norm_fwd_cta(const WarpnormFwdP
 // thread per row, consecutive threads on consecutive inner positions so every column step
 // is a coalesced load across the warp.
 template <typename T, typename P, typename O>
-__global__ void __launch_bounds__(256) layer_norm_fwd_strided(const WarpnormStridedFwdParams p) {
+__global__ void __launch_bounds__(WARPNORM_STRIDED_THREADS) layer_norm_fwd_strided(const WarpnormStridedFwdParams p) {
     const long long rows = p.outer * p.inner;
     for (long long row = (long long)blockIdx.x * blockDim.x + threadIdx.x; row < rows;
          row += (long long)gridDim.x * blockDim.x) {

@@ -8,6 +8,26 @@
 #ifndef WARPNORM_PARAMS_H
 #define WARPNORM_PARAMS_H
 
+/*
+ * Launch shapes shared by the kernels and the host that launches them (the Rust launch
+ * layer reads them from the bindings; nothing else spells these numbers).
+ */
+/* Threads of a CTA of the register tiers whose groups hold a warp or less (several rows
+ * share a CTA); larger groups are a CTA each. */
+#define WARPNORM_ROWS_CTA_THREADS 128
+/* The most threads of a CTA-per-row kernel (its __launch_bounds__). */
+#define WARPNORM_CTA_MAX_THREADS 1024
+/* Floats of the CTA kernels' reduction scratch, at the start of dynamic shared memory:
+ * three per warp of the largest CTA. */
+#define WARPNORM_CTA_SCRATCH_FLOATS 96
+/* Threads of a CTA of the channels-first (strided) kernels, and of the finalize kernel. */
+#define WARPNORM_STRIDED_THREADS 256
+#define WARPNORM_FINALIZE_THREADS 256
+/* Threads of a CTA of the sharded warp-per-row kernels (row statistics, apply, backward
+ * sums, dx), and of the sharded element-wise and column kernels. */
+#define WARPNORM_SHARD_ROW_THREADS 128
+#define WARPNORM_SHARD_FLAT_THREADS 256
+
 /* What the kernel computes per row (see the flax / keras docs for the three forms). */
 enum WarpnormKind {
     WARPNORM_LAYER_NORM = 0,  /* y = (x - mean) * rstd * scale + bias             */
@@ -109,9 +129,12 @@ typedef struct {
 /*
  * Sharded normalization (kernels/sharded.cu): each rank holds a [rows, cols] shard of rows
  * whose features are split over its group. Per-row statistics layouts (`mode`):
- * 0 = moments {n, mean, M2}, all-gathered as [group][rows][3];
- * 1 = means {mean, mean of squares}, all-reduced as [rows][2].
  */
+enum WarpnormShardStats {
+    WARPNORM_SHARD_MOMENTS = 0, /* {n, mean, M2}, all-gathered as [group][rows][3] */
+    WARPNORM_SHARD_MEANS = 1    /* {mean, mean of squares}, all-reduced as [rows][2] */
+};
+
 typedef struct {
     const void* x;
     const unsigned char* mask; /* may be null; mask[r * mask_stride + c] != 0 selects */
@@ -120,7 +143,7 @@ typedef struct {
     long long cols;
     long long x_stride;
     long long mask_stride;
-    int mode;
+    int mode; /* enum WarpnormShardStats */
 } WarpnormShardStatsParams;
 
 /* mean / rstd / dvar may be null (inference; dvar only for the fast variance). */

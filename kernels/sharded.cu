@@ -25,12 +25,12 @@
 
 namespace warpnorm {
 
-constexpr int kShardThreads = 128;
+constexpr int kShardThreads = WARPNORM_SHARD_ROW_THREADS;
 constexpr int kShardWarps = kShardThreads / kWarpSize;
 
 // What shard_row_stats writes per row (and how shard_apply reads it).
-constexpr int kShardMoments = 0;  // {n, mean, M2}: 3 floats, all-gathered
-constexpr int kShardMeans = 1;    // {mean, mean of squares}: 2 floats, all-reduced
+constexpr int kShardMoments = WARPNORM_SHARD_MOMENTS;  // {n, mean, M2}: 3 floats, all-gathered
+constexpr int kShardMeans = WARPNORM_SHARD_MEANS;      // {mean, mean of squares}: 2 floats, all-reduced
 
 // The rows a warp handles: warp w of block b starts at b * warps + w and strides by the
 // grid's warp count. The bounds are per warp, so every lane reaches every shuffle.
@@ -235,7 +235,7 @@ __global__ void __launch_bounds__(kShardThreads) shard_dx(const WarpnormShardBwd
 // column (coalesced across the warp), blockIdx.y a chunk of `chunk_rows` rows whose sums
 // go to partial row blockIdx.y; finalize_partials adds the chunks in order.
 template <typename T, typename O>
-__global__ void __launch_bounds__(256) shard_param_grads(const WarpnormShardParamGradsParams p) {
+__global__ void __launch_bounds__(WARPNORM_SHARD_FLAT_THREADS) shard_param_grads(const WarpnormShardParamGradsParams p) {
     const T* __restrict__ x = static_cast<const T*>(p.x);
     const O* __restrict__ dy = static_cast<const O*>(p.dy);
     const long long first = (long long)blockIdx.y * p.chunk_rows;
@@ -256,7 +256,7 @@ __global__ void __launch_bounds__(256) shard_param_grads(const WarpnormShardPara
 
 // dst[i] = src[i] / divisor, converted through f32: psum / pmean of 16-bit buffers
 // accumulate in f32 scratch. src may equal dst (each element is read before it is written).
-template <typename S, typename D> __global__ void __launch_bounds__(256) cast_scale(const WarpnormCastParams p) {
+template <typename S, typename D> __global__ void __launch_bounds__(WARPNORM_SHARD_FLAT_THREADS) cast_scale(const WarpnormCastParams p) {
     const S* src = static_cast<const S*>(p.src);
     D* dst = static_cast<D*>(p.dst);
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < p.n; i += (long long)gridDim.x * blockDim.x)
@@ -264,7 +264,7 @@ template <typename S, typename D> __global__ void __launch_bounds__(256) cast_sc
 }
 
 // dst[i] += src[i]: the in-process collective's sums, one rank at a time in a fixed order.
-__global__ void __launch_bounds__(256) accumulate(const WarpnormAccumulateParams p) {
+__global__ void __launch_bounds__(WARPNORM_SHARD_FLAT_THREADS) accumulate(const WarpnormAccumulateParams p) {
     float* __restrict__ dst = p.dst;
     const float* __restrict__ src = p.src;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < p.n; i += (long long)gridDim.x * blockDim.x)

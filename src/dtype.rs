@@ -1,6 +1,6 @@
 //! Element types the kernels support, and rounding to them.
 
-use half::{bf16, f16};
+pub use half::{bf16, f16};
 use serde::{Deserialize, Serialize};
 
 /// Floating-point element type of a tensor.
@@ -30,6 +30,16 @@ impl DType {
             DType::F32 => "float32",
             DType::F16 => "float16",
             DType::BF16 => "bfloat16",
+        }
+    }
+
+    /// The short name the kernels' instantiations and the command line use (`f32`, `f16`,
+    /// `bf16`).
+    pub const fn short_name(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::F16 => "f16",
+            DType::BF16 => "bf16",
         }
     }
 

@@ -18,15 +18,23 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use cudarc::driver::CudaSlice;
-use half::{bf16, f16};
 
 use crate::array::{mask_to_device, Array, DeviceElement, Storage};
 use crate::cuda::CudaBackend;
-use crate::limits::{self, checked_product};
+use crate::limits::checked_product;
+use crate::module_params::{
+    check_cotangent, check_param, check_param_alloc, init_params, kernel_dtypes, require_rms,
+};
 use crate::ops::{self, Layout, NormSpec};
 use crate::reference::{self, Params};
 use crate::rng::Rng;
+use crate::with_kernel_dtypes;
 use crate::{Axes, DType, Device, Error, NormConfig, NormKind, Result, Tensor};
+
+/// Why the kernels do not compute a layer's input, which a GPU layer then computes with the
+/// reference and a host round trip. A type of its own, so that no [`Error`] is taken for it.
+#[derive(Debug)]
+pub(crate) struct NotCovered(pub String);
 
 /// What `forward_train` keeps for `backward`.
 #[derive(Debug)]
@@ -61,43 +69,6 @@ impl LayerId {
     }
 }
 
-/// Scale and bias (those the config uses) of `shape`, drawn from the config's initializers
-/// in that order, on `device`.
-pub(crate) fn init_params(
-    cfg: &NormConfig,
-    shape: &[usize],
-    device: &Device,
-    rng: &mut Rng,
-) -> Result<(Option<Array>, Option<Array>)> {
-    let mut param = |on: bool, options: &crate::config::ParamOptions| -> Result<Option<Array>> {
-        if !on {
-            return Ok(None);
-        }
-        let data = options.init.init(shape, rng)?;
-        let t = Tensor::new(shape.to_vec(), cfg.param_dtype(), data)?;
-        Array::from_tensor(device, &t).map(Some)
-    };
-    let scale = param(cfg.has_scale(), cfg.scale_options())?;
-    let bias = param(cfg.has_bias(), cfg.bias_options())?;
-    Ok((scale, bias))
-}
-
-/// Errors unless the parameters of `param_shape` (those the config has) fit on `device`,
-/// and on the host where they are initialised: checked before any is drawn.
-pub(crate) fn check_param_alloc(
-    cfg: &NormConfig,
-    device: &Device,
-    param_shape: &[usize],
-) -> Result<()> {
-    if !(cfg.has_scale() || cfg.has_bias()) {
-        return Ok(());
-    }
-    let what = "x_shape (the parameters' part)";
-    let n = checked_product(what, param_shape)?;
-    limits::check_host_alloc(what, n, std::mem::size_of::<f64>())?;
-    device.check_alloc(what, n, cfg.param_dtype().size())
-}
-
 /// Gradients: dx in x's dtype, dscale / dbias in the parameter dtype (absent when the
 /// config has no such parameter).
 #[derive(Debug)]
@@ -119,8 +90,37 @@ pub struct LayerNorm {
     bias: Option<Array>,
 }
 
-/// RMSNorm is a [`LayerNorm`] whose config computes no mean ([`NormConfig::rms`]).
-pub type RmsNorm = LayerNorm;
+/// RMSNorm ([`NormConfig::rms`], flax's `RMSNorm`): a [`LayerNorm`] whose config computes
+/// no mean, built only from such a config. It is used as the [`LayerNorm`] it derefs to.
+#[derive(Debug)]
+pub struct RmsNorm(LayerNorm);
+
+impl RmsNorm {
+    /// [`LayerNorm::new`] for an RMSNorm config; any other config is an
+    /// [`Error::InvalidConfig`].
+    pub fn new(device: &Device, cfg: &NormConfig, x_shape: &[usize], seed: u64) -> Result<RmsNorm> {
+        require_rms(cfg, "RmsNorm::new")?;
+        LayerNorm::new(device, cfg, x_shape, seed).map(RmsNorm)
+    }
+
+    /// The layer itself.
+    pub fn into_inner(self) -> LayerNorm {
+        self.0
+    }
+}
+
+impl std::ops::Deref for RmsNorm {
+    type Target = LayerNorm;
+    fn deref(&self) -> &LayerNorm {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for RmsNorm {
+    fn deref_mut(&mut self) -> &mut LayerNorm {
+        &mut self.0
+    }
+}
 
 impl LayerNorm {
     /// A layer for inputs shaped like `x_shape` (batch axes may differ later), with
@@ -204,11 +204,15 @@ impl LayerNorm {
         self.check_input(x)?;
         check_cotangent(&self.cfg, x, dy)?;
         self.check_saved(x, saved)?;
-        match (&self.device, self.kernel_layout(x, saved.mask.is_some())) {
+        match (
+            &self.device,
+            self.kernel_layout(x.shape(), x.dtype(), saved.mask.is_some()),
+        ) {
             (Device::Cuda(be), Ok(layout)) => {
-                dispatch!(self, x.dtype(), gpu_backward(be, layout, x, dy, saved))
+                let d = kernel_dtypes(&self.cfg, x.dtype());
+                with_kernel_dtypes!(d, <T, P, O> => self.gpu_backward::<T, P, O>(be, layout, x, dy, saved))
             }
-            (Device::Cuda(_), Err(e)) if !matches!(e, Error::Unsupported(_)) => Err(e),
+            // The CPU device, or an input the kernels do not cover: the reference.
             _ => self.reference_backward(x, dy, saved),
         }
     }
@@ -281,14 +285,16 @@ impl LayerNorm {
                 });
             }
         }
-        match (&self.device, self.kernel_layout(x, mask.is_some())) {
+        match (
+            &self.device,
+            self.kernel_layout(x.shape(), x.dtype(), mask.is_some()),
+        ) {
             (Device::Cuda(be), Ok(layout)) => {
                 let mask_dev = mask.map(|m| mask_to_device(be.stream(), m)).transpose()?;
-                let (y, mean, rstd) = dispatch!(
-                    self,
-                    x.dtype(),
-                    gpu_forward(be, layout, x, mask_dev.as_ref(), train)
-                )?;
+                let d = kernel_dtypes(&self.cfg, x.dtype());
+                let (y, mean, rstd) = with_kernel_dtypes!(d, <T, P, O> => {
+                    self.gpu_forward::<T, P, O>(be, layout, x, mask_dev.as_ref(), train)
+                })?;
                 let rows = layout.num_rows();
                 let stats =
                     |s: CudaSlice<f32>| Array::from_parts(vec![rows], DType::F32, Storage::F32(s));
@@ -303,39 +309,42 @@ impl LayerNorm {
                     },
                 ))
             }
-            (Device::Cuda(_), Err(e)) if !matches!(e, Error::Unsupported(_)) => Err(e),
+            // The CPU device, or an input the kernels do not cover: the reference.
             _ => self.reference_forward(x, mask),
         }
     }
 
     /// Whether the CUDA kernels compute this layer for inputs shaped like `x_shape` (the
-    /// layer then runs on the GPU), or why not: then a GPU layer computes the result with
-    /// the CPU reference and copies it back (correct for every config, but a host round
-    /// trip). Always `Err` on the CPU device.
+    /// layer then runs on the GPU), or why not ([`Error::Unsupported`]): then a GPU layer
+    /// computes the result with the CPU reference and copies it back (correct for every
+    /// config, but a host round trip). Always `Err` on the CPU device.
     pub fn kernels_cover(&self, x_shape: &[usize], x_dtype: DType, masked: bool) -> Result<()> {
+        self.kernel_layout(x_shape, x_dtype, masked)
+            .map(drop)
+            .map_err(|why| Error::Unsupported(why.0))
+    }
+
+    /// How the kernels see an x of `x_shape` and `x_dtype`, or why they do not compute it.
+    fn kernel_layout(
+        &self,
+        x_shape: &[usize],
+        x_dtype: DType,
+        masked: bool,
+    ) -> std::result::Result<Layout, NotCovered> {
         if !self.device.is_cuda() {
-            return Err(Error::Unsupported("the layer is on the CPU".into()));
+            return Err(NotCovered("the layer is on the CPU".into()));
         }
-        let (p, o) = (self.cfg.param_dtype(), self.cfg.output_dtype(x_dtype));
-        let takes = |d: DType| d == x_dtype || d == DType::F32;
-        if !(takes(p) && takes(o)) {
-            return Err(Error::Unsupported(format!(
-                "x {x_dtype} with parameters {p} and output {o}: the kernels take parameters and output in x's \
-                 dtype or float32"
-            )));
+        let dtypes = kernel_dtypes(&self.cfg, x_dtype);
+        if !dtypes.is_compiled() {
+            return Err(NotCovered(dtypes.why_not_compiled()));
         }
         let layout = self.gpu_layout(x_shape)?;
         if masked && matches!(layout, Layout::ChannelsFirst { .. }) {
-            return Err(Error::Unsupported(
+            return Err(NotCovered(
                 "a mask with a reduction axis that is not innermost".into(),
             ));
         }
-        Ok(())
-    }
-
-    fn kernel_layout(&self, x: &Array, masked: bool) -> Result<Layout> {
-        self.kernels_cover(x.shape(), x.dtype(), masked)?;
-        self.gpu_layout(x.shape())
+        Ok(layout)
     }
 
     /// The f64 reference on the host: the CPU backend, and a GPU layer's path for configs
@@ -398,7 +407,7 @@ impl LayerNorm {
         p.as_ref().map(Array::to_tensor).transpose()
     }
 
-    fn gpu_layout(&self, shape: &[usize]) -> Result<Layout> {
+    fn gpu_layout(&self, shape: &[usize]) -> std::result::Result<Layout, NotCovered> {
         let params = self.scale.is_some() || self.bias.is_some();
         Self::axes_layout(&self.axes, params, shape)
     }
@@ -406,16 +415,20 @@ impl LayerNorm {
     /// How the reduction axes of a contiguous x of `shape` map onto the kernels' layouts: a
     /// contiguous run of axes, innermost (rows) or not (channels-first), with parameters
     /// (when `params`) along exactly those axes.
-    pub(crate) fn axes_layout(axes: &Axes, params: bool, shape: &[usize]) -> Result<Layout> {
+    pub(crate) fn axes_layout(
+        axes: &Axes,
+        params: bool,
+        shape: &[usize],
+    ) -> std::result::Result<Layout, NotCovered> {
         let red = &axes.reduction;
         let (first, last) = (red[0], red[red.len() - 1]);
         if last - first + 1 != red.len() {
-            return Err(Error::Unsupported(format!(
+            return Err(NotCovered(format!(
                 "reduction axes {red:?} are not adjacent; the GPU kernels need one contiguous run"
             )));
         }
         if params && axes.features != *red {
-            return Err(Error::Unsupported(format!(
+            return Err(NotCovered(format!(
                 "feature axes {:?} differ from the reduction axes {red:?}; the GPU kernels take parameters along the \
                  normalised axes",
                 axes.features
@@ -431,37 +444,6 @@ impl LayerNorm {
         })
     }
 }
-
-/// Calls `$layer.$f::<T, P, O>(..)` for x's dtype and the config's parameter and output
-/// dtypes (`$layer.cfg`), or returns an error naming a combination the kernels do not take
-/// (`$hint` says where to go instead). Shared by the single-device and sharded layers.
-macro_rules! dispatch {
-    ($layer:expr, $x:expr, $f:ident($($arg:expr),*)) => {
-        dispatch!($layer, $x, $f($($arg),*), "use Device::cpu()")
-    };
-    ($layer:expr, $x:expr, $f:ident($($arg:expr),*), $hint:expr) => {{
-        let x_dtype: DType = $x;
-        let p_dtype = $layer.cfg.param_dtype();
-        let o_dtype = $layer.cfg.output_dtype(x_dtype);
-        use DType::*;
-        match (x_dtype, p_dtype, o_dtype) {
-            (F32, F32, F32) => $layer.$f::<f32, f32, f32>($($arg),*),
-            (F16, F16, F16) => $layer.$f::<f16, f16, f16>($($arg),*),
-            (F16, F16, F32) => $layer.$f::<f16, f16, f32>($($arg),*),
-            (F16, F32, F16) => $layer.$f::<f16, f32, f16>($($arg),*),
-            (F16, F32, F32) => $layer.$f::<f16, f32, f32>($($arg),*),
-            (BF16, BF16, BF16) => $layer.$f::<bf16, bf16, bf16>($($arg),*),
-            (BF16, BF16, F32) => $layer.$f::<bf16, bf16, f32>($($arg),*),
-            (BF16, F32, BF16) => $layer.$f::<bf16, f32, bf16>($($arg),*),
-            (BF16, F32, F32) => $layer.$f::<bf16, f32, f32>($($arg),*),
-            (x, p, o) => Err(Error::Unsupported(format!(
-                "x {x} with parameters {p} and output {o} on the GPU: parameters and output must each be {x} or \
-                 float32 ({})", $hint
-            ))),
-        }
-    }};
-}
-pub(crate) use dispatch;
 
 impl LayerNorm {
     fn gpu_forward<T: DeviceElement, P: DeviceElement, O: DeviceElement>(
@@ -581,59 +563,4 @@ impl NormKind {
             NormKind::RmsScaling => "rms_scaling",
         }
     }
-}
-
-/// Checks a parameter tensor a caller hands to a layer: the config uses it, and its shape
-/// and dtype are the layer's.
-pub(crate) fn check_param(
-    cfg: &NormConfig,
-    param_shape: &[usize],
-    what: &'static str,
-    used: bool,
-    t: &Tensor,
-) -> Result<()> {
-    if !used {
-        return Err(Error::InvalidConfig(format!("the config has no {what}")));
-    }
-    if t.shape() != param_shape {
-        return Err(Error::Shape {
-            what,
-            expected: format!("{param_shape:?}"),
-            got: format!("{:?}", t.shape()),
-        });
-    }
-    if t.dtype() != cfg.param_dtype() {
-        return Err(Error::DType {
-            what,
-            expected: cfg.param_dtype(),
-            got: t.dtype(),
-        });
-    }
-    Ok(())
-}
-
-/// Checks a cotangent: the shape of x, the dtype of y (the config's output dtype for x), and
-/// on the same kind of device as x.
-pub(crate) fn check_cotangent(cfg: &NormConfig, x: &Array, dy: &Array) -> Result<()> {
-    if dy.shape() != x.shape() {
-        return Err(Error::Shape {
-            what: "dy",
-            expected: format!("{:?} (the shape of x)", x.shape()),
-            got: format!("{:?}", dy.shape()),
-        });
-    }
-    let y_dtype = cfg.output_dtype(x.dtype());
-    if dy.dtype() != y_dtype {
-        return Err(Error::DType {
-            what: "dy",
-            expected: y_dtype,
-            got: dy.dtype(),
-        });
-    }
-    if dy.is_cuda() != x.is_cuda() {
-        return Err(Error::Unsupported(
-            "dy and x live on different devices".into(),
-        ));
-    }
-    Ok(())
 }

@@ -98,7 +98,6 @@
 //! On docs.rs (`DOCS_RS` set) the kernels are not compiled and no toolchain is needed.
 
 pub mod array;
-pub mod bench;
 #[cfg(feature = "candle")]
 pub mod candle;
 pub mod config;
@@ -107,17 +106,20 @@ pub mod device;
 pub mod dist;
 pub mod dtype;
 pub mod error;
-pub mod fixture;
+mod groups;
 pub mod layer;
+mod layout;
 pub mod limits;
+mod module_params;
 pub mod ops;
-pub mod plot;
 pub mod reference;
 pub mod rng;
-pub mod selftest;
+mod shard_stats;
 pub mod sharded;
 pub mod tensor;
-pub mod verify;
+#[cfg(feature = "cli")]
+#[doc(hidden)]
+pub mod tooling;
 
 pub use array::Array;
 pub use config::{Api, Axes, NormConfig, NormKind};

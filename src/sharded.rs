@@ -50,11 +50,13 @@ use std::sync::Arc;
 
 use crate::array::Array;
 use crate::config::Axes;
-use crate::cuda::launch_sharded::StatsMode;
 use crate::dist::Collective;
 use crate::layer::Gradients;
+use crate::layout::Layout;
 use crate::limits::checked_product;
+use crate::module_params;
 use crate::rng::Rng;
+use crate::shard_stats::StatsMode;
 use crate::{DType, Device, Error, NormConfig, NormKind, Result, Tensor};
 
 /// What `forward_train` keeps for `backward`, per local rank.
@@ -99,8 +101,47 @@ const _: () = {
     send_and_sync::<ShardSaved>();
 };
 
-/// RMSNorm is a [`ShardedLayerNorm`] with [`NormConfig::rms`].
-pub type ShardedRmsNorm = ShardedLayerNorm;
+/// Sharded RMSNorm ([`NormConfig::rms`]): a [`ShardedLayerNorm`] built only from an RMSNorm
+/// config. It is used as the [`ShardedLayerNorm`] it derefs to.
+pub struct ShardedRmsNorm(ShardedLayerNorm);
+
+impl ShardedRmsNorm {
+    /// [`ShardedLayerNorm::new`] for an RMSNorm config; any other config is an
+    /// [`Error::InvalidConfig`].
+    pub fn new(
+        cfg: &NormConfig,
+        comm: Arc<dyn Collective>,
+        shard_shape: &[usize],
+        seed: u64,
+    ) -> Result<ShardedRmsNorm> {
+        module_params::require_rms(cfg, "ShardedRmsNorm::new")?;
+        ShardedLayerNorm::new(cfg, comm, shard_shape, seed).map(ShardedRmsNorm)
+    }
+
+    /// The layer itself.
+    pub fn into_inner(self) -> ShardedLayerNorm {
+        self.0
+    }
+}
+
+impl std::fmt::Debug for ShardedRmsNorm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("ShardedRmsNorm").field(&self.0).finish()
+    }
+}
+
+impl std::ops::Deref for ShardedRmsNorm {
+    type Target = ShardedLayerNorm;
+    fn deref(&self) -> &ShardedLayerNorm {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for ShardedRmsNorm {
+    fn deref_mut(&mut self) -> &mut ShardedLayerNorm {
+        &mut self.0
+    }
+}
 
 impl std::fmt::Debug for ShardedLayerNorm {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -112,13 +153,6 @@ impl std::fmt::Debug for ShardedLayerNorm {
             .field("axes", &self.axes)
             .finish()
     }
-}
-
-/// A shard as the kernels see it: `rows` rows of `cols` contiguous features.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct View {
-    pub rows: usize,
-    pub cols: usize,
 }
 
 impl ShardedLayerNorm {
@@ -159,13 +193,13 @@ impl ShardedLayerNorm {
         }
         let axes = resolve(cfg, shard_shape)?;
         for device in devices {
-            crate::layer::check_param_alloc(cfg, device, &axes.param_shape)?;
+            module_params::check_param_alloc(cfg, device, &axes.param_shape)?;
         }
         let mut params = Vec::with_capacity(devices.len());
         for (device, &rank) in devices.iter().zip(comm.local_ranks()) {
             let mut rng = Rng::new(seed ^ (rank as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15));
             let (scale, bias) =
-                crate::layer::init_params(cfg, &axes.param_shape, device, &mut rng)?;
+                module_params::init_params(cfg, &axes.param_shape, device, &mut rng)?;
             params.push(ShardParams { scale, bias });
         }
         Ok(ShardedLayerNorm {
@@ -228,7 +262,7 @@ impl ShardedLayerNorm {
                 self.params.len()
             ))
         })?;
-        crate::layer::check_param(&self.cfg, &self.axes.param_shape, what, used, t)?;
+        module_params::check_param(&self.cfg, &self.axes.param_shape, what, used, t)?;
         Array::from_tensor(device, t)
     }
 
@@ -272,21 +306,21 @@ impl ShardedLayerNorm {
         check_count("dy shards", xs.len(), dys.len())?;
         check_count("saved statistics", xs.len(), saved.len())?;
         for (x, dy) in xs.iter().zip(dys) {
-            crate::layer::check_cotangent(&self.cfg, x, dy)?;
+            module_params::check_cotangent(&self.cfg, x, dy)?;
         }
         for (s, x) in saved.iter().zip(xs) {
-            let dvar_rows = s.dvar.as_ref().map_or(view.rows, Array::numel);
+            let dvar_rows = s.dvar.as_ref().map_or(view.num_rows(), Array::numel);
             let mask_len = s.mask.as_ref().map_or(x.numel(), Vec::len);
-            if s.mean.numel() != view.rows
-                || s.rstd.numel() != view.rows
-                || dvar_rows != view.rows
+            if s.mean.numel() != view.num_rows()
+                || s.rstd.numel() != view.num_rows()
+                || dvar_rows != view.num_rows()
                 || mask_len != x.numel()
             {
                 return Err(Error::Shape {
                     what: "saved statistics",
                     expected: format!(
                         "{} rows and a mask of {} elements, or none (from forward_train of these shards)",
-                        view.rows,
+                        view.num_rows(),
                         x.numel()
                     ),
                     got: format!(
@@ -340,14 +374,9 @@ impl ShardedLayerNorm {
         self.comm.groups().group_size()
     }
 
-    /// How the group combines its statistics: moments for flax's exact variance, means
-    /// (one pmean) for the fast variance and RMSNorm.
+    /// How the group combines its statistics.
     pub(crate) fn mode(&self) -> StatsMode {
-        if self.cfg.kind() == NormKind::LayerNorm && !self.cfg.fast_variance() {
-            StatsMode::Moments
-        } else {
-            StatsMode::Means
-        }
+        StatsMode::for_config(&self.cfg)
     }
 
     /// Whether backward needs the fast variance's clamp derivative.
@@ -357,7 +386,7 @@ impl ShardedLayerNorm {
 
     /// Checks one shard per local rank, all of one shape and dtype (as `pmap` maps one
     /// program over equal shards), each on its rank's device.
-    fn check_inputs(&self, xs: &[Array]) -> Result<View> {
+    fn check_inputs(&self, xs: &[Array]) -> Result<Layout> {
         check_count("x shards", self.params.len(), xs.len())?;
         let first = &xs[0];
         if first.shape().len() != self.rank {
@@ -393,10 +422,8 @@ impl ShardedLayerNorm {
             }
         }
         let cols = axes.row_len(first.shape());
-        Ok(View {
-            rows: axes.rows(first.shape()),
-            cols,
-        })
+        // Shards are contiguous: `rows` rows of `cols` features.
+        Ok(Layout::rows(axes.rows(first.shape()), cols))
     }
 }
 

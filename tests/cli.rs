@@ -228,7 +228,7 @@ fn check_runs_the_emulated_kernels_and_prints_json_records() {
     }
     // Every variant ran on each dtype combination the emulation has (unless its API
     // cannot express the combination), at the cols asked.
-    for variant in warpnorm::selftest::Variant::ALL {
+    for variant in warpnorm::tooling::selftest::Variant::ALL {
         let of: Vec<_> = results
             .iter()
             .filter(|r| r["variant"] == variant.name())
@@ -292,7 +292,7 @@ fn check_without_a_gpu_checks_the_emulation_and_prints_a_table() {
         "{s}"
     );
     assert!(s.contains("seed "), "{s}");
-    for variant in warpnorm::selftest::Variant::ALL {
+    for variant in warpnorm::tooling::selftest::Variant::ALL {
         assert!(s.lines().any(|l| l.starts_with(variant.name())), "{s}");
     }
     assert!(
@@ -348,7 +348,7 @@ fn bench_on_the_cpu_prints_json_records_and_plots_them() {
     // f32, f16, bf16 x fwd, fwd_bwd.
     assert_eq!(records.len(), 6, "{v}");
     for r in records {
-        for key in warpnorm::bench::RECORD_FIELDS {
+        for key in warpnorm::tooling::bench::RECORD_FIELDS {
             assert!(r.get(key).is_some(), "missing {key}: {r}");
         }
         assert_eq!(r["cols"], 128);

@@ -3,8 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use warpnorm::fixture::Fixture;
-use warpnorm::verify::{self, Cpu};
+use warpnorm::tooling::fixture::Fixture;
+use warpnorm::tooling::verify::{self, Cpu};
 use warpnorm::{Api, DType, Error};
 
 fn fixtures_dir() -> PathBuf {
@@ -170,7 +170,7 @@ fn unreadable_files_are_named() {
 
 // ----- comparison rules -------------------------------------------------------------------
 
-use warpnorm::verify::{compare, Rounding};
+use warpnorm::tooling::verify::{compare, Rounding};
 use warpnorm::Tensor;
 
 fn exact(dtype: DType) -> Rounding {

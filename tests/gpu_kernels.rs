@@ -12,7 +12,7 @@ use common::{
 };
 use cudarc::driver::{CudaSlice, CudaStream};
 use half::{bf16, f16};
-use warpnorm::cuda::CudaBackend;
+use warpnorm::cuda::{CudaBackend, Dtypes};
 use warpnorm::ops::{self, Backward, Forward, Layout, NormSpec, Stats};
 use warpnorm::reference::{self, Params};
 use warpnorm::{DType, Element, Error, NormConfig, Tensor};
@@ -260,19 +260,15 @@ fn check(pb: &Problem, out: &Outputs, o: DType, t: DType, p: DType) -> Vec<Strin
     failures
 }
 
-/// Runs `$body::<T, P, O>` for every dtype combination the kernels take.
+/// Runs `$f::<T, P, O>` for every dtype combination the kernels are compiled for.
 macro_rules! for_each_combo {
     ($f:ident($($arg:expr),*)) => {{
         let mut all = Vec::new();
-        all.extend($f::<f32, f32, f32>($($arg),*));
-        all.extend($f::<f16, f16, f16>($($arg),*));
-        all.extend($f::<f16, f16, f32>($($arg),*));
-        all.extend($f::<f16, f32, f16>($($arg),*));
-        all.extend($f::<f16, f32, f32>($($arg),*));
-        all.extend($f::<bf16, bf16, bf16>($($arg),*));
-        all.extend($f::<bf16, bf16, f32>($($arg),*));
-        all.extend($f::<bf16, f32, bf16>($($arg),*));
-        all.extend($f::<bf16, f32, f32>($($arg),*));
+        for d in Dtypes::compiled() {
+            let failures: warpnorm::Result<Vec<String>> =
+                warpnorm::with_kernel_dtypes!(d, <T, P, O> => Ok($f::<T, P, O>($($arg),*)));
+            all.extend(failures.unwrap());
+        }
         all
     }};
 }

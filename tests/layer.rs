@@ -4,7 +4,7 @@
 mod common;
 
 use common::{error_ratio, gpu_or_skip, max_abs, random_tensor, tolerance};
-use warpnorm::{Array, DType, Device, Error, LayerNorm, NormConfig, Tensor};
+use warpnorm::{Array, DType, Device, Error, LayerNorm, NormConfig, NormKind, RmsNorm, Tensor};
 
 #[test]
 fn device_discovery_never_panics() {
@@ -231,4 +231,16 @@ fn gpu_layer_computes_uncovered_layouts_with_the_reference() {
         DType::F16,
         false,
     );
+}
+
+#[test]
+fn rms_norm_new_builds_only_rmsnorm_layers() {
+    let e = RmsNorm::new(&Device::cpu(), &NormConfig::flax(), &[4, 16], 0).unwrap_err();
+    assert!(
+        matches!(e, Error::InvalidConfig(_)) && e.to_string().contains("RMSNorm config"),
+        "{e}"
+    );
+    let rms = RmsNorm::new(&Device::cpu(), &NormConfig::rms(), &[4, 16], 0).unwrap();
+    assert_eq!(rms.config().kind(), NormKind::RmsNorm);
+    assert_eq!(rms.into_inner().config().kind(), NormKind::RmsNorm);
 }

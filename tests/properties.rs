@@ -8,8 +8,8 @@ mod common;
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 use warpnorm::dist::AxisGroups;
-use warpnorm::fixture::Fixture;
-use warpnorm::verify::Backend;
+use warpnorm::tooling::fixture::Fixture;
+use warpnorm::tooling::verify::Backend;
 use warpnorm::{Array, DType, Device, LayerNorm, NormConfig, Tensor};
 
 fn config(cases: u32) -> Config {
@@ -112,7 +112,7 @@ proptest! {
         if let Ok(fx) = Fixture::parse("p.json", &text) {
             prop_assert!(fx.world.is_none_or(|k| k <= warpnorm::dist::MAX_WORLD));
             // Running it is a result or an error, never an abort.
-            let _ = warpnorm::verify::Cpu.run(&fx);
+            let _ = warpnorm::tooling::verify::Cpu.run(&fx);
         }
     }
 }

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use warpnorm::dist::{AxisGroups, InProcessHost};
-use warpnorm::fixture::Fixture;
-use warpnorm::verify::collect_files;
+use warpnorm::tooling::fixture::Fixture;
+use warpnorm::tooling::verify::collect_files;
 use warpnorm::{Array, DType, Device, Error, LayerNorm, NormConfig, ShardedLayerNorm, Tensor};
 
 fn too_large<T: std::fmt::Debug>(r: warpnorm::Result<T>, what: &str) -> String {
@@ -88,7 +88,7 @@ fn hostile_fixture_fields_are_errors() {
     parse(&text).unwrap();
     let path = scratch_dir("empty_x").join("empty.json");
     std::fs::write(&path, text).unwrap();
-    let report = warpnorm::verify::verify_file(&path, &warpnorm::verify::Cpu);
+    let report = warpnorm::tooling::verify::verify_file(&path, &warpnorm::tooling::verify::Cpu);
     let e = report.error.expect("an error in the report");
     eprintln!("x [0, 2^40]: {e}");
     assert!(e.contains("is too large"), "{e}");
@@ -152,7 +152,8 @@ fn devices_and_oversized_files_are_refused() {
     let dir = scratch_dir("oversized");
     let big = dir.join("big.json");
     let f = std::fs::File::create(&big).unwrap();
-    f.set_len(warpnorm::fixture::MAX_FIXTURE_BYTES + 1).unwrap();
+    f.set_len(warpnorm::tooling::fixture::MAX_FIXTURE_BYTES + 1)
+        .unwrap();
     let e = Fixture::load(&big).unwrap_err();
     assert!(e.to_string().contains("more than the"), "{e}");
     assert!(started.elapsed() < Duration::from_secs(5));

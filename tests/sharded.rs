@@ -21,9 +21,9 @@ use warpnorm::dist::{
 };
 #[cfg(feature = "nccl")]
 use warpnorm::dist::{NcclCollective, NcclIds};
-use warpnorm::fixture::Fixture;
 use warpnorm::reference::{self, Params};
-use warpnorm::verify::{self, Outputs};
+use warpnorm::tooling::fixture::Fixture;
+use warpnorm::tooling::verify::{self, Outputs};
 use warpnorm::{Array, DType, Device, Error, NormConfig, ShardSaved, ShardedLayerNorm, Tensor};
 
 // ----- cases ------------------------------------------------------------------------------

@@ -12,6 +12,7 @@
 
 #include "layernorm_bwd.cu"
 #include "layernorm_fwd.cu"
+#include "sharded.cu"
 
 namespace {
 
@@ -32,11 +33,11 @@ const Kernel kKernels[] = {
 
 }  // namespace
 
-// Launches kernel `expr` with `params` on a grid of `grid` blocks of `block` threads with
-// `smem_bytes` of dynamic shared memory. Returns 0, or -1 when `expr` is not emulated, -2
-// for a block size that is not a whole number of warps.
-extern "C" int warpnorm_emu_launch(const char* expr, const void* params, unsigned grid, unsigned block,
-                                   unsigned smem_bytes) {
+// Launches kernel `expr` with `params` on a `grid_x` x `grid_y` grid of blocks of `block`
+// threads with `smem_bytes` of dynamic shared memory. Returns 0, or -1 when `expr` is not
+// emulated, -2 for a block size that is not a whole number of warps.
+extern "C" int warpnorm_emu_launch(const char* expr, const void* params, unsigned grid_x, unsigned grid_y,
+                                   unsigned block, unsigned smem_bytes) {
     Entry run = nullptr;
     for (const Kernel& k : kKernels) {
         if (std::string_view(k.expr) == expr) run = k.run;
@@ -63,13 +64,13 @@ extern "C" int warpnorm_emu_launch(const char* expr, const void* params, unsigne
             auto& c = warpnorm_emu::ctx;
             c.thread = {t, 0, 0};
             c.block_dim = {block, 1, 1};
-            c.grid_dim = {grid, 1, 1};
+            c.grid_dim = {grid_x, grid_y, 1};
             c.block_barrier = &block_barrier;
             c.warp_barrier = warp_barriers[t / 32].get();
             c.warp_exchange = &exchange[(t / 32) * 32];
             c.dynamic_smem = smem.data();
-            for (unsigned b = 0; b < grid; ++b) {
-                c.block = {b, 0, 0};
+            for (unsigned b = 0; b < grid_x * grid_y; ++b) {
+                c.block = {b % grid_x, b / grid_x, 0};
                 run(params);
                 block_barrier.arrive_and_wait();
                 if (t == 0) std::fill(smem.begin(), smem.end(), std::numeric_limits<float>::quiet_NaN());

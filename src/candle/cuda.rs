@@ -16,8 +16,10 @@ use half::{bf16, f16};
 use super::convert::{contiguous_range, warpnorm_dtype};
 use super::op::{Grads, NormOp, Params};
 use crate::cuda::CudaBackend;
-use crate::layer::{dispatch, LayerNorm};
+use crate::layer::LayerNorm;
+use crate::module_params::compiled_dtypes;
 use crate::ops::{self, NormSpec};
+use crate::with_kernel_dtypes;
 use crate::{DType, Element, Error, NormConfig, Result};
 
 /// What a training forward keeps for the backward: f32, one per row.
@@ -43,7 +45,7 @@ fn backend(dev: &CudaDevice) -> Result<Arc<CudaBackend>> {
 }
 
 /// One call's device, stream and kernel layout; its methods are instantiated per dtype
-/// triple (x, parameters, y) by `dispatch!`.
+/// triple (x, parameters, y) by `with_kernel_dtypes!`.
 struct Launcher<'a> {
     cfg: &'a NormConfig,
     be: &'a CudaBackend,
@@ -60,7 +62,8 @@ impl<'a> Launcher<'a> {
         dims: &[usize],
     ) -> Result<Self> {
         let axes = cfg.resolve(dims)?;
-        let layout = LayerNorm::axes_layout(&axes, cfg.has_scale() || cfg.has_bias(), dims)?;
+        let layout = LayerNorm::axes_layout(&axes, cfg.has_scale() || cfg.has_bias(), dims)
+            .map_err(|why| Error::Unsupported(why.0))?;
         Ok(Launcher {
             cfg,
             be,
@@ -202,12 +205,9 @@ pub(crate) fn forward(
     let be = backend(dev)?;
     let l = Launcher::new(&op.cfg, &be, dev, x.1.dims())?;
     let x_dtype = warpnorm_dtype("x", x.0.dtype())?;
-    let (y, saved) = dispatch!(
-        l,
-        x_dtype,
-        forward(x, &params, op.train),
-        "use candle's CPU device"
-    )?;
+    let d = compiled_dtypes(&op.cfg, x_dtype, "use candle's CPU device")?;
+    let (y, saved) =
+        with_kernel_dtypes!(d, <T, P, O> => l.forward::<T, P, O>(x, &params, op.train))?;
     if let Some(saved) = saved {
         // candle runs an op's forward once; a second set would only repeat the same values.
         let _ = op.saved.set(saved);
@@ -237,12 +237,10 @@ pub(crate) fn backward(
     let be = backend(dev)?;
     let l = Launcher::new(&op.cfg, &be, dev, xl.dims())?;
     let x_dtype = warpnorm_dtype("x", xs.dtype())?;
-    let (dx, dscale, dbias) = dispatch!(
-        l,
-        x_dtype,
-        backward((xs, xl), scale, (dys, dyl), saved),
-        "use candle's CPU device"
-    )?;
+    let d = compiled_dtypes(&op.cfg, x_dtype, "use candle's CPU device")?;
+    let (dx, dscale, dbias) = with_kernel_dtypes!(d, <T, P, O> => {
+        l.backward::<T, P, O>((xs, xl), scale, (dys, dyl), saved)
+    })?;
     let tensor = |s: CudaStorage, like: &Tensor| {
         Tensor::from_storage(
             Storage::Cuda(s),

@@ -23,7 +23,7 @@ pub use initializers::Initializer;
 pub use policy::DTypePolicy;
 pub use regularizers::Regularizer;
 
-use crate::dist::AxisGroups;
+use crate::groups::AxisGroups;
 use crate::{DType, Error, Result};
 
 /// The framework API whose semantics a config follows.

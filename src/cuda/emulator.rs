@@ -1,28 +1,32 @@
 //! The kernels on the CPU (feature `emulator`): the CUDA sources in `kernels/` compiled
 //! for the host with a small execution model (`kernels/emulator/`), one host thread per
 //! CUDA thread. Calls go through the same checks, parameter structs, tier selection and
-//! grid sizing as [`crate::ops`] on a GPU; only the last step, the launch, differs. It
+//! grid sizing as [`crate::ops`] on a GPU (`norm.rs`); only the last step, the launch, differs. It
 //! exists to test the kernels on machines without a GPU; it is far too slow for anything
 //! else.
 //!
-//! Only the dtype combinations in [`tiers::EMULATED_COMBOS`] are compiled; others return
+//! Only the dtype combinations in [`Dtypes::emulated`] are compiled; others return
 //! [`Error::Unsupported`].
+
+pub mod sharded;
 
 use std::ffi::{c_char, c_int, c_void, CString};
 
 use cudarc::driver::{DeviceRepr, LaunchConfig};
 
+use super::launch::Launch;
+use super::norm::{self, check_call, BwdAddrs, FwdAddrs, NormSpec};
 use super::select;
-use super::tiers;
-use super::Launch;
-use crate::ops::{self, check_len, BwdAddrs, FwdAddrs, Layout, NormSpec};
+use super::Dtypes;
+use crate::layout::{check_len, Layout};
 use crate::{Element, Error, Result};
 
 extern "C" {
     fn warpnorm_emu_launch(
         expr: *const c_char,
         params: *const c_void,
-        grid: u32,
+        grid_x: u32,
+        grid_y: u32,
         block: u32,
         smem_bytes: u32,
     ) -> c_int;
@@ -59,7 +63,7 @@ impl Launch for Emulator {
         cfg: LaunchConfig,
     ) -> Result<()> {
         let name = CString::new(expr).map_err(|_| Error::Unsupported(expr.to_string()))?;
-        // SAFETY: `params` is the kernel's parameter struct, built by ops' shared core from
+        // SAFETY: `params` is the kernel's parameter struct, built by `norm.rs` from
         // host slices whose lengths the public functions below checked exactly as ops
         // checks device buffers; the harness reads it as that struct for `expr`, and the
         // pointers stay valid until it returns (it joins every thread).
@@ -68,6 +72,7 @@ impl Launch for Emulator {
                 name.as_ptr(),
                 (params as *const P).cast(),
                 cfg.grid_dim.0,
+                cfg.grid_dim.1,
                 cfg.block_dim.0,
                 cfg.shared_mem_bytes,
             )
@@ -86,15 +91,10 @@ impl Launch for Emulator {
 
 /// Whether the emulation has the kernels of this dtype combination.
 pub fn supports<T: Element, P: Element, O: Element>() -> bool {
-    let name = |d: crate::DType| match d {
-        crate::DType::F32 => "f32",
-        crate::DType::F16 => "f16",
-        crate::DType::BF16 => "bf16",
-    };
-    tiers::EMULATED_COMBOS.contains(&(name(T::DTYPE), name(P::DTYPE), name(O::DTYPE)))
+    Dtypes::emulated().contains(&Dtypes::of::<T, P, O>())
 }
 
-/// Host buffers of a forward pass (see [`ops::Forward`]).
+/// Host buffers of a forward pass (see [`crate::ops::Forward`]).
 pub struct HostForward<'a, T, P, O> {
     pub x: &'a [T],
     pub scale: Option<&'a [P]>,
@@ -104,7 +104,7 @@ pub struct HostForward<'a, T, P, O> {
     pub stats: Option<(&'a mut [f32], &'a mut [f32])>,
 }
 
-/// Host buffers of a backward pass (see [`ops::Backward`]).
+/// Host buffers of a backward pass (see [`crate::ops::Backward`]).
 pub struct HostBackward<'a, T, P, O> {
     pub x: &'a [T],
     pub dy: &'a [O],
@@ -138,13 +138,13 @@ fn addr_opt<T>(what: &'static str, s: Option<&[T]>, need: usize) -> Result<u64> 
     s.map_or(Ok(0), |s| addr(what, s, need))
 }
 
-/// [`ops::forward`] on the CPU emulation.
+/// [`crate::ops::forward`] on the CPU emulation.
 pub fn forward<T: Element, P: Element, O: Element>(
     spec: &NormSpec,
     layout: Layout,
     a: HostForward<'_, T, P, O>,
 ) -> Result<()> {
-    let (d, n) = ops::check_call::<T, P, O>(Some(spec), &layout, a.mask.is_some())?;
+    let (d, n) = check_call::<T, P, O>(Some(spec), &layout, a.mask.is_some())?;
     let (mean, rstd) = match a.stats {
         Some((m, r)) => (addr_mut("mean", m, n.rows)?, addr_mut("rstd", r, n.rows)?),
         None => (0, 0),
@@ -158,16 +158,16 @@ pub fn forward<T: Element, P: Element, O: Element>(
         mean,
         rstd,
     };
-    ops::forward_core::<_, T>(&Emulator, spec, layout, d, addrs)
+    norm::forward::<_, T>(&Emulator, spec, layout, d, addrs)
 }
 
-/// [`ops::backward`] on the CPU emulation.
+/// [`crate::ops::backward`] on the CPU emulation.
 pub fn backward<T: Element, P: Element, O: Element>(
     spec: &NormSpec,
     layout: Layout,
     a: HostBackward<'_, T, P, O>,
 ) -> Result<()> {
-    let (d, n) = ops::check_call::<T, P, O>(None, &layout, a.mask.is_some())?;
+    let (d, n) = check_call::<T, P, O>(None, &layout, a.mask.is_some())?;
     let need = backward_workspace_len(&layout);
     let addrs = BwdAddrs {
         x: addr("x", a.x, n.x)?,
@@ -185,5 +185,5 @@ pub fn backward<T: Element, P: Element, O: Element>(
         workspace: addr_mut("workspace", a.workspace, need)?,
         workspace_len: need,
     };
-    ops::backward_core::<_, T>(&Emulator, spec, layout, d, addrs)
+    norm::backward::<_, T>(&Emulator, spec, layout, d, addrs)
 }

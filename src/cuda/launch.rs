@@ -1,22 +1,14 @@
-//! Kernel selection and launch: [`OnStream::launch`] is the one place a warpnorm kernel is
-//! launched on a GPU, and the only `unsafe` CUDA launch of the crate (the CPU emulation has
-//! its own, in `emulator.rs`).
-//!
-//! The functions here turn checked parameter structs into launches through a [`Launch`]
-//! implementation: [`OnStream`] enqueues on a CUDA stream; the CPU emulation (feature
-//! `emulator`) runs the same kernels on host threads, so the selection logic below is
+//! Where the kernels run: [`Launch`] is what the launches of `norm.rs` (single-device) and
+//! `sharded.rs` (sharded normalization) are generic over. [`OnStream`] enqueues on a CUDA
+//! stream, the one place a warpnorm kernel is launched on a GPU and the only `unsafe`
+//! CUDA launch of the crate; the CPU emulation (feature `emulator`, `emulator.rs`) runs
+//! the same kernels on host threads, so the selection logic and the parameter structs are
 //! exercised by the same tests either way. Every parameter struct reaching a [`Launch`]
-//! was built by [`crate::ops`] (or the emulator's host API) from buffers whose lengths,
-//! strides and alignment it checked.
+//! was built in this module's siblings from buffers whose lengths, strides and alignment
+//! their callers checked.
 
 use cudarc::driver::{CudaStream, DeviceRepr, LaunchConfig, PushKernelArg};
 
-use super::params::{
-    WarpnormBwdParams, WarpnormFinalizeParams, WarpnormFwdParams, WarpnormStridedBwdParams,
-    WarpnormStridedFwdParams,
-};
-use super::select::{self, Plan, STRIDED_THREADS};
-use super::tiers::expr;
 use super::CudaBackend;
 use crate::Result;
 
@@ -86,9 +78,9 @@ impl Launch for OnStream<'_> {
     ) -> Result<()> {
         let f = self.be.function(source, expr)?;
         // SAFETY: `params` is the bindgen mirror of the C struct the kernel `expr` takes
-        // by value (each `expr` is paired with its struct in the functions below and in
-        // `launch_sharded.rs`). Its pointers were checked by ops (or, for the sharded
-        // kernels, by crate::sharded and crate::dist): x / y / dx / dy / mask cover every
+        // by value (each `expr` is paired with its struct in `norm.rs` and `sharded.rs`).
+        // Its pointers were checked by ops (or, for the sharded kernels, by crate::sharded
+        // and crate::dist): x / y / dx / dy / mask cover every
         // row at their strides, scale / bias / dscale / dbias hold `cols` elements, mean /
         // rstd / dvar `rows`, the statistics and sums their documented layouts, the
         // workspace at least as many partial rows as the grid writes, and every pointer and
@@ -100,157 +92,12 @@ impl Launch for OnStream<'_> {
     }
 }
 
-/// Dtype short names (`f32`, `f16`, `bf16`) of x, the parameters and y.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Dtypes {
-    pub x: &'static str,
-    pub param: &'static str,
-    pub out: &'static str,
-}
-
-pub(crate) struct FwdBuffers {
-    pub params: WarpnormFwdParams,
-    pub dtypes: Dtypes,
-    pub vec: u32,
-    pub elem_bytes: u32,
-}
-
-pub(crate) struct BwdBuffers {
-    pub params: WarpnormBwdParams,
-    pub dtypes: Dtypes,
-    pub vec: u32,
-    /// Where the finalize kernel writes dscale / dbias (param dtype), if wanted.
-    pub dscale: Option<u64>,
-    pub dbias: Option<u64>,
-}
-
-fn config(grid: u32, threads: u32, smem: u32) -> LaunchConfig {
+/// A `grid.0` x `grid.1` grid of `threads`-thread CTAs with `smem` bytes of dynamic
+/// shared memory.
+pub(crate) fn launch_config(grid: (u32, u32), threads: u32, smem: u32) -> LaunchConfig {
     LaunchConfig {
-        grid_dim: (grid, 1, 1),
+        grid_dim: (grid.0, grid.1, 1),
         block_dim: (threads, 1, 1),
         shared_mem_bytes: smem,
     }
-}
-
-pub(crate) fn forward_rows<L: Launch>(l: &L, b: &FwdBuffers) -> Result<()> {
-    let p = &b.params;
-    let d = b.dtypes;
-    let plan = select::forward_plan(p.cols as u64, b.vec, b.elem_bytes, l.max_smem_per_cta());
-    let (name, smem) = match plan {
-        Plan::Rows(t) => (expr::fwd_rows(d.x, d.param, d.out, t), 0),
-        Plan::Cta {
-            vec,
-            cached,
-            smem_bytes,
-            ..
-        } => (expr::fwd_cta(d.x, d.param, d.out, vec, cached), smem_bytes),
-    };
-    let grid = select::forward_grid(p.rows as u64, plan, l.sm_count());
-    l.launch(
-        "layernorm_fwd",
-        &name,
-        p,
-        config(grid, plan.threads(), smem),
-    )
-}
-
-pub(crate) fn forward_strided<L: Launch>(
-    l: &L,
-    p: &WarpnormStridedFwdParams,
-    d: Dtypes,
-) -> Result<()> {
-    let grid = select::strided_forward_grid((p.outer * p.inner) as u64, l.sm_count());
-    let name = expr::fwd_strided(d.x, d.param, d.out);
-    l.launch("layernorm_fwd", &name, p, config(grid, STRIDED_THREADS, 0))
-}
-
-pub(crate) fn backward_rows<L: Launch>(l: &L, b: &BwdBuffers) -> Result<()> {
-    let p = &b.params;
-    let d = b.dtypes;
-    if p.rows == 0 {
-        // No rows: the parameter gradients are sums of nothing.
-        return finalize_both(l, b, 0, 0, 0);
-    }
-    let cols = p.cols as u64;
-    let plan = select::backward_plan(cols, b.vec, l.max_smem_per_cta());
-    let (name, smem) = match plan {
-        Plan::Rows(t) => (
-            expr::bwd_rows(d.x, d.param, d.out, t),
-            select::backward_rows_smem(t, cols),
-        ),
-        Plan::Cta {
-            vec,
-            cached,
-            smem_bytes,
-            ..
-        } => (expr::bwd_cta(d.x, d.param, d.out, vec, cached), smem_bytes),
-    };
-    let resident = l.resident_ctas("layernorm_bwd", &name, plan.threads(), smem)?;
-    let grid = select::backward_grid(p.rows as u64, plan, l.sm_count(), resident);
-    l.launch(
-        "layernorm_bwd",
-        &name,
-        p,
-        config(grid, plan.threads(), smem),
-    )?;
-    finalize_both(
-        l,
-        b,
-        p.partial_dscale as u64,
-        p.partial_dbias as u64,
-        grid as i32,
-    )
-}
-
-pub(crate) fn backward_strided<L: Launch>(
-    l: &L,
-    p: &WarpnormStridedBwdParams,
-    b: &BwdBuffers,
-) -> Result<()> {
-    let d = b.dtypes;
-    let grid = select::strided_backward_grid((p.outer * p.inner) as u64, l.sm_count());
-    let name = expr::bwd_strided(d.x, d.param, d.out);
-    l.launch("layernorm_bwd", &name, p, config(grid, STRIDED_THREADS, 0))?;
-    let parts = grid as i32 * (STRIDED_THREADS as i32 / 32);
-    finalize_both(l, b, p.partial_dscale as u64, p.partial_dbias as u64, parts)
-}
-
-/// Sums the partial rows into dscale and dbias (those that were asked for).
-fn finalize_both<L: Launch>(
-    l: &L,
-    b: &BwdBuffers,
-    partial_dscale: u64,
-    partial_dbias: u64,
-    parts: i32,
-) -> Result<()> {
-    let outputs = [(partial_dscale, b.dscale), (partial_dbias, b.dbias)];
-    finalize_param_grads(l, b.dtypes.param, b.params.cols, parts, outputs)
-}
-
-/// For each `(partial, out)` with an `out`: `out[c]` (in `param`, the parameter dtype) =
-/// the sum of `parts` partial rows of `cols` f32 at `partial`, in part order.
-pub(crate) fn finalize_param_grads<L: Launch>(
-    l: &L,
-    param: &str,
-    cols: i64,
-    parts: i32,
-    outputs: [(u64, Option<u64>); 2],
-) -> Result<()> {
-    for (partial, out) in outputs {
-        let Some(out) = out else { continue };
-        let p = WarpnormFinalizeParams {
-            partial: partial as *const f32,
-            out: out as *mut std::ffi::c_void,
-            cols: cols as _,
-            parts,
-        };
-        let grid = (cols as u64).div_ceil(256).clamp(1, 65_535) as u32;
-        l.launch(
-            "layernorm_bwd",
-            &expr::finalize(param),
-            &p,
-            config(grid, 256, 0),
-        )?;
-    }
-    Ok(())
 }

@@ -1,19 +1,23 @@
-//! The CUDA backend: device discovery, the embedded kernels, and the one `unsafe` launch
-//! site (`launch.rs`), which the sharded kernels' launches (`launch_sharded.rs`) go through too.
+//! The CUDA backend: device discovery, the embedded kernels, the parameter structs of every
+//! kernel (`norm.rs` for the single-device kernels, `sharded.rs` for sharded normalization)
+//! and the one `unsafe` launch site (`launch.rs`), which both go through.
 //!
 //! [`CudaBackend`] owns a context, a stream and the loaded kernel modules of one GPU. The
 //! safe operations on caller-owned buffers live in [`crate::ops`].
 
 pub mod driver;
+mod dtypes;
 #[cfg(feature = "emulator")]
 pub mod emulator;
+mod guards;
 pub mod kernels;
 mod launch;
-pub(crate) mod launch_sharded;
 #[cfg(feature = "nccl")]
 pub(crate) mod nccl;
-pub mod params;
+pub(crate) mod norm;
+pub(crate) mod params;
 mod select;
+pub(crate) mod sharded;
 pub mod tiers;
 
 use std::collections::HashMap;
@@ -27,10 +31,9 @@ use crate::{Error, Result};
 use kernels::{Image, ImageKind, IMAGES};
 
 pub use driver::{CudaVersion, DriverSupport};
-pub(crate) use launch::{
-    backward_rows, backward_strided, forward_rows, forward_strided, BwdBuffers, Dtypes, FwdBuffers,
-    Launch, OnStream,
-};
+pub use dtypes::Dtypes;
+pub(crate) use guards::BufferGuards;
+pub(crate) use launch::OnStream;
 pub use select::backward_workspace_len;
 
 /// Errors unless the driver library can be loaded: cudarc panics on the first driver call

@@ -1,11 +1,10 @@
 //! Which kernel and launch shape a problem gets. Pure arithmetic, so it is tested without
 //! a GPU; the launches in `launch.rs` follow these plans exactly.
 
+use super::params::{
+    WARPNORM_CTA_MAX_THREADS, WARPNORM_CTA_SCRATCH_FLOATS, WARPNORM_STRIDED_THREADS,
+};
 use super::tiers::{pick_row_tier, Pass, RowTier};
-
-/// Scratch floats of the CTA kernels' reductions (must match kCtaScratchFloats and the
-/// `kWarpSize * 3` offset in the kernels).
-pub(crate) const CTA_SCRATCH_FLOATS: u32 = 3 * 1024 / 32;
 
 /// Shared memory every kernel may use without opting in.
 pub(crate) const DEFAULT_SMEM: u32 = 48 * 1024;
@@ -45,11 +44,13 @@ impl Plan {
     }
 }
 
+/// Threads of a CTA-per-row launch: all the kernel allows for very long rows, half for the
+/// others.
 fn cta_threads(cols: u64, vec: u32) -> u32 {
     if cols / vec as u64 >= 8192 {
-        1024
+        WARPNORM_CTA_MAX_THREADS
     } else {
-        512
+        WARPNORM_CTA_MAX_THREADS / 2
     }
 }
 
@@ -74,7 +75,7 @@ pub(crate) fn backward_plan(cols: u64, vec: u32, max_smem: u32) -> Plan {
 /// The CTA-per-row plan: the reduction scratch, plus `cache_bytes` of shared memory when
 /// they fit (`cached`).
 fn cta_plan(cols: u64, vec: u32, cache_bytes: u64, max_smem: u32) -> Plan {
-    let scratch = CTA_SCRATCH_FLOATS * 4;
+    let scratch = WARPNORM_CTA_SCRATCH_FLOATS * 4;
     let cached = scratch as u64 + cache_bytes <= max_smem as u64;
     Plan::Cta {
         vec,
@@ -123,7 +124,7 @@ pub(crate) fn backward_grid(rows: u64, plan: Plan, sm_count: u32, resident_per_s
 }
 
 /// Threads and warps per CTA of the strided kernels.
-pub(crate) const STRIDED_THREADS: u32 = 256;
+pub(crate) const STRIDED_THREADS: u32 = WARPNORM_STRIDED_THREADS;
 pub(crate) const STRIDED_WARPS: u64 = STRIDED_THREADS as u64 / 32;
 
 pub(crate) fn strided_forward_grid(rows: u64, sm_count: u32) -> u32 {

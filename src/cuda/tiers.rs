@@ -3,7 +3,10 @@
 // This file is pure data and std-only: build.rs `include!`s it to know which template
 // instantiations to ask NVRTC for, and the launch layer uses it to choose among exactly
 // those. Keeping both in one place means the host can never ask for a kernel that was not
-// built.
+// built. The launch shapes it shares with the kernels come from `kernels/params.h`
+// through the bindings (`super::params`, which build.rs includes too).
+
+use super::params::WARPNORM_ROWS_CTA_THREADS;
 
 /// A register-tier launch shape: GROUP threads own a row, each `vecs` vectors of `vec`
 /// elements; the row fits when `cols <= group * vecs * vec` (and `cols % vec == 0`).
@@ -19,12 +22,13 @@ impl RowTier {
     pub const fn capacity(&self) -> u64 {
         (self.vec * self.vecs * self.group) as u64
     }
-    /// Threads per CTA (several rows share a 128-thread CTA when the group is small).
+    /// Threads per CTA (several rows share a CTA of `WARPNORM_ROWS_CTA_THREADS` when the
+    /// group is a warp or less).
     pub const fn threads(&self) -> u32 {
         if self.group > 32 {
             self.group
         } else {
-            128
+            WARPNORM_ROWS_CTA_THREADS
         }
     }
     /// Rows one CTA normalises at a time.
@@ -289,11 +293,22 @@ pub const EMULATED_COMBOS: [(&str, &str, &str); 3] = [
     ("f16", "f16", "f32"),
 ];
 
-/// Whether the CPU emulation compiles kernel `expr`.
-pub fn emulated(expr: &str) -> bool {
-    expr.starts_with("warpnorm::finalize_partials")
-        || EMULATED_COMBOS.iter().any(|(x, p, o)| {
-            let args = format!("<{}, {}, {}", cuda_type(x), cuda_type(p), cuda_type(o));
-            expr.contains(&args)
+/// Every name expression of kernel source file `source` the CPU emulation compiles: the
+/// single-device kernels of the dtype combinations in [`EMULATED_COMBOS`] and every
+/// finalize kernel; every sharded kernel (they are few and small).
+pub fn emulated_instantiations(source: &str) -> Vec<String> {
+    let all = instantiations(source);
+    if source == "sharded.cu" {
+        return all;
+    }
+    let combo_args: Vec<String> = EMULATED_COMBOS
+        .iter()
+        .map(|(x, p, o)| format!("<{}, {}, {}", cuda_type(x), cuda_type(p), cuda_type(o)))
+        .collect();
+    all.into_iter()
+        .filter(|e| {
+            e.starts_with("warpnorm::finalize_partials")
+                || combo_args.iter().any(|a| e.contains(a.as_str()))
         })
+        .collect()
 }

@@ -13,7 +13,7 @@ use cudarc::driver::{CudaStream, CudaView, CudaViewMut, DevicePtr, DevicePtrMut,
 
 use super::collective::{check_count, check_equal_lens, check_gather_lens, Membership};
 use super::{AxisGroups, Buf, BufMut, Collective};
-use crate::cuda::{launch_sharded, CudaBackend};
+use crate::cuda::{sharded as kernels, CudaBackend, OnStream};
 use crate::{Device, Error, NormConfig, Result};
 
 /// The axis name and groups of a config for a world of `world` ranks.
@@ -227,7 +227,7 @@ impl Collective for InProcessCuda {
                 let (dst, src) = (cuda_mut(dst)?, cuda_ref(src)?);
                 let (dst_ptr, _dst_guard) = dst.device_ptr_mut(stream);
                 let (src_ptr, _src_guard) = src.device_ptr(stream);
-                launch_sharded::accumulate(be, stream, dst_ptr, src_ptr, n as i64)?;
+                kernels::accumulate(&OnStream { be, stream }, dst_ptr, src_ptr, n as i64)?;
             }
             // ... and is copied to the other members.
             for &m in &members[1..] {

@@ -13,16 +13,15 @@
 mod collective;
 #[cfg(feature = "nccl")]
 mod deadline;
-pub mod groups;
 mod in_process;
 #[cfg(feature = "nccl")]
 mod nccl;
 mod reduce;
 
+pub use crate::groups::{AxisGroups, MAX_WORLD};
 pub use collective::{Buf, BufMut, Collective, Membership};
 #[cfg(feature = "nccl")]
 pub use deadline::DEFAULT_COLLECTIVE_TIMEOUT;
-pub use groups::{AxisGroups, MAX_WORLD};
 pub use in_process::{InProcessCuda, InProcessHost};
 #[cfg(feature = "nccl")]
 pub use nccl::{nccl_available, NcclCollective, NcclIds, DEFAULT_JOIN_TIMEOUT};

@@ -12,7 +12,7 @@ use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
 
 use super::collective::{check_axis, check_count, check_equal_lens};
 use super::{BufMut, Collective};
-use crate::cuda::{launch_sharded, CudaBackend};
+use crate::cuda::{sharded as kernels, CudaBackend, OnStream};
 use crate::{DType, Device, Element, Error, Result};
 
 /// `lax.psum(x, axis_name)` over the collective's groups, in place: one buffer per local
@@ -63,14 +63,6 @@ fn reduce_host(
     Ok(())
 }
 
-fn short(d: DType) -> &'static str {
-    match d {
-        DType::F32 => "f32",
-        DType::F16 => "f16",
-        DType::BF16 => "bf16",
-    }
-}
-
 /// The GPU of every local rank, and a check that each buffer lives on it.
 fn backends<T>(comm: &dyn Collective, bufs: &[CudaSlice<T>]) -> Result<Vec<Arc<CudaBackend>>> {
     comm.devices()
@@ -109,7 +101,7 @@ fn reduce_device<T: Element>(
     } else {
         1.0
     };
-    let dtype = short(T::DTYPE);
+    let dtype = T::DTYPE;
     if T::DTYPE == DType::F32 {
         // In place: f32 buffers are the collective's own element type.
         let mut views = Vec::with_capacity(bufs.len());
@@ -125,7 +117,15 @@ fn reduce_device<T: Element>(
             for (b, be) in bufs.iter_mut().zip(&bes) {
                 let stream = be.stream();
                 let (ptr, _guard) = b.device_ptr_mut(stream);
-                launch_sharded::cast_scale(be, stream, "f32", "f32", ptr, ptr, n as i64, divisor)?;
+                kernels::cast_scale(
+                    &OnStream { be, stream },
+                    DType::F32,
+                    DType::F32,
+                    ptr,
+                    ptr,
+                    n as i64,
+                    divisor,
+                )?;
             }
         }
         return Ok(());
@@ -138,7 +138,15 @@ fn reduce_device<T: Element>(
         {
             let (src, _src_guard) = b.device_ptr(stream);
             let (dst, _dst_guard) = wide.device_ptr_mut(stream);
-            launch_sharded::cast_scale(be, stream, dtype, "f32", src, dst, n as i64, 1.0)?;
+            kernels::cast_scale(
+                &OnStream { be, stream },
+                dtype,
+                DType::F32,
+                src,
+                dst,
+                n as i64,
+                1.0,
+            )?;
         }
         scratch.push(wide);
     }
@@ -153,7 +161,15 @@ fn reduce_device<T: Element>(
         let stream = be.stream();
         let (src, _src_guard) = wide.device_ptr(stream);
         let (dst, _dst_guard) = b.device_ptr_mut(stream);
-        launch_sharded::cast_scale(be, stream, "f32", dtype, src, dst, n as i64, divisor)?;
+        kernels::cast_scale(
+            &OnStream { be, stream },
+            DType::F32,
+            dtype,
+            src,
+            dst,
+            n as i64,
+            divisor,
+        )?;
     }
     Ok(())
 }

@@ -6,7 +6,7 @@
 use super::layout::Layout;
 use super::row::RowStats;
 use crate::config::NormKind;
-use crate::dist::AxisGroups;
+use crate::groups::AxisGroups;
 
 /// One rank's inputs as plain values (already checked against the config).
 pub(crate) struct RankInput<'a> {

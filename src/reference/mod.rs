@@ -20,7 +20,7 @@ use engine::{Engine, RankInput};
 use layout::Layout;
 
 use crate::config::{Api, Axes, NormConfig};
-use crate::dist::AxisGroups;
+use crate::groups::AxisGroups;
 use crate::limits::{check_host_alloc, checked_product};
 use crate::{DType, Error, Result, Tensor};
 

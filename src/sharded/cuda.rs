@@ -6,71 +6,36 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, SyncOnDrop};
-use half::{bf16, f16};
+use cudarc::driver::{CudaSlice, DevicePtr};
 
-use super::{ShardSaved, ShardedLayerNorm, View};
+use super::{ShardSaved, ShardedLayerNorm};
 use crate::array::{mask_to_device, Array, DeviceElement};
-use crate::cuda::launch_sharded::{self, ApplyArgs, BwdArgs, ParamGradArgs, Rows, StatsMode};
-use crate::cuda::{CudaBackend, Dtypes};
+use crate::cuda::sharded::{self as kernels, ApplyArgs, BwdArgs, ParamGradArgs};
+use crate::cuda::{BufferGuards, CudaBackend, Dtypes};
 use crate::dist::{Buf, BufMut};
-use crate::layer::{dispatch, Gradients};
-use crate::{DType, Device, Element, Error, Result};
+use crate::layer::Gradients;
+use crate::layout::Layout;
+use crate::module_params;
+use crate::shard_stats::StatsMode;
+use crate::with_kernel_dtypes;
+use crate::{DType, Device, Error, Result};
 
-/// Device addresses of one launch's buffers, with cudarc's stream-ordering guards kept
-/// alive until the launch has been enqueued (dropping a guard records the buffer's use
-/// on the stream, which must come after the kernel).
-struct Guards<'a> {
-    stream: &'a Arc<CudaStream>,
-    guards: Vec<SyncOnDrop<'a>>,
+/// The CUDA slice of a parameter, if the layer has it.
+fn param<'a, P: DeviceElement>(
+    a: Option<&'a Array>,
+    what: &'static str,
+) -> Result<Option<&'a dyn DevicePtr<P>>> {
+    Ok(a.map(|a| slice::<P>(a, what)).transpose()?.map(|s| s as _))
 }
 
-impl<'a> Guards<'a> {
-    fn new(stream: &'a Arc<CudaStream>) -> Self {
-        Guards {
-            stream,
-            guards: Vec::new(),
-        }
-    }
-    fn read<T>(&mut self, buf: &'a CudaSlice<T>) -> u64 {
-        let (ptr, guard) = buf.device_ptr(self.stream);
-        self.guards.push(guard);
-        ptr
-    }
-    fn read_opt<T>(&mut self, buf: Option<&'a CudaSlice<T>>) -> u64 {
-        buf.map_or(0, |b| self.read(b))
-    }
-    fn write<T>(&mut self, buf: &'a mut CudaSlice<T>) -> u64 {
-        let (ptr, guard) = buf.device_ptr_mut(self.stream);
-        self.guards.push(guard);
-        ptr
-    }
-    fn write_opt<T>(&mut self, buf: Option<&'a mut CudaSlice<T>>) -> u64 {
-        buf.map_or(0, |b| self.write(b))
-    }
-}
-
-fn short(d: DType) -> &'static str {
-    match d {
-        DType::F32 => "f32",
-        DType::F16 => "f16",
-        DType::BF16 => "bf16",
-    }
-}
-
-fn dtypes<T: Element, P: Element, O: Element>() -> Dtypes {
-    Dtypes {
-        x: short(T::DTYPE),
-        param: short(P::DTYPE),
-        out: short(O::DTYPE),
-    }
-}
-
-fn rows_of(v: View) -> Rows {
-    Rows {
-        rows: v.rows as i64,
-        cols: v.cols as i64,
-    }
+/// The address of a statistic the forward keeps (training only), or 0.
+fn stat_addr<'a>(
+    g: &mut BufferGuards<'a>,
+    what: &'static str,
+    buf: Option<&'a mut CudaSlice<f32>>,
+    rows: usize,
+) -> Result<u64> {
+    Ok(g.write_opt(what, buf.map(|b| b as _), rows)?.unwrap_or(0))
 }
 
 /// The CUDA slice of an array of the layer's own making (statistics, parameters).
@@ -106,15 +71,11 @@ impl ShardedLayerNorm {
         &self,
         xs: &[Array],
         masks: Option<&[Vec<bool>]>,
-        v: View,
+        v: Layout,
         train: bool,
     ) -> Result<(Vec<Array>, Vec<ShardSaved>)> {
-        dispatch!(
-            self,
-            xs[0].dtype(),
-            gpu_forward(xs, masks, v, train),
-            "use the CPU collective"
-        )
+        let d = module_params::compiled_dtypes(&self.cfg, xs[0].dtype(), "use the CPU collective")?;
+        with_kernel_dtypes!(d, <T, P, O> => self.gpu_forward::<T, P, O>(xs, masks, v, train))
     }
 
     /// Local rank `i`'s mask on its GPU (one byte per element), if there is one.
@@ -130,26 +91,22 @@ impl ShardedLayerNorm {
         xs: &[Array],
         dys: &[Array],
         saved: &[ShardSaved],
-        v: View,
+        v: Layout,
     ) -> Result<Vec<Gradients>> {
-        dispatch!(
-            self,
-            xs[0].dtype(),
-            gpu_backward(xs, dys, saved, v),
-            "use the CPU collective"
-        )
+        let d = module_params::compiled_dtypes(&self.cfg, xs[0].dtype(), "use the CPU collective")?;
+        with_kernel_dtypes!(d, <T, P, O> => self.gpu_backward::<T, P, O>(xs, dys, saved, v))
     }
 
     fn gpu_forward<T: DeviceElement, P: DeviceElement, O: DeviceElement>(
         &self,
         xs: &[Array],
         masks: Option<&[Vec<bool>]>,
-        v: View,
+        v: Layout,
         train: bool,
     ) -> Result<(Vec<Array>, Vec<ShardSaved>)> {
         self.check_on_gpus::<T>("x", &xs.iter().collect::<Vec<_>>())?;
-        let d = dtypes::<T, P, O>();
-        let shape = rows_of(v);
+        let d = Dtypes::of::<T, P, O>();
+        let (rows, cols, numel) = (v.num_rows(), v.cols(), v.num_rows() * v.cols());
         let mode = self.mode();
         let k = self.group_size();
         let per_row = mode.floats_per_row();
@@ -164,15 +121,14 @@ impl ShardedLayerNorm {
         for (i, x) in xs.iter().enumerate() {
             let be = self.backend(i)?;
             let stream = be.stream();
-            let mut send = stream.alloc_zeros::<f32>(v.rows * per_row)?;
-            if v.rows > 0 {
-                let mut g = Guards::new(stream);
-                let x_ptr = g.read(slice::<T>(x, "x")?);
-                let mask_ptr = g.read_opt(masks_on_gpu[i].as_ref());
-                let out = g.write(&mut send);
-                launch_sharded::row_stats(
-                    be, stream, d.x, x_ptr, shape.cols, mask_ptr, out, shape, mode,
-                )?;
+            let mut send = stream.alloc_zeros::<f32>(v.num_rows() * per_row)?;
+            if v.num_rows() > 0 {
+                let mut g = BufferGuards::new(be, stream);
+                let x_ptr = g.read("x", slice::<T>(x, "x")?, numel)?;
+                let mask = masks_on_gpu[i].as_ref().map(|m| m as _);
+                let mask_ptr = g.read_opt("mask", mask, numel)?;
+                let out = g.write("statistics", &mut send, rows * per_row)?;
+                kernels::row_stats(&g.launcher(), d.x, v, x_ptr, mask_ptr, out, mode)?;
             }
             sends.push(send);
         }
@@ -185,7 +141,7 @@ impl ShardedLayerNorm {
                     recvs.push(
                         self.backend(i)?
                             .stream()
-                            .alloc_zeros::<f32>(k * v.rows * per_row)?,
+                            .alloc_zeros::<f32>(k * v.num_rows() * per_row)?,
                     );
                 }
                 let send: Vec<Buf<'_>> = sends.iter().map(|s| Buf::Cuda(s.as_view())).collect();
@@ -216,39 +172,39 @@ impl ShardedLayerNorm {
             let stream = be.stream();
             let mut y = stream.alloc_zeros::<O>(x.numel())?;
             // Statistics are kept for training only (no empty allocations for inference).
-            let stat_buf = |on: bool| on.then(|| stream.alloc_zeros::<f32>(v.rows)).transpose();
+            let stat_buf = |on: bool| {
+                on.then(|| stream.alloc_zeros::<f32>(v.num_rows()))
+                    .transpose()
+            };
             let mut mean = stat_buf(train)?;
             let mut rstd = stat_buf(train)?;
             let mut dvar = stat_buf(train && self.has_dvar())?;
-            if v.rows > 0 {
+            if v.num_rows() > 0 {
                 let p = &self.params[i];
-                let mut g = Guards::new(stream);
+                let stats_len = match mode {
+                    StatsMode::Moments => k * rows * per_row,
+                    StatsMode::Means => rows * per_row,
+                };
+                let mut g = BufferGuards::new(be, stream);
                 let args = ApplyArgs {
-                    x: g.read(slice::<T>(x, "x")?),
-                    y: g.write(&mut y),
-                    scale: g.read_opt(
-                        p.scale
-                            .as_ref()
-                            .map(|a| slice::<P>(a, "scale"))
-                            .transpose()?,
-                    ),
-                    bias: g.read_opt(p.bias.as_ref().map(|a| slice::<P>(a, "bias")).transpose()?),
-                    stats: g.read(stats),
-                    mean: g.write_opt(mean.as_mut()),
-                    rstd: g.write_opt(rstd.as_mut()),
-                    dvar: g.write_opt(dvar.as_mut()),
-                    x_stride: shape.cols,
-                    y_stride: shape.cols,
+                    x: g.read("x", slice::<T>(x, "x")?, numel)?,
+                    y: g.write("y", &mut y, numel)?,
+                    scale: g.read_opt("scale", param::<P>(p.scale.as_ref(), "scale")?, cols)?,
+                    bias: g.read_opt("bias", param::<P>(p.bias.as_ref(), "bias")?, cols)?,
+                    stats: g.read("statistics", stats, stats_len)?,
+                    mean: stat_addr(&mut g, "mean", mean.as_mut(), rows)?,
+                    rstd: stat_addr(&mut g, "rstd", rstd.as_mut(), rows)?,
+                    dvar: stat_addr(&mut g, "dvar", dvar.as_mut(), rows)?,
                     group: k as i32,
                     eps: crate::config::epsilon_f32(self.cfg.eps())?,
                     kind: self.cfg.kind(),
                     mode,
                 };
-                launch_sharded::apply(be, stream, d, shape, &args)?;
+                kernels::apply(&g.launcher(), d, v, &args)?;
             }
             ys.push(Array::from_parts(x.shape().to_vec(), O::DTYPE, O::wrap(y)));
             let stat =
-                |s: CudaSlice<f32>| Array::from_parts(vec![v.rows], DType::F32, f32::wrap(s));
+                |s: CudaSlice<f32>| Array::from_parts(vec![v.num_rows()], DType::F32, f32::wrap(s));
             if let (Some(mean), Some(rstd)) = (mean, rstd) {
                 saved.push(ShardSaved {
                     mean: stat(mean),
@@ -267,7 +223,7 @@ impl ShardedLayerNorm {
         xs: &[Array],
         dys: &[Array],
         saved: &[ShardSaved],
-        v: View,
+        v: Layout,
     ) -> Result<Vec<Gradients>> {
         self.check_on_gpus::<T>("x", &xs.iter().collect::<Vec<_>>())?;
         self.check_on_gpus::<O>("dy", &dys.iter().collect::<Vec<_>>())?;
@@ -292,12 +248,10 @@ impl ShardedLayerNorm {
                 }
             }
         }
-        let d = dtypes::<T, P, O>();
-        let shape = rows_of(v);
+        let d = Dtypes::of::<T, P, O>();
+        let (rows, cols, numel) = (v.num_rows(), v.cols(), v.num_rows() * v.cols());
         let kind = self.cfg.kind();
-        let weight = (1.0 / (self.group_size() as f64 * v.cols as f64)) as f32;
-        // With a mask the kernel divides this by each row's count of selected elements.
-        let masked_weight = (1.0 / self.group_size() as f64) as f32;
+        let weight = |masked: bool| kernels::dx_weight(self.group_size(), cols, masked);
 
         // Masks the forward did not leave on the GPU go up first: an upload between the
         // collective and the dx kernel could make the host wait on the stream.
@@ -315,32 +269,24 @@ impl ShardedLayerNorm {
         for (i, ((x, dy), s)) in xs.iter().zip(dys).zip(saved).enumerate() {
             let be = self.backend(i)?;
             let stream = be.stream();
-            let mut out = stream.alloc_zeros::<f32>(2 * v.rows)?;
-            if v.rows > 0 {
+            let mut out = stream.alloc_zeros::<f32>(2 * v.num_rows())?;
+            if v.num_rows() > 0 {
                 let p = &self.params[i];
-                let mut g = Guards::new(stream);
+                let mut g = BufferGuards::new(be, stream);
                 let a = BwdArgs {
-                    x: g.read(slice::<T>(x, "x")?),
-                    dy: g.read(slice::<O>(dy, "dy")?),
-                    scale: g.read_opt(
-                        p.scale
-                            .as_ref()
-                            .map(|a| slice::<P>(a, "scale"))
-                            .transpose()?,
-                    ),
-                    mean: g.read(slice::<f32>(&s.mean, "saved mean")?),
-                    rstd: g.read(slice::<f32>(&s.rstd, "saved rstd")?),
+                    x: g.read("x", slice::<T>(x, "x")?, numel)?,
+                    dy: g.read("dy", slice::<O>(dy, "dy")?, numel)?,
+                    scale: g.read_opt("scale", param::<P>(p.scale.as_ref(), "scale")?, cols)?,
+                    mean: g.read("saved mean", slice::<f32>(&s.mean, "saved mean")?, rows)?,
+                    rstd: g.read("saved rstd", slice::<f32>(&s.rstd, "saved rstd")?, rows)?,
                     dvar: 0,
                     mask: 0,
-                    sums: g.write(&mut out),
+                    sums: g.write("sums", &mut out, 2 * rows)?,
                     dx: 0,
-                    x_stride: shape.cols,
-                    dy_stride: shape.cols,
-                    dx_stride: shape.cols,
-                    weight,
+                    weight: weight(false),
                     kind,
                 };
-                launch_sharded::bwd_sums(be, stream, d, shape, &a)?;
+                kernels::bwd_sums(&g.launcher(), d, v, &a)?;
             }
             sums.push(out);
         }
@@ -365,74 +311,59 @@ impl ShardedLayerNorm {
             let mut dscale = p
                 .scale
                 .as_ref()
-                .map(|_| stream.alloc_zeros::<P>(v.cols))
+                .map(|_| stream.alloc_zeros::<P>(v.cols()))
                 .transpose()?;
             let mut dbias = p
                 .bias
                 .as_ref()
-                .map(|_| stream.alloc_zeros::<P>(v.cols))
+                .map(|_| stream.alloc_zeros::<P>(v.cols()))
                 .transpose()?;
             let mut workspace = (dscale.is_some() || dbias.is_some())
                 .then(|| {
-                    let len = launch_sharded::param_grads_workspace_len(
-                        shape.rows,
-                        shape.cols,
-                        be.info().sm_count,
-                    );
+                    let len = kernels::param_grads_workspace_len(v, be.info().sm_count);
                     stream.alloc_zeros::<f32>(len)
                 })
                 .transpose()?;
             let mask = s.mask_on_gpu.as_ref().or(uploaded[i].as_ref());
-            if v.rows > 0 {
-                let mut g = Guards::new(stream);
-                let x_ptr = g.read(slice::<T>(x, "x")?);
-                let dy_ptr = g.read(slice::<O>(dy, "dy")?);
-                let mean = g.read(slice::<f32>(&s.mean, "saved mean")?);
-                let rstd = g.read(slice::<f32>(&s.rstd, "saved rstd")?);
+            if v.num_rows() > 0 {
+                let workspace_len = workspace.as_ref().map_or(0, |w| w.len());
+                let mut g = BufferGuards::new(be, stream);
+                let x_ptr = g.read("x", slice::<T>(x, "x")?, numel)?;
+                let dy_ptr = g.read("dy", slice::<O>(dy, "dy")?, numel)?;
+                let mean = g.read("saved mean", slice::<f32>(&s.mean, "saved mean")?, rows)?;
+                let rstd = g.read("saved rstd", slice::<f32>(&s.rstd, "saved rstd")?, rows)?;
+                let dvar = s.dvar.as_ref().map(|a| slice::<f32>(a, "saved dvar"));
                 let a = BwdArgs {
                     x: x_ptr,
                     dy: dy_ptr,
-                    scale: g.read_opt(
-                        p.scale
-                            .as_ref()
-                            .map(|a| slice::<P>(a, "scale"))
-                            .transpose()?,
-                    ),
+                    scale: g.read_opt("scale", param::<P>(p.scale.as_ref(), "scale")?, cols)?,
                     mean,
                     rstd,
-                    dvar: g.read_opt(
-                        s.dvar
-                            .as_ref()
-                            .map(|a| slice::<f32>(a, "saved dvar"))
-                            .transpose()?,
-                    ),
-                    mask: g.read_opt(mask),
-                    sums: g.read(group_sums),
-                    dx: g.write(&mut dx),
-                    x_stride: shape.cols,
-                    dy_stride: shape.cols,
-                    dx_stride: shape.cols,
-                    weight: if mask.is_some() {
-                        masked_weight
-                    } else {
-                        weight
-                    },
+                    dvar: g.read_opt("saved dvar", dvar.transpose()?.map(|a| a as _), rows)?,
+                    mask: g.read_opt("mask", mask.map(|m| m as _), numel)?,
+                    sums: g.read("sums", group_sums, 2 * rows)?,
+                    dx: g.write("dx", &mut dx, numel)?,
+                    weight: weight(mask.is_some()),
                     kind,
                 };
-                launch_sharded::dx(be, stream, d, shape, &a)?;
+                kernels::dx(&g.launcher(), d, v, &a)?;
                 let pg = ParamGradArgs {
                     x: x_ptr,
                     dy: dy_ptr,
                     mean,
                     rstd,
-                    x_stride: shape.cols,
-                    dy_stride: shape.cols,
                     kind,
-                    workspace: g.write_opt(workspace.as_mut()),
-                    dscale: dscale.as_mut().map(|b| g.write(b)),
-                    dbias: dbias.as_mut().map(|b| g.write(b)),
+                    workspace: g
+                        .write_opt(
+                            "workspace",
+                            workspace.as_mut().map(|w| w as _),
+                            workspace_len,
+                        )?
+                        .unwrap_or(0),
+                    dscale: g.write_opt("dscale", dscale.as_mut().map(|b| b as _), cols)?,
+                    dbias: g.write_opt("dbias", dbias.as_mut().map(|b| b as _), cols)?,
                 };
-                launch_sharded::param_grads(be, stream, d, shape, &pg)?;
+                kernels::param_grads(&g.launcher(), d, v, &pg)?;
             }
             let param_shape = self.axes.param_shape.clone();
             let wrap =

@@ -1,12 +1,13 @@
 //! The CPU backend of [`ShardedLayerNorm`]: the GPU algorithm (per-shard statistics, one
 //! collective, combine in rank order) in f64, through a host collective.
 
-use super::{host_stats, ShardSaved, ShardedLayerNorm, View};
+use super::{host_stats, ShardSaved, ShardedLayerNorm};
 use crate::array::{Array, Storage};
-use crate::cuda::launch_sharded::StatsMode;
 use crate::dist::{Buf, BufMut};
 use crate::layer::Gradients;
+use crate::layout::Layout;
 use crate::reference::{fast_variance, stats_grad};
+use crate::shard_stats::StatsMode;
 use crate::{Device, Error, NormKind, Result, Tensor};
 
 /// A row's statistics over its whole group.
@@ -21,10 +22,10 @@ struct RowStats {
 /// Per-shard statistics of every row of `x` (`rows` x `cols`, row-major) over the elements
 /// `mask` selects (all without one). A row with none selected has NaN means, as flax's
 /// `mean(where=all false)`.
-fn shard_stats(x: &[f64], mask: Option<&[bool]>, v: View, mode: StatsMode) -> Vec<f64> {
-    let mut out = Vec::with_capacity(v.rows * mode.floats_per_row());
-    for (r, row) in x.chunks_exact(v.cols).take(v.rows).enumerate() {
-        let selected = |c: usize| mask.is_none_or(|m| m[r * v.cols + c]);
+fn shard_stats(x: &[f64], mask: Option<&[bool]>, v: Layout, mode: StatsMode) -> Vec<f64> {
+    let mut out = Vec::with_capacity(v.num_rows() * mode.floats_per_row());
+    for (r, row) in x.chunks_exact(v.cols()).take(v.num_rows()).enumerate() {
+        let selected = |c: usize| mask.is_none_or(|m| m[r * v.cols() + c]);
         let values = || {
             row.iter()
                 .enumerate()
@@ -127,7 +128,7 @@ impl ShardedLayerNorm {
         &self,
         xs: &[Tensor],
         masks: Option<&[Vec<bool>]>,
-        v: View,
+        v: Layout,
     ) -> Result<Vec<Vec<RowStats>>> {
         let mode = self.mode();
         let k = self.group_size();
@@ -154,8 +155,8 @@ impl ShardedLayerNorm {
         Ok(combined
             .iter()
             .map(|stats| {
-                (0..v.rows)
-                    .map(|r| combine(stats, r, v.rows, k, eps, kind, mode))
+                (0..v.num_rows())
+                    .map(|r| combine(stats, r, v.num_rows(), k, eps, kind, mode))
                     .collect()
             })
             .collect())
@@ -165,7 +166,7 @@ impl ShardedLayerNorm {
         &self,
         xs: &[Array],
         masks: Option<&[Vec<bool>]>,
-        v: View,
+        v: Layout,
     ) -> Result<(Vec<Array>, Vec<ShardSaved>)> {
         let xs: Vec<Tensor> = xs.iter().map(|x| x.host("x")).collect::<Result<_>>()?;
         let stats = self.host_row_stats(&xs, masks, v)?;
@@ -176,7 +177,7 @@ impl ShardedLayerNorm {
             let scale = param_values(&p.scale, "scale")?;
             let bias = param_values(&p.bias, "bias")?;
             let mut y = Vec::with_capacity(x.numel());
-            for (row, s) in x.data().chunks_exact(v.cols).zip(st) {
+            for (row, s) in x.data().chunks_exact(v.cols()).zip(st) {
                 let centre = self.centre(s);
                 y.extend(row.iter().enumerate().map(|(c, &x)| {
                     let g = scale.as_ref().map_or(1.0, |p| p[c]);
@@ -206,7 +207,7 @@ impl ShardedLayerNorm {
         xs: &[Array],
         dys: &[Array],
         saved: &[ShardSaved],
-        v: View,
+        v: Layout,
     ) -> Result<Vec<Gradients>> {
         let xs: Vec<Tensor> = xs.iter().map(|x| x.host("x")).collect::<Result<_>>()?;
         let dys: Vec<Tensor> = dys.iter().map(|d| d.host("dy")).collect::<Result<_>>()?;
@@ -216,9 +217,9 @@ impl ShardedLayerNorm {
             let rstd = host_values(&s.rstd, "saved rstd")?;
             let dvar = match &s.dvar {
                 Some(d) => host_values(d, "saved dvar")?,
-                None => vec![1.0; v.rows],
+                None => vec![1.0; v.num_rows()],
             };
-            let rows: Vec<RowStats> = (0..v.rows)
+            let rows: Vec<RowStats> = (0..v.num_rows())
                 .map(|r| RowStats {
                     mean: mean[r],
                     rstd: rstd[r],
@@ -237,11 +238,11 @@ impl ShardedLayerNorm {
         // Per-shard (sum g, sum g * xhat) per row, then one all-reduce over the group.
         let mut sums: Vec<Vec<f64>> = Vec::with_capacity(xs.len());
         for (i, ((x, dy), st)) in xs.iter().zip(&dys).zip(&stats).enumerate() {
-            let mut s = Vec::with_capacity(2 * v.rows);
+            let mut s = Vec::with_capacity(2 * v.num_rows());
             for ((xr, dyr), rs) in x
                 .data()
-                .chunks_exact(v.cols)
-                .zip(dy.data().chunks_exact(v.cols))
+                .chunks_exact(v.cols())
+                .zip(dy.data().chunks_exact(v.cols()))
                 .zip(st)
             {
                 let centre = self.centre(rs);
@@ -266,12 +267,12 @@ impl ShardedLayerNorm {
         let mut out = Vec::with_capacity(xs.len());
         for (i, (((x, dy), st), s)) in xs.iter().zip(&dys).zip(&stats).zip(&sums).enumerate() {
             let mut dx = Vec::with_capacity(x.numel());
-            let mut dscale = vec![0.0; v.cols];
-            let mut dbias = vec![0.0; v.cols];
+            let mut dscale = vec![0.0; v.cols()];
+            let mut dbias = vec![0.0; v.cols()];
             let rows = x
                 .data()
-                .chunks_exact(v.cols)
-                .zip(dy.data().chunks_exact(v.cols))
+                .chunks_exact(v.cols())
+                .zip(dy.data().chunks_exact(v.cols()))
                 .zip(st);
             let mask = saved[i].mask.as_deref();
             for (r, ((xr, dyr), rs)) in rows.enumerate() {
@@ -279,8 +280,8 @@ impl ShardedLayerNorm {
                 let a = if layer_norm { s[2 * r] } else { 0.0 };
                 let b = s[2 * r + 1];
                 // Each selected element's weight in the group mean: 1 / (k * this rank's count).
-                let selected = |c: usize| mask.is_none_or(|m| m[r * v.cols + c]);
-                let count = (0..v.cols).filter(|&c| selected(c)).count() as f64;
+                let selected = |c: usize| mask.is_none_or(|m| m[r * v.cols() + c]);
+                let count = (0..v.cols()).filter(|&c| selected(c)).count() as f64;
                 for (c, (&x, &d)) in xr.iter().zip(dyr).enumerate() {
                     let xhat = (x - centre) * rs.rstd;
                     let weight = if selected(c) { 1.0 / (k * count) } else { 0.0 };

@@ -87,8 +87,8 @@ pub fn parse_dtype(s: &str) -> Result<DType, String> {
 }
 
 /// `layer_norm` (`layer`, `ln`) or `rms_norm` (`rms`).
-pub fn parse_norm(s: &str) -> Result<warpnorm::bench::Norm, String> {
-    warpnorm::bench::Norm::parse(s).map_err(|e| e.to_string())
+pub fn parse_norm(s: &str) -> Result<warpnorm::tooling::bench::Norm, String> {
+    warpnorm::tooling::bench::Norm::parse(s).map_err(|e| e.to_string())
 }
 
 /// A length (`--rows`, `--cols`): a whole number >= 1. How large a problem may be is
@@ -105,7 +105,7 @@ pub fn parse_len(s: &str) -> Result<usize, String> {
 
 /// A size such as `256MiB`, `1GiB`, `100MB` or `4096` (bytes).
 pub fn parse_bytes(s: &str) -> Result<u64, String> {
-    warpnorm::bench::parse_bytes(s)
+    warpnorm::tooling::bench::parse_bytes(s)
         .map_err(|_| format!("`{s}` is not a size > 0 (e.g. 256MiB, 1GiB, 100MB, 4096)"))
 }
 

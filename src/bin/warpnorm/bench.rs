@@ -1,6 +1,6 @@
 //! `warpnorm bench`: LayerNorm / RMSNorm throughput per dtype, cols and pass.
 //!
-//! On a GPU this is [`warpnorm::bench::run_with`] (CUDA events, rotated buffers, a copy as
+//! On a GPU this is [`warpnorm::tooling::bench::run_with`] (CUDA events, rotated buffers, a copy as
 //! the ceiling). On the CPU it times the reference backend with the host clock on small
 //! problems, so the command, its JSON and its chart can be tried anywhere; those numbers
 //! say nothing about the kernels.
@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::ValueEnum;
-use warpnorm::bench::{self, dtype_name, BenchOptions, BenchRecord, Norm, Pass, Problem};
-use warpnorm::plot::{Chart, Dash, Series};
 use warpnorm::rng::Rng;
+use warpnorm::tooling::bench::{self, BenchOptions, BenchRecord, Norm, Pass, Problem};
+use warpnorm::tooling::plot::{Chart, Dash, Series};
 use warpnorm::{cuda, Array, DType, Device, Error, LayerNorm, NormConfig, Result, Tensor};
 
 use crate::args::{
@@ -215,7 +215,7 @@ fn measure(args: &Args, notes: Notes) -> std::result::Result<Vec<BenchRecord>, F
             let records = bench::run_with(&opts, |r| {
                 bar.set_message(format!(
                     "{} cols={} {}",
-                    dtype_name(r.dtype),
+                    r.dtype.short_name(),
                     r.cols,
                     r.pass
                 ));
@@ -255,7 +255,7 @@ fn admit(opts: &BenchOptions, gpu: Option<usize>) -> std::result::Result<(), Fai
                 Some(_) => 4 * dtype.size() as u64,
                 None => HOST_BYTES_PER_ELEMENT,
             };
-            let what = format!("a {} x {cols} {} problem", p.rows, dtype_name(dtype));
+            let what = format!("a {} x {cols} {} problem", p.rows, dtype.short_name());
             budget.admit(&what, bytes_of(&[p.rows, cols], per_element))?;
         }
     }
@@ -331,7 +331,7 @@ fn run_cpu(opts: &BenchOptions) -> Result<Vec<BenchRecord>> {
             let (x, dy) = (random(1.0, 2.0)?, random(0.0, 1.0)?);
             let (_, saved) = ln.forward_train(&x)?;
             for &pass in &opts.passes {
-                bar.set_message(format!("{} cols={cols} {pass}", dtype_name(dtype)));
+                bar.set_message(format!("{} cols={cols} {pass}", dtype.short_name()));
                 let mut times = Vec::with_capacity(opts.iters);
                 for i in 0..opts.warmup + opts.iters {
                     let start = Instant::now();
@@ -370,7 +370,7 @@ fn cpu_table(records: &[BenchRecord]) -> String {
             vec![
                 r.implementation.clone(),
                 r.norm.name().to_string(),
-                dtype_name(r.dtype).to_string(),
+                r.dtype.short_name().to_string(),
                 r.cols.to_string(),
                 r.rows.to_string(),
                 r.pass.name().to_string(),
@@ -404,7 +404,7 @@ pub fn chart(records: &[BenchRecord], device: &str) -> Chart {
     for r in records {
         let label = format!(
             "{} {} {}",
-            dtype_name(r.dtype),
+            r.dtype.short_name(),
             r.pass,
             short_impl(&r.implementation)
         );

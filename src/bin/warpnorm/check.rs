@@ -9,8 +9,7 @@ use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 
 use serde::Serialize;
-use warpnorm::bench::dtype_name;
-use warpnorm::selftest::{self, CheckResult, Subject, Variant};
+use warpnorm::tooling::selftest::{self, CheckResult, Subject, Variant};
 use warpnorm::Device;
 
 use crate::args::{parse_len, parse_seed, DeviceSpec};
@@ -93,9 +92,9 @@ impl<'a> Record<'a> {
     fn new(r: &'a CheckResult) -> Self {
         Record {
             variant: r.variant,
-            x: dtype_name(r.x),
-            param: dtype_name(r.param),
-            out: dtype_name(r.out),
+            x: r.x.short_name(),
+            param: r.param.short_name(),
+            out: r.out.short_name(),
             cols: r.cols,
             worst_ratio: r.worst_ratio,
             worst_output: r.worst_output,
@@ -348,9 +347,9 @@ fn ratio(r: &CheckResult) -> f64 {
 fn dtypes(r: &CheckResult) -> String {
     format!(
         "x {} p {} y {}",
-        dtype_name(r.x),
-        dtype_name(r.param),
-        dtype_name(r.out)
+        r.x.short_name(),
+        r.param.short_name(),
+        r.out.short_name()
     )
 }
 

@@ -7,11 +7,10 @@
 
 use std::time::{Duration, Instant};
 
-use warpnorm::bench::dtype_name;
 use warpnorm::cuda::tiers::{self, RowTier};
 use warpnorm::reference::{self, Params};
 use warpnorm::rng::Rng;
-use warpnorm::selftest::error_ratio;
+use warpnorm::tooling::selftest::error_ratio;
 use warpnorm::{Array, DType, Device, LayerNorm, NormConfig, Result, Tensor};
 
 use crate::args::{parse_len, parse_seed, DeviceSpec};
@@ -207,13 +206,13 @@ pub fn run(args: &Args) -> CommandResult {
         styled(HEAD, "layer:"),
         cfg.eps(),
         cfg.fast_variance(),
-        dtype_name(cfg.param_dtype()),
+        cfg.param_dtype().short_name(),
         runner.describe()
     );
     anstream::println!(
         "{} x bf16 [{rows}, {cols}] -> y {} ({why_out})",
         styled(HEAD, "batch:"),
-        dtype_name(out)
+        out.short_name()
     );
     if let Runner::Gpu(Device::Cuda(be)) = &runner {
         anstream::println!("{} {}", styled(HEAD, "kernels:"), be.loaded_image());
@@ -308,7 +307,7 @@ fn on_device(
 #[cfg(feature = "emulator")]
 fn emulate(cfg: &NormConfig, x: &Tensor, dy: &Tensor, seed: u64) -> Result<Results> {
     use warpnorm::ops::Layout;
-    use warpnorm::selftest::{self, Inputs};
+    use warpnorm::tooling::selftest::{self, Inputs};
     let ln = LayerNorm::new(&Device::Cpu, cfg, x.shape(), seed)?;
     let host = |a: Option<&Array>| a.map(Array::to_tensor).transpose();
     let inputs = Inputs {
@@ -404,10 +403,13 @@ fn print_gradients(cfg: &NormConfig, r: &Results, rows: usize) {
         "{} |dx| = {:.4e} ({}), |dscale| = {:.4e}, |dbias| = {:.4e} ({})",
         styled(HEAD, "gradients:"),
         norm(&r.dx),
-        dtype_name(r.dx.dtype()),
+        r.dx.dtype().short_name(),
         r.dscale.as_ref().map(norm).unwrap_or(0.0),
         r.dbias.as_ref().map(norm).unwrap_or(0.0),
-        dtype_name(r.dscale.as_ref().map_or(DType::F32, Tensor::dtype)),
+        r.dscale
+            .as_ref()
+            .map_or(DType::F32, Tensor::dtype)
+            .short_name(),
     );
     if rows > 4 {
         anstream::println!(

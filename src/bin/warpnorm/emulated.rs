@@ -1,7 +1,7 @@
 //! The kernels' CPU emulation, where this build has it (cargo feature `emulator`): what
 //! `check` and `demo` run on a machine without a GPU.
 
-use warpnorm::selftest::Subject;
+use warpnorm::tooling::selftest::Subject;
 
 /// Whether this build has the emulation.
 pub const BUILT: bool = cfg!(feature = "emulator");

@@ -55,61 +55,12 @@ pub fn progress(len: u64, prefix: &str) -> ProgressBar {
     bar
 }
 
-/// Column alignment in [`table`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Align {
-    Left,
-    Right,
-}
+pub use warpnorm::tooling::table::Align;
 
-/// A plain-text table: header, a rule, one line per row, columns padded to their widest
-/// cell. Cells may carry style escapes (they do not count towards the width).
+/// A plain-text table with a styled header (see [`warpnorm::tooling::table::render`]).
 pub fn table(header: &[&str], align: &[Align], rows: &[Vec<String>]) -> String {
-    let mut width: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for row in rows {
-        for (w, cell) in width.iter_mut().zip(row) {
-            *w = (*w).max(visible_len(cell));
-        }
-    }
-    let line = |cells: &mut dyn Iterator<Item = String>| -> String {
-        let parts: Vec<String> = cells
-            .zip(&width)
-            .zip(align.iter().chain(std::iter::repeat(&Align::Left)))
-            .map(|((cell, &w), a)| {
-                let pad = " ".repeat(w.saturating_sub(visible_len(&cell)));
-                match a {
-                    Align::Left => format!("{cell}{pad}"),
-                    Align::Right => format!("{pad}{cell}"),
-                }
-            })
-            .collect();
-        parts.join("  ").trim_end().to_string()
-    };
-    let mut out = String::new();
-    out += &line(&mut header.iter().map(|h| styled(HEAD, h)));
-    out.push('\n');
-    out += &line(&mut width.iter().map(|&w| "-".repeat(w)));
-    out.push('\n');
-    for row in rows {
-        out += &line(&mut row.iter().cloned());
-        out.push('\n');
-    }
-    out
-}
-
-/// Characters of `s` outside ANSI escape sequences.
-fn visible_len(s: &str) -> usize {
-    let mut n = 0;
-    let mut in_escape = false;
-    for c in s.chars() {
-        match (in_escape, c) {
-            (false, '\x1b') => in_escape = true,
-            (true, 'm') => in_escape = false,
-            (true, _) => {}
-            (false, _) => n += 1,
-        }
-    }
-    n
+    let header: Vec<String> = header.iter().map(|h| styled(HEAD, h)).collect();
+    warpnorm::tooling::table::render(&header, align, rows)
 }
 
 /// `1.5 GiB`, `80 MiB`, `512 B`: binary units, for memory and image sizes.

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use warpnorm::verify::{self, Backend, Cpu, DeviceBackend, Summary};
+use warpnorm::tooling::verify::{self, Backend, Cpu, DeviceBackend, Summary};
 use warpnorm::Device;
 
 use crate::args::DeviceSpec;

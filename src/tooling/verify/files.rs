@@ -9,7 +9,7 @@ use crate::{Error, Result};
 /// Fixture files under `paths`: files as given, folders searched recursively for
 /// `*.json`, each folder's entries in name order. A path that does not exist is an
 /// error naming it. A folder reached again through a symbolic link (`a -> .`) is not
-/// searched again. Nothing is opened here: [`crate::fixture::Fixture::load`] refuses
+/// searched again. Nothing is opened here: [`crate::tooling::fixture::Fixture::load`] refuses
 /// what is not a regular file (a FIFO named `x.json`) before opening it.
 pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();

@@ -14,12 +14,10 @@
 //! [`run`] returns [`Error::NoDevice`] on a machine without one.
 //!
 //! ```no_run
-//! let records = warpnorm::bench::run(&warpnorm::bench::BenchOptions::default())?;
-//! print!("{}", warpnorm::bench::render_table(&records));
+//! let records = warpnorm::tooling::bench::run(&warpnorm::tooling::bench::BenchOptions::default())?;
+//! print!("{}", warpnorm::tooling::bench::render_table(&records));
 //! # Ok::<(), warpnorm::Error>(())
 //! ```
-
-use std::fmt::Write as _;
 
 use serde::{Deserialize, Serialize};
 
@@ -147,22 +145,13 @@ impl std::fmt::Display for Norm {
     }
 }
 
-/// The short dtype names the bench speaks (`f32`, `f16`, `bf16`).
-pub fn dtype_name(d: DType) -> &'static str {
-    match d {
-        DType::F32 => "f32",
-        DType::F16 => "f16",
-        DType::BF16 => "bf16",
-    }
-}
-
 /// Serialises a [`DType`] by its short name, so records match the command line.
 mod short_dtype {
-    use super::{dtype_name, DType};
+    use super::DType;
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(d: &DType, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(dtype_name(*d))
+        s.serialize_str(d.short_name())
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DType, D::Error> {
@@ -618,7 +607,7 @@ pub fn render_table(records: &[BenchRecord]) -> String {
             [
                 r.implementation.clone(),
                 r.norm.name().to_string(),
-                dtype_name(r.dtype).to_string(),
+                r.dtype.short_name().to_string(),
                 r.cols.to_string(),
                 r.rows.to_string(),
                 r.pass.name().to_string(),
@@ -628,35 +617,11 @@ pub fn render_table(records: &[BenchRecord]) -> String {
             ]
         })
         .collect();
-    let mut width = header.map(str::len);
-    for row in &rows {
-        for (w, cell) in width.iter_mut().zip(row) {
-            *w = (*w).max(cell.len());
-        }
-    }
-    let mut out = String::new();
-    let mut line = |cells: &[String]| {
-        let parts: Vec<String> = cells
-            .iter()
-            .zip(width)
-            .enumerate()
-            // Text columns left-aligned, numbers right-aligned.
-            .map(|(i, (c, w))| {
-                if i < 2 || i == 4 {
-                    format!("{c:<w$}")
-                } else {
-                    format!("{c:>w$}")
-                }
-            })
-            .collect();
-        let _ = writeln!(out, "{}", parts.join("  ").trim_end());
-    };
-    line(&header.map(String::from));
-    line(&width.map(|w| "-".repeat(w)));
-    for row in &rows {
-        line(row);
-    }
-    out
+    // Text columns left-aligned, numbers right-aligned.
+    use super::table::{render, Align::*};
+    let align = [Left, Left, Right, Right, Left, Right, Right, Right, Right];
+    let rows: Vec<Vec<String>> = rows.into_iter().map(Vec::from).collect();
+    render(&header, &align, &rows)
 }
 
 #[cfg(test)]

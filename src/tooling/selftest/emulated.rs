@@ -1,26 +1,20 @@
 //! The kernels' CPU emulation as a subject of the self-test: the same forward and
 //! backward launches a GPU gets, on host buffers.
 
-use half::{bf16, f16};
-
 use super::{Dtypes, Inputs, Outputs};
 use crate::cuda::emulator::{self, HostBackward, HostForward};
-use crate::cuda::tiers::EMULATED_COMBOS;
 use crate::ops::{Layout, NormSpec};
-use crate::{DType, Element, Error, NormConfig, Result, Tensor};
+use crate::with_kernel_dtypes;
+use crate::{DType, Element, NormConfig, Result, Tensor};
 
-/// Why the emulation cannot run `d`: only the combinations in [`EMULATED_COMBOS`] are
+/// Why the emulation cannot run `d`: only the combinations of [`Dtypes::emulated`] are
 /// compiled into it.
 pub(super) fn cannot_run(d: Dtypes) -> Option<String> {
-    let name = crate::bench::dtype_name;
-    let combo = (name(d.x), name(d.param), name(d.out));
-    if EMULATED_COMBOS.contains(&combo) {
+    let emulated = Dtypes::emulated();
+    if emulated.contains(&d) {
         return None;
     }
-    let compiled: Vec<String> = EMULATED_COMBOS
-        .iter()
-        .map(|(x, p, o)| format!("x {x} p {p} y {o}"))
-        .collect();
+    let compiled: Vec<String> = emulated.into_iter().map(Dtypes::label).collect();
     Some(format!(
         "not compiled into the CPU emulation (it has {})",
         compiled.join(", ")
@@ -30,22 +24,8 @@ pub(super) fn cannot_run(d: Dtypes) -> Option<String> {
 /// Forward and backward of `inputs` (laid out as `layout`) through the emulated kernels,
 /// with the statistics of the forward.
 pub fn run(cfg: &NormConfig, layout: Layout, inputs: &Inputs) -> Result<Outputs> {
-    let param = cfg.param_dtype();
-    let out = cfg.output_dtype(inputs.x.dtype());
-    match (inputs.x.dtype(), param, out) {
-        (DType::F32, DType::F32, DType::F32) => typed::<f32, f32, f32>(cfg, layout, inputs),
-        (DType::F16, DType::F16, DType::F16) => typed::<f16, f16, f16>(cfg, layout, inputs),
-        (DType::F16, DType::F16, DType::F32) => typed::<f16, f16, f32>(cfg, layout, inputs),
-        (DType::F16, DType::F32, DType::F16) => typed::<f16, f32, f16>(cfg, layout, inputs),
-        (DType::F16, DType::F32, DType::F32) => typed::<f16, f32, f32>(cfg, layout, inputs),
-        (DType::BF16, DType::BF16, DType::BF16) => typed::<bf16, bf16, bf16>(cfg, layout, inputs),
-        (DType::BF16, DType::BF16, DType::F32) => typed::<bf16, bf16, f32>(cfg, layout, inputs),
-        (DType::BF16, DType::F32, DType::BF16) => typed::<bf16, f32, bf16>(cfg, layout, inputs),
-        (DType::BF16, DType::F32, DType::F32) => typed::<bf16, f32, f32>(cfg, layout, inputs),
-        (x, p, o) => Err(Error::Unsupported(format!(
-            "the kernels take x {x} with parameters {p} and output {o}"
-        ))),
-    }
+    let d = crate::module_params::kernel_dtypes(cfg, inputs.x.dtype());
+    with_kernel_dtypes!(d, <T, P, O> => typed::<T, P, O>(cfg, layout, inputs))
 }
 
 fn host<T: Element>(t: &Tensor) -> Vec<T> {

@@ -32,8 +32,8 @@
 //! A NaN never passes (on either side); infinities pass only when equal.
 
 use super::Outputs;
-use crate::fixture::{Fixture, RankInputs};
 use crate::reference::{self, Params};
+use crate::tooling::fixture::{Fixture, RankInputs};
 use crate::{DType, Result, Tensor};
 
 /// Per-element tolerance for one output tensor (see the module docs).

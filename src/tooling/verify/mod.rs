@@ -15,8 +15,8 @@ pub use tolerance::{check_outputs, compare, condition, OutputCheck, Rounding, To
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::fixture::{Fixture, RankInputs};
 use crate::reference::{self, Params};
+use crate::tooling::fixture::{Fixture, RankInputs};
 use crate::{Error, Result, Tensor};
 
 /// The outputs a backend produced for a fixture, in the fixture's layout (sharded
@@ -253,7 +253,7 @@ pub fn format_report(r: &FixtureReport) -> String {
             None => line.push_str(&format!(
                 "  {} {} max_err={:.3e} worst={:.3}{}",
                 o.name,
-                crate::bench::dtype_name(o.dtype),
+                o.dtype.short_name(),
                 o.max_abs_err,
                 o.worst_ratio,
                 if o.passed() {

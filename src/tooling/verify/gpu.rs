@@ -4,7 +4,7 @@
 //! [`Error::Unsupported`], which `verify` reports as skipped rather than failed.
 
 use super::{Backend, Outputs};
-use crate::fixture::Fixture;
+use crate::tooling::fixture::Fixture;
 use crate::{Array, Device, Error, LayerNorm, Result, Tensor};
 
 /// Runs fixtures on a device through the `LayerNorm` module.

@@ -5,7 +5,7 @@
 //! document (no scripts, no external fonts) that browsers and image viewers open as is.
 //!
 //! ```
-//! use warpnorm::plot::{Chart, Dash, Series};
+//! use warpnorm::tooling::plot::{Chart, Dash, Series};
 //! let chart = Chart {
 //!     title: "LayerNorm forward".into(),
 //!     x_label: "row length D".into(),

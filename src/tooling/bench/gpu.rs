@@ -1,4 +1,4 @@
-//! The device side of [`crate::bench`]: buffers for one problem and CUDA-event timing.
+//! The device side of [`crate::tooling::bench`]: buffers for one problem and CUDA-event timing.
 //!
 //! A [`Case`] owns several buffer sets and launches each iteration on the next one, so
 //! consecutive iterations never find their inputs in L2.

@@ -5,6 +5,7 @@
 #[cfg(feature = "emulator")]
 mod emulated;
 
+pub use crate::cuda::Dtypes;
 use crate::ops::Layout;
 use crate::rng::Rng;
 use crate::{Array, DType, Device, LayerNorm, NormConfig, Result, Tensor};
@@ -131,29 +132,9 @@ impl Variant {
     }
 }
 
-/// x, parameter and output dtypes of one run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Dtypes {
-    pub x: DType,
-    pub param: DType,
-    pub out: DType,
-}
-
-/// Every combination the kernels take: parameters and output each in x's dtype or f32.
+/// Every combination the kernels are compiled for (see [`Dtypes::compiled`]).
 pub fn dtype_combinations() -> Vec<Dtypes> {
-    let mut all = vec![Dtypes {
-        x: DType::F32,
-        param: DType::F32,
-        out: DType::F32,
-    }];
-    for x in [DType::F16, DType::BF16] {
-        for param in [x, DType::F32] {
-            for out in [x, DType::F32] {
-                all.push(Dtypes { x, param, out });
-            }
-        }
-    }
-    all
+    Dtypes::compiled()
 }
 
 /// The outcome of one variant / dtype / length.

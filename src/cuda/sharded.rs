@@ -1,100 +1,77 @@
 //! The launches of the sharded-normalization kernels (`kernels/sharded.cu`).
 //!
 //! Each function turns typed arguments into the kernel's params.h struct and launches it
-//! through [`OnStream`], the one `unsafe` launch site of the crate. Callers
-//! ([`crate::sharded`], [`crate::dist`]) check every buffer's length and CUDA context first
-//! and pass device addresses (0 for an absent buffer) whose stream-ordering guards they keep
-//! alive until these functions return.
+//! through a [`Launch`], like the single-device kernels of `norm.rs`: on a GPU stream, or
+//! on the CPU emulation. Callers ([`crate::sharded`], [`crate::dist`], the emulator's
+//! host API) check every buffer's length and CUDA context first and pass addresses (0 for
+//! an absent buffer) whose stream-ordering guards they keep alive until these functions
+//! return. Every shard is a [`Layout::Rows`]: row r of x and dx at `r * x_stride`, of y
+//! and dy at `r * y_stride`; masks, statistics and sums are contiguous.
 
 use std::ffi::c_void;
 
-use cudarc::driver::{CudaStream, DeviceRepr, LaunchConfig};
-
-use super::launch;
+use super::launch::{launch_config, Launch};
+use super::norm::finalize_param_grads;
 use super::params::{
     kind_code, WarpnormAccumulateParams, WarpnormCastParams, WarpnormShardApplyParams,
-    WarpnormShardBwdParams, WarpnormShardParamGradsParams, WarpnormShardStatsParams,
+    WarpnormShardBwdParams, WarpnormShardParamGradsParams, WarpnormShardStats,
+    WarpnormShardStatsParams, WARPNORM_SHARD_FLAT_THREADS, WARPNORM_SHARD_ROW_THREADS,
 };
 use super::tiers::sharded as names;
-use super::{CudaBackend, Dtypes, Launch, OnStream};
-use crate::{NormKind, Result};
+use super::Dtypes;
+use crate::layout::{strides, Layout};
+use crate::shard_stats::StatsMode;
+use crate::{DType, NormKind, Result};
 
-/// `kShardThreads`: a CTA of the warp-per-row kernels holds this many threads (4 warps).
-const ROW_THREADS: u32 = 128;
+/// Threads of a CTA of the warp-per-row kernels, and its warps.
+const ROW_THREADS: u32 = WARPNORM_SHARD_ROW_THREADS;
 const ROW_WARPS: u64 = ROW_THREADS as u64 / 32;
 /// Threads of the element-wise and column kernels.
-const FLAT_THREADS: u32 = 256;
+const FLAT_THREADS: u32 = WARPNORM_SHARD_FLAT_THREADS;
 /// Grids stride over their work beyond this many CTAs per SM.
 const CTAS_PER_SM: u64 = 32;
 /// The largest `gridDim.y` (row chunks of the parameter gradients).
 const MAX_CHUNKS: u64 = 65_535;
 
-/// A `[rows, cols]` view of one shard.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct Rows {
-    pub rows: i64,
-    pub cols: i64,
-}
-
-/// What the per-shard statistics are and how the group combines them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum StatsMode {
-    /// `{n, mean, M2}` per row, all-gathered and averaged over the group, each rank weighing
-    /// 1/k as in flax's `pmean` (exact variance).
-    Moments,
-    /// `{mean, mean of squares}` per row, all-reduced (fast variance, RMSNorm).
-    Means,
-}
-
-impl StatsMode {
-    /// f32 values each rank contributes per row.
-    pub(crate) const fn floats_per_row(self) -> usize {
-        match self {
-            StatsMode::Moments => 3,
-            StatsMode::Means => 2,
-        }
-    }
-    /// `kShardMoments` / `kShardMeans`.
-    const fn code(self) -> i32 {
-        match self {
-            StatsMode::Moments => 0,
-            StatsMode::Means => 1,
-        }
+/// The `mode` field of the statistics' parameter structs (`enum WarpnormShardStats`).
+const fn mode_code(mode: StatsMode) -> i32 {
+    match mode {
+        StatsMode::Moments => WarpnormShardStats::WARPNORM_SHARD_MOMENTS as i32,
+        StatsMode::Means => WarpnormShardStats::WARPNORM_SHARD_MEANS as i32,
     }
 }
 
-fn config(grid: (u32, u32), threads: u32) -> LaunchConfig {
-    LaunchConfig {
-        grid_dim: (grid.0, grid.1, 1),
-        block_dim: (threads, 1, 1),
-        shared_mem_bytes: 0,
+/// Rows, columns and the row strides of x (and dx) and y (and dy) of a shard.
+struct Shape {
+    rows: i64,
+    cols: i64,
+    x_stride: i64,
+    y_stride: i64,
+}
+
+/// The shape of a shard laid out as `layout`; the kernels take only rows.
+fn shape(layout: Layout) -> Shape {
+    let (x_stride, y_stride) = strides(&layout);
+    Shape {
+        rows: layout.num_rows() as i64,
+        cols: layout.cols() as i64,
+        x_stride: x_stride as i64,
+        y_stride: y_stride as i64,
     }
 }
 
-/// CTAs of a warp-per-row kernel over `rows` rows.
-fn row_grid(be: &CudaBackend, rows: i64) -> (u32, u32) {
+/// A warp-per-row kernel over `rows` rows: its CTAs, each of [`ROW_THREADS`].
+fn row_config<L: Launch>(l: &L, rows: i64) -> cudarc::driver::LaunchConfig {
     let needed = (rows.max(0) as u64).div_ceil(ROW_WARPS).max(1);
-    let cap = be.info.sm_count as u64 * CTAS_PER_SM;
-    (needed.min(cap) as u32, 1)
+    let cap = l.sm_count() as u64 * CTAS_PER_SM;
+    launch_config((needed.min(cap) as u32, 1), ROW_THREADS, 0)
 }
 
-/// CTAs of an element-wise kernel over `n` elements.
-fn flat_grid(be: &CudaBackend, n: i64) -> (u32, u32) {
+/// An element-wise kernel over `n` elements: its CTAs, each of [`FLAT_THREADS`].
+fn flat_config<L: Launch>(l: &L, n: i64) -> cudarc::driver::LaunchConfig {
     let needed = (n.max(0) as u64).div_ceil(FLAT_THREADS as u64).max(1);
-    let cap = be.info.sm_count as u64 * CTAS_PER_SM;
-    (needed.min(cap) as u32, 1)
-}
-
-/// Enqueues `params` for kernel `name` of `source` on `stream`.
-fn launch<P: DeviceRepr>(
-    be: &CudaBackend,
-    stream: &CudaStream,
-    source: &'static str,
-    name: &str,
-    params: &P,
-    cfg: LaunchConfig,
-) -> Result<()> {
-    OnStream { be, stream }.launch(source, name, params, cfg)
+    let cap = l.sm_count() as u64 * CTAS_PER_SM;
+    launch_config((needed.min(cap) as u32, 1), FLAT_THREADS, 0)
 }
 
 fn read(addr: u64) -> *const c_void {
@@ -105,36 +82,35 @@ fn write(addr: u64) -> *mut c_void {
     addr as *mut c_void
 }
 
-/// Per-shard row statistics of x (`[rows, cols]` at `x_stride`) over the elements `mask`
+/// Per-shard row statistics of x (a shard laid out as `layout`) over the elements `mask`
 /// selects (`[rows, cols]` u8, contiguous; 0: every element) into `out`
 /// (`rows * mode.floats_per_row()` f32).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn row_stats(
-    be: &CudaBackend,
-    stream: &CudaStream,
-    x_dtype: &str,
+pub(crate) fn row_stats<L: Launch>(
+    l: &L,
+    x_dtype: DType,
+    layout: Layout,
     x: u64,
-    x_stride: i64,
     mask: u64,
     out: u64,
-    shape: Rows,
     mode: StatsMode,
 ) -> Result<()> {
+    let s = shape(layout);
     let p = WarpnormShardStatsParams {
         x: read(x),
         mask: mask as *const u8,
         out: out as *mut f32,
-        rows: shape.rows,
-        cols: shape.cols,
-        x_stride,
-        mask_stride: shape.cols,
-        mode: mode.code(),
+        rows: s.rows,
+        cols: s.cols,
+        x_stride: s.x_stride,
+        mask_stride: s.cols,
+        mode: mode_code(mode),
     };
-    let cfg = config(row_grid(be, shape.rows), ROW_THREADS);
-    launch(be, stream, "sharded", &names::row_stats(x_dtype), &p, cfg)
+    let name = names::row_stats(x_dtype.short_name());
+    l.launch("sharded", &name, &p, row_config(l, s.rows))
 }
 
-/// Device addresses and options of [`apply`] (0 for an absent optional buffer).
+/// Addresses and options of [`apply`] (0 for an absent optional buffer).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ApplyArgs {
     pub x: u64,
@@ -146,8 +122,6 @@ pub(crate) struct ApplyArgs {
     pub mean: u64,
     pub rstd: u64,
     pub dvar: u64,
-    pub x_stride: i64,
-    pub y_stride: i64,
     pub group: i32,
     pub eps: f32,
     pub kind: NormKind,
@@ -155,13 +129,8 @@ pub(crate) struct ApplyArgs {
 }
 
 /// Combines the group's statistics in a fixed order and normalises the shard.
-pub(crate) fn apply(
-    be: &CudaBackend,
-    stream: &CudaStream,
-    d: Dtypes,
-    shape: Rows,
-    a: &ApplyArgs,
-) -> Result<()> {
+pub(crate) fn apply<L: Launch>(l: &L, d: Dtypes, layout: Layout, a: &ApplyArgs) -> Result<()> {
+    let s = shape(layout);
     let p = WarpnormShardApplyParams {
         x: read(a.x),
         y: write(a.y),
@@ -171,21 +140,21 @@ pub(crate) fn apply(
         mean: a.mean as *mut f32,
         rstd: a.rstd as *mut f32,
         dvar: a.dvar as *mut f32,
-        rows: shape.rows,
-        cols: shape.cols,
-        x_stride: a.x_stride,
-        y_stride: a.y_stride,
+        rows: s.rows,
+        cols: s.cols,
+        x_stride: s.x_stride,
+        y_stride: s.y_stride,
         group: a.group,
         eps: a.eps,
         kind: kind_code(a.kind),
-        mode: a.mode.code(),
+        mode: mode_code(a.mode),
     };
-    let name = names::apply(d.x, d.param, d.out);
-    let cfg = config(row_grid(be, shape.rows), ROW_THREADS);
-    launch(be, stream, "sharded", &name, &p, cfg)
+    let (x, param, out) = d.short_names();
+    let name = names::apply(x, param, out);
+    l.launch("sharded", &name, &p, row_config(l, s.rows))
 }
 
-/// Device addresses and options of [`bwd_sums`] and [`dx`] (0 for an absent buffer).
+/// Addresses and options of [`bwd_sums`] and [`dx`] (0 for an absent buffer).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct BwdArgs {
     pub x: u64,
@@ -200,9 +169,6 @@ pub(crate) struct BwdArgs {
     /// `[rows][2]`: the shard's sums (bwd_sums) or the group's (dx).
     pub sums: u64,
     pub dx: u64,
-    pub x_stride: i64,
-    pub dy_stride: i64,
-    pub dx_stride: i64,
     /// The weight of one element in the group mean: `1 / (group * cols)`, or `1 / group`
     /// with a mask (the kernel divides by each row's count of selected elements).
     pub weight: f32,
@@ -210,7 +176,7 @@ pub(crate) struct BwdArgs {
 }
 
 impl BwdArgs {
-    fn params(&self, shape: Rows) -> WarpnormShardBwdParams {
+    fn params(&self, s: &Shape) -> WarpnormShardBwdParams {
         WarpnormShardBwdParams {
             x: read(self.x),
             dy: read(self.dy),
@@ -221,52 +187,44 @@ impl BwdArgs {
             mask: self.mask as *const u8,
             sums: self.sums as *mut f32,
             dx: write(self.dx),
-            rows: shape.rows,
-            cols: shape.cols,
-            x_stride: self.x_stride,
-            dy_stride: self.dy_stride,
-            dx_stride: self.dx_stride,
-            mask_stride: shape.cols,
+            rows: s.rows,
+            cols: s.cols,
+            x_stride: s.x_stride,
+            dy_stride: s.y_stride,
+            dx_stride: s.x_stride,
+            mask_stride: s.cols,
             weight: self.weight,
             kind: kind_code(self.kind),
         }
     }
 }
 
+/// [`BwdArgs::weight`] of dx for a group of `group` ranks and shards of `cols` features.
+pub(crate) fn dx_weight(group: usize, cols: usize, masked: bool) -> f32 {
+    if masked {
+        // The kernel divides this by each row's count of selected elements.
+        (1.0 / group as f64) as f32
+    } else {
+        (1.0 / (group as f64 * cols as f64)) as f32
+    }
+}
+
 /// The shard's `{sum g, sum g * xhat}` per row into `a.sums`.
-pub(crate) fn bwd_sums(
-    be: &CudaBackend,
-    stream: &CudaStream,
-    d: Dtypes,
-    shape: Rows,
-    a: &BwdArgs,
-) -> Result<()> {
-    let name = names::bwd_sums(d.x, d.param, d.out);
-    launch_bwd_rows(be, stream, &name, shape, a)
+pub(crate) fn bwd_sums<L: Launch>(l: &L, d: Dtypes, layout: Layout, a: &BwdArgs) -> Result<()> {
+    let (x, param, out) = d.short_names();
+    launch_bwd_rows(l, &names::bwd_sums(x, param, out), layout, a)
 }
 
 /// dx from the group's sums in `a.sums`.
-pub(crate) fn dx(
-    be: &CudaBackend,
-    stream: &CudaStream,
-    d: Dtypes,
-    shape: Rows,
-    a: &BwdArgs,
-) -> Result<()> {
-    let name = names::dx(d.x, d.param, d.out);
-    launch_bwd_rows(be, stream, &name, shape, a)
+pub(crate) fn dx<L: Launch>(l: &L, d: Dtypes, layout: Layout, a: &BwdArgs) -> Result<()> {
+    let (x, param, out) = d.short_names();
+    launch_bwd_rows(l, &names::dx(x, param, out), layout, a)
 }
 
 /// A warp-per-row backward kernel (`bwd_sums`, `dx`) over the shard's rows.
-fn launch_bwd_rows(
-    be: &CudaBackend,
-    stream: &CudaStream,
-    name: &str,
-    shape: Rows,
-    a: &BwdArgs,
-) -> Result<()> {
-    let cfg = config(row_grid(be, shape.rows), ROW_THREADS);
-    launch(be, stream, "sharded", name, &a.params(shape), cfg)
+fn launch_bwd_rows<L: Launch>(l: &L, name: &str, layout: Layout, a: &BwdArgs) -> Result<()> {
+    let s = shape(layout);
+    l.launch("sharded", name, &a.params(&s), row_config(l, s.rows))
 }
 
 /// How the parameter gradients split rows into chunks: `(chunk_rows, chunks)`.
@@ -281,21 +239,21 @@ fn param_chunks(rows: i64, cols: i64, sm_count: u32) -> (i64, u64) {
     (chunk_rows as i64, rows.div_ceil(chunk_rows))
 }
 
-/// f32 elements of workspace [`param_grads`] needs: two sets of per-chunk partial rows.
-pub(crate) fn param_grads_workspace_len(rows: i64, cols: i64, sm_count: u32) -> usize {
-    let (_, chunks) = param_chunks(rows, cols, sm_count);
-    2 * chunks as usize * cols.max(0) as usize
+/// f32 elements of workspace [`param_grads`] needs on a device of `sm_count` SMs: two
+/// sets of per-chunk partial rows.
+pub(crate) fn param_grads_workspace_len(layout: Layout, sm_count: u32) -> usize {
+    let s = shape(layout);
+    let (_, chunks) = param_chunks(s.rows, s.cols, sm_count);
+    2 * chunks as usize * s.cols.max(0) as usize
 }
 
-/// Device addresses of [`param_grads`]; `dscale` / `dbias` are the outputs (param dtype).
+/// Addresses of [`param_grads`]; `dscale` / `dbias` are the outputs (param dtype).
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ParamGradArgs {
     pub x: u64,
     pub dy: u64,
     pub mean: u64,
     pub rstd: u64,
-    pub x_stride: i64,
-    pub dy_stride: i64,
     pub kind: NormKind,
     /// At least [`param_grads_workspace_len`] f32.
     pub workspace: u64,
@@ -305,18 +263,19 @@ pub(crate) struct ParamGradArgs {
 
 /// dscale / dbias of the shard's own parameters: per-chunk partial sums, then
 /// `finalize_partials` adds the chunks in order (bitwise reproducible on one device).
-pub(crate) fn param_grads(
-    be: &CudaBackend,
-    stream: &CudaStream,
+pub(crate) fn param_grads<L: Launch>(
+    l: &L,
     d: Dtypes,
-    shape: Rows,
+    layout: Layout,
     a: &ParamGradArgs,
 ) -> Result<()> {
     if a.dscale.is_none() && a.dbias.is_none() {
         return Ok(());
     }
-    let (chunk_rows, chunks) = param_chunks(shape.rows, shape.cols, be.info.sm_count);
-    let half = chunks * shape.cols as u64 * 4;
+    let s = shape(layout);
+    let (x, _, out) = d.short_names();
+    let (chunk_rows, chunks) = param_chunks(s.rows, s.cols, l.sm_count());
+    let half = chunks * s.cols as u64 * 4;
     let partial_dscale = a.dscale.map_or(0, |_| a.workspace);
     let partial_dbias = a.dbias.map_or(0, |_| a.workspace + half);
     let p = WarpnormShardParamGradsParams {
@@ -326,37 +285,28 @@ pub(crate) fn param_grads(
         rstd: a.rstd as *const f32,
         partial_dscale: partial_dscale as *mut f32,
         partial_dbias: partial_dbias as *mut f32,
-        rows: shape.rows,
-        cols: shape.cols,
-        x_stride: a.x_stride,
-        dy_stride: a.dy_stride,
+        rows: s.rows,
+        cols: s.cols,
+        x_stride: s.x_stride,
+        dy_stride: s.y_stride,
         chunk_rows,
         kind: kind_code(a.kind),
     };
-    let col_blocks = (shape.cols as u64)
+    let col_blocks = (s.cols as u64)
         .div_ceil(FLAT_THREADS as u64)
         .min(MAX_CHUNKS) as u32;
-    let cfg = config((col_blocks, chunks as u32), FLAT_THREADS);
-    launch(
-        be,
-        stream,
-        "sharded",
-        &names::param_grads(d.x, d.out),
-        &p,
-        cfg,
-    )?;
+    let cfg = launch_config((col_blocks, chunks as u32), FLAT_THREADS, 0);
+    l.launch("sharded", &names::param_grads(x, out), &p, cfg)?;
     let outputs = [(partial_dscale, a.dscale), (partial_dbias, a.dbias)];
-    let l = OnStream { be, stream };
-    launch::finalize_param_grads(&l, d.param, shape.cols, chunks as i32, outputs)
+    finalize_param_grads(l, d.param, s.cols, chunks as i32, outputs)
 }
 
 /// `dst[i] = src[i] / divisor` for `n` elements, converted through f32 (`src` may be `dst`).
 #[allow(clippy::too_many_arguments)]
-pub(crate) fn cast_scale(
-    be: &CudaBackend,
-    stream: &CudaStream,
-    src_dtype: &str,
-    dst_dtype: &str,
+pub(crate) fn cast_scale<L: Launch>(
+    l: &L,
+    src_dtype: DType,
+    dst_dtype: DType,
     src: u64,
     dst: u64,
     n: i64,
@@ -368,26 +318,18 @@ pub(crate) fn cast_scale(
         n,
         divisor,
     };
-    let name = names::cast_scale(src_dtype, dst_dtype);
-    let cfg = config(flat_grid(be, n), FLAT_THREADS);
-    launch(be, stream, "sharded", &name, &p, cfg)
+    let name = names::cast_scale(src_dtype.short_name(), dst_dtype.short_name());
+    l.launch("sharded", &name, &p, flat_config(l, n))
 }
 
 /// `dst[i] += src[i]` for `n` f32 (`dst` and `src` distinct).
-pub(crate) fn accumulate(
-    be: &CudaBackend,
-    stream: &CudaStream,
-    dst: u64,
-    src: u64,
-    n: i64,
-) -> Result<()> {
+pub(crate) fn accumulate<L: Launch>(l: &L, dst: u64, src: u64, n: i64) -> Result<()> {
     let p = WarpnormAccumulateParams {
         dst: dst as *mut f32,
         src: src as *const f32,
         n,
     };
-    let cfg = config(flat_grid(be, n), FLAT_THREADS);
-    launch(be, stream, "sharded", &names::accumulate(), &p, cfg)
+    l.launch("sharded", &names::accumulate(), &p, flat_config(l, n))
 }
 
 #[cfg(test)]
@@ -404,8 +346,9 @@ mod tests {
                     // The last chunk starts inside the rows, and together they cover all.
                     assert!((chunks - 1) * (chunk_rows as u64) < rows as u64);
                     assert!(chunks * chunk_rows as u64 >= rows as u64);
+                    let layout = Layout::rows(rows as usize, cols as usize);
                     assert_eq!(
-                        param_grads_workspace_len(rows, cols, sms),
+                        param_grads_workspace_len(layout, sms),
                         2 * chunks as usize * cols as usize
                     );
                 }
@@ -451,6 +394,8 @@ mod tests {
     fn stats_layouts_match_the_kernels() {
         assert_eq!(StatsMode::Moments.floats_per_row(), 3);
         assert_eq!(StatsMode::Means.floats_per_row(), 2);
+        assert_eq!(mode_code(StatsMode::Moments), 0);
+        assert_eq!(mode_code(StatsMode::Means), 1);
         assert_eq!(kind_code(NormKind::LayerNorm), 0);
         assert_eq!(kind_code(NormKind::RmsNorm), 1);
     }

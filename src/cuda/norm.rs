@@ -1,0 +1,400 @@
+//! The single-device norm kernels (`kernels/layernorm_fwd.cu`, `kernels/layernorm_bwd.cu`):
+//! what they compute ([`NormSpec`]), how the rows sit in memory ([`Layout`]), and, from
+//! checked device addresses, their parameter structs, tier and grid, launched through a
+//! [`Launch`].
+//!
+//! Callers ([`crate::ops`] on a GPU, the emulator on host memory) check every buffer
+//! against the extents [`check_call`] returns and pass its address (0 for an absent one).
+
+use cudarc::driver::LaunchConfig;
+
+use super::launch::{launch_config, Launch};
+use super::params::{
+    kind_code, WarpnormBwdParams, WarpnormFinalizeParams, WarpnormFwdParams,
+    WarpnormStridedBwdParams, WarpnormStridedFwdParams, WARPNORM_FINALIZE_THREADS,
+};
+use super::select::{self, Plan, STRIDED_THREADS};
+use super::tiers::expr;
+use super::Dtypes;
+pub(crate) use crate::layout::{check_len, Layout};
+use crate::layout::{strides, Extents};
+use crate::{DType, Element, Error, NormConfig, NormKind, Result};
+
+/// What the kernels compute: the part of a [`NormConfig`] that reaches the GPU.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct NormSpec {
+    pub kind: NormKind,
+    pub eps: f32,
+    /// flax `use_fast_variance`: `E[x^2] - E[x]^2` (clamped at 0) instead of the two-pass form.
+    pub fast_variance: bool,
+}
+
+impl NormSpec {
+    pub fn from_config(cfg: &NormConfig) -> Self {
+        Self {
+            kind: cfg.kind(),
+            eps: cfg.eps() as f32,
+            fast_variance: cfg.fast_variance(),
+        }
+    }
+
+    pub(crate) fn validate(&self) -> Result<()> {
+        crate::config::epsilon_f32(self.eps.into()).map(drop)
+    }
+}
+
+/// The widest vector (elements) every address and stride allows: 16 bytes of x's dtype
+/// when all are 16-byte aligned and the row length divides evenly, else 1.
+fn vector_width(elem_bytes: usize, cols: usize, strides: &[usize], addrs: &[u64]) -> u32 {
+    let vec = 16 / elem_bytes;
+    let aligned = cols.is_multiple_of(vec)
+        && strides.iter().all(|s| s % vec == 0)
+        && addrs.iter().all(|a| a % 16 == 0);
+    if aligned {
+        vec as u32
+    } else {
+        1
+    }
+}
+
+/// Checked addresses of a forward's buffers (0 = absent).
+pub(crate) struct FwdAddrs {
+    pub x: u64,
+    pub y: u64,
+    pub scale: u64,
+    pub bias: u64,
+    pub mask: u64,
+    pub mean: u64,
+    pub rstd: u64,
+}
+
+/// Checked addresses of a backward's buffers.
+pub(crate) struct BwdAddrs {
+    pub x: u64,
+    pub dy: u64,
+    pub scale: u64,
+    pub mask: u64,
+    pub mean: u64,
+    pub rstd: u64,
+    pub dx: u64,
+    pub dscale: Option<u64>,
+    pub dbias: Option<u64>,
+    pub workspace: u64,
+    pub workspace_len: usize,
+}
+
+fn check_mask_layout(has_mask: bool, layout: &Layout) -> Result<()> {
+    if has_mask && matches!(layout, Layout::ChannelsFirst { .. }) {
+        return Err(Error::Unsupported(
+            "a mask with the channels-first layout (the strided kernels take none)".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks what does not depend on where the buffers live; returns the kernels' dtypes
+/// and the elements each buffer must hold.
+pub(crate) fn check_call<T: Element, P: Element, O: Element>(
+    spec: Option<&NormSpec>,
+    layout: &Layout,
+    has_mask: bool,
+) -> Result<(Dtypes, Extents)> {
+    if let Some(spec) = spec {
+        spec.validate()?;
+    }
+    let extents = layout.extents()?;
+    check_mask_layout(has_mask, layout)?;
+    let dtypes = Dtypes::of::<T, P, O>();
+    dtypes.check_compiled()?;
+    Ok((dtypes, extents))
+}
+
+/// Builds the parameter struct of a checked forward and launches it.
+pub(crate) fn forward<L: Launch, T: Element>(
+    l: &L,
+    spec: &NormSpec,
+    layout: Layout,
+    d: Dtypes,
+    a: FwdAddrs,
+) -> Result<()> {
+    let (rows, cols) = (layout.num_rows(), layout.cols());
+    if rows == 0 {
+        return Ok(());
+    }
+    let (x_stride, y_stride) = strides(&layout);
+    match layout {
+        Layout::Rows { .. } => {
+            // Param pointers are read with the same vector width as x.
+            let vec = vector_width(
+                T::DTYPE.size(),
+                cols,
+                &[x_stride, y_stride],
+                &[a.x, a.y, a.scale, a.bias],
+            );
+            let params = WarpnormFwdParams {
+                x: a.x as *const _,
+                y: a.y as *mut _,
+                scale: a.scale as *const _,
+                bias: a.bias as *const _,
+                mask: a.mask as *const u8,
+                mean: a.mean as *mut f32,
+                rstd: a.rstd as *mut f32,
+                rows: rows as _,
+                cols: cols as _,
+                x_stride: x_stride as _,
+                y_stride: y_stride as _,
+                mask_stride: cols as _,
+                eps: spec.eps,
+                kind: kind_code(spec.kind),
+                fast_variance: spec.fast_variance as i32,
+            };
+            let b = FwdLaunch {
+                params,
+                dtypes: d,
+                vec,
+                elem_bytes: T::DTYPE.size() as u32,
+            };
+            forward_rows(l, &b)
+        }
+        Layout::ChannelsFirst { outer, inner, .. } => {
+            let params = WarpnormStridedFwdParams {
+                x: a.x as *const _,
+                y: a.y as *mut _,
+                scale: a.scale as *const _,
+                bias: a.bias as *const _,
+                mean: a.mean as *mut f32,
+                rstd: a.rstd as *mut f32,
+                outer: outer as _,
+                cols: cols as _,
+                inner: inner as _,
+                eps: spec.eps,
+                kind: kind_code(spec.kind),
+                fast_variance: spec.fast_variance as i32,
+            };
+            forward_strided(l, &params, d)
+        }
+    }
+}
+
+/// Builds the parameter structs of a checked backward and launches it.
+pub(crate) fn backward<L: Launch, T: Element>(
+    l: &L,
+    spec: &NormSpec,
+    layout: Layout,
+    d: Dtypes,
+    a: BwdAddrs,
+) -> Result<()> {
+    let (rows, cols) = (layout.num_rows(), layout.cols());
+    let (x_stride, y_stride) = strides(&layout);
+    let half = (a.workspace_len / 2) as u64 * 4;
+    let (partial_dscale, partial_dbias) = (a.workspace, a.workspace + half);
+    let kind = kind_code(spec.kind);
+    let param_grads = |params: WarpnormBwdParams, vec: u32| BwdLaunch {
+        params,
+        dtypes: d,
+        vec,
+        dscale: a.dscale,
+        dbias: a.dbias,
+    };
+    match layout {
+        // No rows (either layout): backward_rows only zeroes dscale / dbias.
+        _ if rows == 0 => {
+            let params = WarpnormBwdParams {
+                cols: cols as _,
+                ..Default::default()
+            };
+            backward_rows(l, &param_grads(params, 1))
+        }
+        Layout::Rows { .. } => {
+            let vec = vector_width(
+                T::DTYPE.size(),
+                cols,
+                &[x_stride, y_stride],
+                &[a.x, a.dy, a.dx, a.scale],
+            );
+            let params = WarpnormBwdParams {
+                x: a.x as *const _,
+                dy: a.dy as *const _,
+                scale: a.scale as *const _,
+                mask: a.mask as *const u8,
+                mean: a.mean as *const f32,
+                rstd: a.rstd as *const f32,
+                dx: a.dx as *mut _,
+                partial_dscale: partial_dscale as *mut f32,
+                partial_dbias: partial_dbias as *mut f32,
+                rows: rows as _,
+                cols: cols as _,
+                x_stride: x_stride as _,
+                dy_stride: y_stride as _,
+                dx_stride: x_stride as _,
+                mask_stride: cols as _,
+                kind,
+            };
+            backward_rows(l, &param_grads(params, vec))
+        }
+        Layout::ChannelsFirst { outer, inner, .. } => {
+            let params = WarpnormStridedBwdParams {
+                x: a.x as *const _,
+                dy: a.dy as *const _,
+                scale: a.scale as *const _,
+                mean: a.mean as *const f32,
+                rstd: a.rstd as *const f32,
+                dx: a.dx as *mut _,
+                partial_dscale: partial_dscale as *mut f32,
+                partial_dbias: partial_dbias as *mut f32,
+                outer: outer as _,
+                cols: cols as _,
+                inner: inner as _,
+                kind,
+            };
+            let totals = param_grads(
+                WarpnormBwdParams {
+                    cols: cols as _,
+                    ..Default::default()
+                },
+                1,
+            );
+            backward_strided(l, &params, &totals)
+        }
+    }
+}
+
+/// A checked forward on rows: its parameter struct, dtypes and vector width.
+struct FwdLaunch {
+    pub params: WarpnormFwdParams,
+    pub dtypes: Dtypes,
+    pub vec: u32,
+    pub elem_bytes: u32,
+}
+
+/// A checked backward on rows (or only its parameter-gradient finalize, for the
+/// channels-first kernel): its parameter struct, dtypes, vector width and outputs.
+struct BwdLaunch {
+    pub params: WarpnormBwdParams,
+    pub dtypes: Dtypes,
+    pub vec: u32,
+    /// Where the finalize kernel writes dscale / dbias (param dtype), if wanted.
+    pub dscale: Option<u64>,
+    pub dbias: Option<u64>,
+}
+
+fn config(grid: u32, threads: u32, smem: u32) -> LaunchConfig {
+    launch_config((grid, 1), threads, smem)
+}
+
+fn forward_rows<L: Launch>(l: &L, b: &FwdLaunch) -> Result<()> {
+    let p = &b.params;
+    let (x, param, out) = b.dtypes.short_names();
+    let plan = select::forward_plan(p.cols as u64, b.vec, b.elem_bytes, l.max_smem_per_cta());
+    let (name, smem) = match plan {
+        Plan::Rows(t) => (expr::fwd_rows(x, param, out, t), 0),
+        Plan::Cta {
+            vec,
+            cached,
+            smem_bytes,
+            ..
+        } => (expr::fwd_cta(x, param, out, vec, cached), smem_bytes),
+    };
+    let grid = select::forward_grid(p.rows as u64, plan, l.sm_count());
+    l.launch(
+        "layernorm_fwd",
+        &name,
+        p,
+        config(grid, plan.threads(), smem),
+    )
+}
+
+fn forward_strided<L: Launch>(l: &L, p: &WarpnormStridedFwdParams, d: Dtypes) -> Result<()> {
+    let grid = select::strided_forward_grid((p.outer * p.inner) as u64, l.sm_count());
+    let (x, param, out) = d.short_names();
+    let name = expr::fwd_strided(x, param, out);
+    l.launch("layernorm_fwd", &name, p, config(grid, STRIDED_THREADS, 0))
+}
+
+fn backward_rows<L: Launch>(l: &L, b: &BwdLaunch) -> Result<()> {
+    let p = &b.params;
+    let (x, param, out) = b.dtypes.short_names();
+    if p.rows == 0 {
+        // No rows: the parameter gradients are sums of nothing.
+        return finalize_both(l, b, 0, 0, 0);
+    }
+    let cols = p.cols as u64;
+    let plan = select::backward_plan(cols, b.vec, l.max_smem_per_cta());
+    let (name, smem) = match plan {
+        Plan::Rows(t) => (
+            expr::bwd_rows(x, param, out, t),
+            select::backward_rows_smem(t, cols),
+        ),
+        Plan::Cta {
+            vec,
+            cached,
+            smem_bytes,
+            ..
+        } => (expr::bwd_cta(x, param, out, vec, cached), smem_bytes),
+    };
+    let resident = l.resident_ctas("layernorm_bwd", &name, plan.threads(), smem)?;
+    let grid = select::backward_grid(p.rows as u64, plan, l.sm_count(), resident);
+    l.launch(
+        "layernorm_bwd",
+        &name,
+        p,
+        config(grid, plan.threads(), smem),
+    )?;
+    finalize_both(
+        l,
+        b,
+        p.partial_dscale as u64,
+        p.partial_dbias as u64,
+        grid as i32,
+    )
+}
+
+fn backward_strided<L: Launch>(l: &L, p: &WarpnormStridedBwdParams, b: &BwdLaunch) -> Result<()> {
+    let (x, param, out) = b.dtypes.short_names();
+    let grid = select::strided_backward_grid((p.outer * p.inner) as u64, l.sm_count());
+    let name = expr::bwd_strided(x, param, out);
+    l.launch("layernorm_bwd", &name, p, config(grid, STRIDED_THREADS, 0))?;
+    let parts = grid as i32 * (STRIDED_THREADS as i32 / 32);
+    finalize_both(l, b, p.partial_dscale as u64, p.partial_dbias as u64, parts)
+}
+
+/// Sums the partial rows into dscale and dbias (those that were asked for).
+fn finalize_both<L: Launch>(
+    l: &L,
+    b: &BwdLaunch,
+    partial_dscale: u64,
+    partial_dbias: u64,
+    parts: i32,
+) -> Result<()> {
+    let outputs = [(partial_dscale, b.dscale), (partial_dbias, b.dbias)];
+    finalize_param_grads(l, b.dtypes.param, b.params.cols, parts, outputs)
+}
+
+/// For each `(partial, out)` with an `out`: `out[c]` (in `param`, the parameter dtype) =
+/// the sum of `parts` partial rows of `cols` f32 at `partial`, in part order.
+pub(crate) fn finalize_param_grads<L: Launch>(
+    l: &L,
+    param: DType,
+    cols: i64,
+    parts: i32,
+    outputs: [(u64, Option<u64>); 2],
+) -> Result<()> {
+    for (partial, out) in outputs {
+        let Some(out) = out else { continue };
+        let p = WarpnormFinalizeParams {
+            partial: partial as *const f32,
+            out: out as *mut std::ffi::c_void,
+            cols: cols as _,
+            parts,
+        };
+        let threads = WARPNORM_FINALIZE_THREADS;
+        let grid = (cols as u64).div_ceil(threads as u64).clamp(1, 65_535) as u32;
+        l.launch(
+            "layernorm_bwd",
+            &expr::finalize(param.short_name()),
+            &p,
+            config(grid, threads, 0),
+        )?;
+    }
+    Ok(())
+}
