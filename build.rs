@@ -252,7 +252,7 @@ fn record_git_commit(manifest: &Path) {
 }
 
 /// Compiles the CPU emulation of the kernels (kernels/emulator/) with the host C++
-/// compiler, for the instantiations `tiers::emulated` selects.
+/// compiler, for every instantiation of `tiers::EMULATED_SOURCES`.
 #[cfg(feature = "emulator")]
 fn build_emulator(manifest: &Path, out: &Path, fingerprint: &str) {
     const LIB: &str = "warpnorm_emulator";
@@ -284,11 +284,8 @@ fn build_emulator(manifest: &Path, out: &Path, fingerprint: &str) {
         return;
     }
     let mut table = String::new();
-    for source in ["layernorm_fwd.cu", "layernorm_bwd.cu"] {
-        for e in tiers::instantiations(source)
-            .into_iter()
-            .filter(|e| tiers::emulated(e))
-        {
+    for source in tiers::EMULATED_SOURCES {
+        for e in tiers::instantiations(source) {
             writeln!(table, "{{{e:?}, [](const void* p) {{ call(&{e}, p); }}}},").unwrap();
         }
     }

@@ -27,9 +27,10 @@ use std::sync::Arc;
 use cudarc::driver::{CudaStream, DevicePtr, DevicePtrMut, SyncOnDrop};
 
 use crate::cuda::params::{
-    kind_code, WarpnormBwdParams, WarpnormFwdParams, WarpnormStridedBwdParams,
+    dtype_code, kind_code, WarpnormBwdParams, WarpnormFwdParams, WarpnormStridedBwdParams,
     WarpnormStridedFwdParams,
 };
+pub use crate::cuda::KernelGeneration;
 use crate::cuda::{self, CudaBackend, Launch, OnStream};
 use crate::{DType, Element, Error, NormConfig, NormKind, Result};
 
@@ -40,6 +41,9 @@ pub struct NormSpec {
     pub eps: f32,
     /// flax `use_fast_variance`: `E[x^2] - E[x]^2` (clamped at 0) instead of the two-pass form.
     pub fast_variance: bool,
+    /// Which kernels run the call; `None`: the `WARPNORM_KERNELS` environment variable
+    /// (`v1` or `v2`), else v1.
+    pub kernels: Option<KernelGeneration>,
 }
 
 impl NormSpec {
@@ -48,11 +52,27 @@ impl NormSpec {
             kind: cfg.kind(),
             eps: cfg.eps() as f32,
             fast_variance: cfg.fast_variance(),
+            kernels: None,
         }
     }
 
+    /// The same spec run by the kernels of `generation`.
+    pub fn with_kernels(self, generation: KernelGeneration) -> Self {
+        Self {
+            kernels: Some(generation),
+            ..self
+        }
+    }
+
+    /// The generation of kernels a call with this spec runs; an error when it comes from
+    /// a `WARPNORM_KERNELS` that names none.
+    pub fn kernel_generation(&self) -> Result<KernelGeneration> {
+        self.kernels.map_or_else(KernelGeneration::from_env, Ok)
+    }
+
     fn validate(&self) -> Result<()> {
-        crate::config::epsilon_f32(self.eps.into()).map(drop)
+        crate::config::epsilon_f32(self.eps.into())?;
+        self.kernel_generation().map(drop)
     }
 }
 
@@ -509,12 +529,15 @@ pub(crate) fn forward_core<L: Launch, T: Element>(
                 eps: spec.eps,
                 kind: kind_code(spec.kind),
                 fast_variance: spec.fast_variance as i32,
+                param_dtype: dtype_code(d.param),
+                out_dtype: dtype_code(d.out),
             };
             let b = cuda::FwdBuffers {
                 params,
                 dtypes: d,
                 vec,
                 elem_bytes: T::DTYPE.size() as u32,
+                generation: spec.kernel_generation()?,
             };
             cuda::forward_rows(l, &b)
         }
@@ -532,6 +555,8 @@ pub(crate) fn forward_core<L: Launch, T: Element>(
                 eps: spec.eps,
                 kind: kind_code(spec.kind),
                 fast_variance: spec.fast_variance as i32,
+                param_dtype: dtype_code(d.param),
+                out_dtype: dtype_code(d.out),
             };
             cuda::forward_strided(l, &params, d)
         }
@@ -551,12 +576,15 @@ pub(crate) fn backward_core<L: Launch, T: Element>(
     let half = (a.workspace_len / 2) as u64 * 4;
     let (partial_dscale, partial_dbias) = (a.workspace, a.workspace + half);
     let kind = kind_code(spec.kind);
+    let (param_dtype, out_dtype) = (dtype_code(d.param), dtype_code(d.out));
+    let generation = spec.kernel_generation()?;
     let param_grads = |params: WarpnormBwdParams, vec: u32| cuda::BwdBuffers {
         params,
         dtypes: d,
         vec,
         dscale: a.dscale,
         dbias: a.dbias,
+        generation,
     };
     match layout {
         // No rows (either layout): backward_rows only zeroes dscale / dbias.
@@ -591,6 +619,8 @@ pub(crate) fn backward_core<L: Launch, T: Element>(
                 dx_stride: x_stride as _,
                 mask_stride: cols as _,
                 kind,
+                param_dtype,
+                out_dtype,
             };
             cuda::backward_rows(l, &param_grads(params, vec))
         }
@@ -608,6 +638,8 @@ pub(crate) fn backward_core<L: Launch, T: Element>(
                 cols: cols as _,
                 inner: inner as _,
                 kind,
+                param_dtype,
+                out_dtype,
             };
             let totals = param_grads(
                 WarpnormBwdParams {

@@ -11,9 +11,10 @@
 
 use cudarc::driver::{CudaStream, DeviceRepr, LaunchConfig, PushKernelArg};
 
+use super::generation::KernelGeneration;
 use super::params::{
-    WarpnormBwdParams, WarpnormFinalizeParams, WarpnormFwdParams, WarpnormStridedBwdParams,
-    WarpnormStridedFwdParams,
+    WarpnormBwdParams, WarpnormFinalizePairParams, WarpnormFinalizeParams, WarpnormFwdParams,
+    WarpnormStridedBwdParams, WarpnormStridedFwdParams, WARPNORM_FINALIZE_THREADS,
 };
 use super::select::{self, Plan, STRIDED_THREADS};
 use super::tiers::expr;
@@ -113,6 +114,7 @@ pub(crate) struct FwdBuffers {
     pub dtypes: Dtypes,
     pub vec: u32,
     pub elem_bytes: u32,
+    pub generation: KernelGeneration,
 }
 
 pub(crate) struct BwdBuffers {
@@ -122,6 +124,7 @@ pub(crate) struct BwdBuffers {
     /// Where the finalize kernel writes dscale / dbias (param dtype), if wanted.
     pub dscale: Option<u64>,
     pub dbias: Option<u64>,
+    pub generation: KernelGeneration,
 }
 
 fn config(grid: u32, threads: u32, smem: u32) -> LaunchConfig {
@@ -133,19 +136,25 @@ fn config(grid: u32, threads: u32, smem: u32) -> LaunchConfig {
 }
 
 pub(crate) fn forward_rows<L: Launch>(l: &L, b: &FwdBuffers) -> Result<()> {
-    let p = &b.params;
     let d = b.dtypes;
+    let p = &b.params;
     let plan = select::forward_plan(p.cols as u64, b.vec, b.elem_bytes, l.max_smem_per_cta());
     let (name, smem) = match plan {
-        Plan::Rows(t) => (expr::fwd_rows(d.x, d.param, d.out, t), 0),
+        Plan::Rows(t) => (expr::fwd_rows(d.x, t), 0),
         Plan::Cta {
             vec,
             cached,
             smem_bytes,
             ..
-        } => (expr::fwd_cta(d.x, d.param, d.out, vec, cached), smem_bytes),
+        } => (expr::fwd_cta(d.x, vec, cached), smem_bytes),
     };
-    let grid = select::forward_grid(p.rows as u64, plan, l.sm_count());
+    let grid = match b.generation {
+        KernelGeneration::V1 => select::forward_grid(p.rows as u64, plan, l.sm_count()),
+        KernelGeneration::V2 => {
+            let resident = l.resident_ctas("layernorm_fwd", &name, plan.threads(), smem)?;
+            select::forward_grid_waves(p.rows as u64, plan, l.sm_count(), resident)
+        }
+    };
     l.launch(
         "layernorm_fwd",
         &name,
@@ -160,13 +169,26 @@ pub(crate) fn forward_strided<L: Launch>(
     d: Dtypes,
 ) -> Result<()> {
     let grid = select::strided_forward_grid((p.outer * p.inner) as u64, l.sm_count());
-    let name = expr::fwd_strided(d.x, d.param, d.out);
+    let name = expr::fwd_strided(d.x);
     l.launch("layernorm_fwd", &name, p, config(grid, STRIDED_THREADS, 0))
 }
 
 pub(crate) fn backward_rows<L: Launch>(l: &L, b: &BwdBuffers) -> Result<()> {
-    let p = &b.params;
     let d = b.dtypes;
+    // Partial rows only for the gradients asked for (RMSNorm has no dbias).
+    let p = &WarpnormBwdParams {
+        partial_dscale: if b.dscale.is_some() {
+            b.params.partial_dscale
+        } else {
+            std::ptr::null_mut()
+        },
+        partial_dbias: if b.dbias.is_some() {
+            b.params.partial_dbias
+        } else {
+            std::ptr::null_mut()
+        },
+        ..b.params
+    };
     if p.rows == 0 {
         // No rows: the parameter gradients are sums of nothing.
         return finalize_both(l, b, 0, 0, 0);
@@ -174,16 +196,13 @@ pub(crate) fn backward_rows<L: Launch>(l: &L, b: &BwdBuffers) -> Result<()> {
     let cols = p.cols as u64;
     let plan = select::backward_plan(cols, b.vec, l.max_smem_per_cta());
     let (name, smem) = match plan {
-        Plan::Rows(t) => (
-            expr::bwd_rows(d.x, d.param, d.out, t),
-            select::backward_rows_smem(t, cols),
-        ),
+        Plan::Rows(t) => (expr::bwd_rows(d.x, t), select::backward_rows_smem(t, cols)),
         Plan::Cta {
             vec,
             cached,
             smem_bytes,
             ..
-        } => (expr::bwd_cta(d.x, d.param, d.out, vec, cached), smem_bytes),
+        } => (expr::bwd_cta(d.x, vec, cached), smem_bytes),
     };
     let resident = l.resident_ctas("layernorm_bwd", &name, plan.threads(), smem)?;
     let grid = select::backward_grid(p.rows as u64, plan, l.sm_count(), resident);
@@ -209,7 +228,7 @@ pub(crate) fn backward_strided<L: Launch>(
 ) -> Result<()> {
     let d = b.dtypes;
     let grid = select::strided_backward_grid((p.outer * p.inner) as u64, l.sm_count());
-    let name = expr::bwd_strided(d.x, d.param, d.out);
+    let name = expr::bwd_strided(d.x);
     l.launch("layernorm_bwd", &name, p, config(grid, STRIDED_THREADS, 0))?;
     let parts = grid as i32 * (STRIDED_THREADS as i32 / 32);
     finalize_both(l, b, p.partial_dscale as u64, p.partial_dbias as u64, parts)
@@ -224,7 +243,47 @@ fn finalize_both<L: Launch>(
     parts: i32,
 ) -> Result<()> {
     let outputs = [(partial_dscale, b.dscale), (partial_dbias, b.dbias)];
-    finalize_param_grads(l, b.dtypes.param, b.params.cols, parts, outputs)
+    match b.generation {
+        KernelGeneration::V1 => {
+            finalize_param_grads(l, b.dtypes.param, b.params.cols, parts, outputs)
+        }
+        KernelGeneration::V2 => finalize_pair(l, b.dtypes.param, b.params.cols, parts, outputs),
+    }
+}
+
+/// Kernels v2: every `(partial, out)` with an `out` summed by one launch of
+/// `finalize_pair` (same sums as [`finalize_param_grads`], a different fixed order).
+fn finalize_pair<L: Launch>(
+    l: &L,
+    param: &str,
+    cols: i64,
+    parts: i32,
+    outputs: [(u64, Option<u64>); 2],
+) -> Result<()> {
+    let mut p = WarpnormFinalizePairParams {
+        partial: [std::ptr::null(); 2],
+        out: [std::ptr::null_mut(); 2],
+        cols: cols as _,
+        parts,
+        outputs: 0,
+    };
+    for (partial, out) in outputs {
+        let Some(out) = out else { continue };
+        let k = p.outputs as usize;
+        p.partial[k] = partial as *const f32;
+        p.out[k] = out as *mut std::ffi::c_void;
+        p.outputs += 1;
+    }
+    if p.outputs == 0 {
+        return Ok(());
+    }
+    let grid = select::finalize_pair_grid(cols as u64, p.outputs as u32);
+    l.launch(
+        "layernorm_bwd",
+        &expr::finalize_pair(param),
+        &p,
+        config(grid, WARPNORM_FINALIZE_THREADS, 0),
+    )
 }
 
 /// For each `(partial, out)` with an `out`: `out[c]` (in `param`, the parameter dtype) =

@@ -7,6 +7,7 @@
 pub mod driver;
 #[cfg(feature = "emulator")]
 pub mod emulator;
+mod generation;
 pub mod kernels;
 mod launch;
 pub(crate) mod launch_sharded;
@@ -27,6 +28,7 @@ use crate::{Error, Result};
 use kernels::{Image, ImageKind, IMAGES};
 
 pub use driver::{CudaVersion, DriverSupport};
+pub use generation::{KernelGeneration, KERNELS_ENV};
 pub(crate) use launch::{
     backward_rows, backward_strided, forward_rows, forward_strided, BwdBuffers, Dtypes, FwdBuffers,
     Launch, OnStream,

@@ -19,6 +19,17 @@ pub(crate) const fn kind_code(kind: crate::NormKind) -> i32 {
     }
 }
 
+/// The `param_dtype` / `out_dtype` fields (`enum WarpnormDtype` of params.h) of a dtype
+/// short name (`f32`, `f16`, `bf16`).
+pub(crate) fn dtype_code(short: &str) -> i32 {
+    let code = match short {
+        "f16" => WarpnormDtype::WARPNORM_F16,
+        "bf16" => WarpnormDtype::WARPNORM_BF16,
+        _ => WarpnormDtype::WARPNORM_F32,
+    };
+    code as i32
+}
+
 // SAFETY: the structs are `#[repr(C)]` (bindgen) mirrors of the C structs the kernels take
 // by value; they hold only integers, floats and raw device pointers.
 unsafe impl cudarc::driver::DeviceRepr for WarpnormFwdParams {}
@@ -26,6 +37,8 @@ unsafe impl cudarc::driver::DeviceRepr for WarpnormFwdParams {}
 unsafe impl cudarc::driver::DeviceRepr for WarpnormBwdParams {}
 // SAFETY: as above.
 unsafe impl cudarc::driver::DeviceRepr for WarpnormFinalizeParams {}
+// SAFETY: as above.
+unsafe impl cudarc::driver::DeviceRepr for WarpnormFinalizePairParams {}
 // SAFETY: as above.
 unsafe impl cudarc::driver::DeviceRepr for WarpnormStridedFwdParams {}
 // SAFETY: as above.

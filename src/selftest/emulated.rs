@@ -3,29 +3,10 @@
 
 use half::{bf16, f16};
 
-use super::{Dtypes, Inputs, Outputs};
+use super::{Inputs, Outputs};
 use crate::cuda::emulator::{self, HostBackward, HostForward};
-use crate::cuda::tiers::EMULATED_COMBOS;
 use crate::ops::{Layout, NormSpec};
 use crate::{DType, Element, Error, NormConfig, Result, Tensor};
-
-/// Why the emulation cannot run `d`: only the combinations in [`EMULATED_COMBOS`] are
-/// compiled into it.
-pub(super) fn cannot_run(d: Dtypes) -> Option<String> {
-    let name = crate::bench::dtype_name;
-    let combo = (name(d.x), name(d.param), name(d.out));
-    if EMULATED_COMBOS.contains(&combo) {
-        return None;
-    }
-    let compiled: Vec<String> = EMULATED_COMBOS
-        .iter()
-        .map(|(x, p, o)| format!("x {x} p {p} y {o}"))
-        .collect();
-    Some(format!(
-        "not compiled into the CPU emulation (it has {})",
-        compiled.join(", ")
-    ))
-}
 
 /// Forward and backward of `inputs` (laid out as `layout`) through the emulated kernels,
 /// with the statistics of the forward.

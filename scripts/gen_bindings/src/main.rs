@@ -1,5 +1,5 @@
 //! Prints the Rust mirror of `kernels/params.h` (the path given as the only argument): the
-//! parameter structs the kernels take by value, their constants and `WarpnormKind`.
+//! parameter structs the kernels take by value, their constants, `WarpnormKind` and `WarpnormDtype`.
 
 use std::process::ExitCode;
 
@@ -13,6 +13,7 @@ fn main() -> ExitCode {
         .allowlist_type("Warpnorm.*")
         .allowlist_var("WARPNORM_.*")
         .rustified_enum("WarpnormKind")
+        .rustified_enum("WarpnormDtype")
         .derive_default(true)
         .derive_debug(true)
         .derive_copy(true)
