@@ -263,13 +263,13 @@ fn record_git_commit(manifest: &Path) {
 }
 
 /// Compiles the CPU emulation of the kernels (kernels/emulator/) with the host C++
-/// compiler, for the instantiations `tiers::emulated_instantiations` selects.
+/// compiler, for every instantiation of `tiers::EMULATED_SOURCES`.
 #[cfg(feature = "emulator")]
 fn build_emulator(manifest: &Path, out: &Path, fingerprint: &str) {
     const LIB: &str = "warpnorm_emulator";
     let mut table = String::new();
-    for source in ["layernorm_fwd.cu", "layernorm_bwd.cu", "sharded.cu"] {
-        for e in tiers::emulated_instantiations(source) {
+    for source in tiers::EMULATED_SOURCES {
+        for e in tiers::instantiations(source) {
             writeln!(table, "{{{e:?}, [](const void* p) {{ call(&{e}, p); }}}},").unwrap();
         }
     }

@@ -13,6 +13,13 @@
 #define WARPNORM_DYNAMIC_SMEM(name) extern __shared__ __align__(16) float name[]
 #endif
 
+// Every global-memory access of the kernels goes through load_vec / store_vec / load /
+// store below, which report it here: nothing on a GPU; the CPU emulation counts the bytes
+// each launch moves (its byte-traffic model, tests/traffic.rs).
+#ifndef WARPNORM_TRAFFIC
+#define WARPNORM_TRAFFIC(address, bytes, is_store) ((void)0)
+#endif
+
 namespace warpnorm {
 
 constexpr int kWarpSize = 32;
@@ -47,12 +54,32 @@ template <typename T, int N> struct Chunk {
     static constexpr int kElems = (16 / int(sizeof(T))) < N ? (16 / int(sizeof(T))) : N;
 };
 
+// One element (of global or shared memory).
+template <typename T> __device__ __forceinline__ T load(const T* src) {
+    WARPNORM_TRAFFIC(src, sizeof(T), false);
+    return *src;
+}
+template <typename T> __device__ __forceinline__ void store(T* dst, T v) {
+    WARPNORM_TRAFFIC(dst, sizeof(T), true);
+    *dst = v;
+}
+
+// N consecutive elements as they are stored (one 16-byte access when N * sizeof(T) is 16).
+template <typename T, int N> __device__ __forceinline__ Pack<T, N> load_pack(const T* src) {
+    WARPNORM_TRAFFIC(src, sizeof(Pack<T, N>), false);
+    return *reinterpret_cast<const Pack<T, N>*>(src);
+}
+template <typename T, int N> __device__ __forceinline__ void store_pack(T* dst, const Pack<T, N>& p) {
+    WARPNORM_TRAFFIC(dst, sizeof(Pack<T, N>), true);
+    *reinterpret_cast<Pack<T, N>*>(dst) = p;
+}
+
 template <typename T, int N>
 __device__ __forceinline__ void load_vec(const T* __restrict__ src, float* dst) {
     constexpr int kC = Chunk<T, N>::kElems;
 #pragma unroll
     for (int c = 0; c < N; c += kC) {
-        const Pack<T, kC> p = *reinterpret_cast<const Pack<T, kC>*>(src + c);
+        const Pack<T, kC> p = load_pack<T, kC>(src + c);
 #pragma unroll
         for (int i = 0; i < kC; ++i) dst[c + i] = to_float(p.v[i]);
     }
@@ -66,9 +93,45 @@ __device__ __forceinline__ void store_vec(T* __restrict__ dst, const float* src)
         Pack<T, kC> p;
 #pragma unroll
         for (int i = 0; i < kC; ++i) p.v[i] = from_float<T>(src[c + i]);
-        *reinterpret_cast<Pack<T, kC>*>(dst + c) = p;
+        store_pack<T, kC>(dst + c, p);
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Tensors stored either in x's dtype T or in f32, as each call chooses (flax's param_dtype
+// for scale and bias, dtype for y and dy): a branch that is uniform across the grid, where
+// a template argument per tensor would triple the kernels compiled.
+// ---------------------------------------------------------------------------------------
+template <typename T> struct MixedIn {
+    const void* base;
+    bool f32;  // else T
+    __device__ __forceinline__ MixedIn(const void* base, int dtype) : base(base), f32(dtype == WARPNORM_F32) {}
+    template <int N> __device__ __forceinline__ void load(long long at, float* dst) const {
+        if (f32) {
+            load_vec<float, N>(static_cast<const float*>(base) + at, dst);
+        } else {
+            load_vec<T, N>(static_cast<const T*>(base) + at, dst);
+        }
+    }
+    __device__ __forceinline__ float operator[](long long at) const {
+        float v;
+        load<1>(at, &v);
+        return v;
+    }
+};
+
+template <typename T> struct MixedOut {
+    void* base;
+    bool f32;
+    __device__ __forceinline__ MixedOut(void* base, int dtype) : base(base), f32(dtype == WARPNORM_F32) {}
+    template <int N> __device__ __forceinline__ void store(long long at, const float* src) const {
+        if (f32) {
+            store_vec<float, N>(static_cast<float*>(base) + at, src);
+        } else {
+            store_vec<T, N>(static_cast<T*>(base) + at, src);
+        }
+    }
+};
 
 // ---------------------------------------------------------------------------------------
 // Reductions. The butterfly (xor) pattern leaves the result in every lane of the group and
@@ -155,6 +218,12 @@ __device__ __forceinline__ Moments cta_merge(Moments m, float* scratch) {
     for (int w = 1; w < warps; ++w) total = chan_merge(total, {scratch[3 * w], scratch[3 * w + 1], scratch[3 * w + 2]});
     __syncthreads();
     return total;
+}
+
+// The __launch_bounds__ minimum of CTAs per SM that leaves a thread `budget` registers
+// (of an SM's 64 K): at least 1.
+constexpr int ctas_for_registers(int threads, int budget) {
+    return 65536 / (threads * budget) > 0 ? 65536 / (threads * budget) : 1;
 }
 
 // rstd from the variance; the variance is clamped at 0 so that the cancellation of the

@@ -23,6 +23,14 @@ template <int GROUP> struct BwdLayout {
     static constexpr int kRowsPerCta = kThreads / GROUP;
 };
 
+// Registers a thread of a register tier may use for ELEMS elements: x, dy and the two sums
+// (4 floats an element) plus addressing, and 16-bit values' conversions. The parameter and
+// output dtypes are runtime branches (MixedIn); left free, ptxas spends ~20-45 more
+// registers keeping both paths' values live and loses a CTA per SM. With this budget none
+// spills on sm_80 or sm_90 (tests/kernel_resources.rs).
+template <typename T, int ELEMS>
+constexpr int kBwdRegisters = ELEMS <= 8 ? (sizeof(T) == 4 ? 64 : 80) : (ELEMS <= 16 ? 128 : 168);
+
 // The per-element terms of one row: xhat (what dscale multiplies) and u (what S2 multiplies
 // in dx), from x and the saved statistics.
 struct RowTerms {
@@ -36,14 +44,14 @@ struct RowTerms {
 };
 
 __device__ __forceinline__ RowTerms row_terms(const WarpnormBwdParams& p, long long row) {
-    const float mean = p.mean[row];
-    return {mean, p.rstd[row], p.kind == WARPNORM_LAYER_NORM ? mean : 0.f, p.kind};
+    const float mean = load(&p.mean[row]);
+    return {mean, load(&p.rstd[row]), p.kind == WARPNORM_LAYER_NORM ? mean : 0.f, p.kind};
 }
 
-template <typename P, int VEC>
+template <typename T, int VEC>
 __device__ __forceinline__ void load_scale(const WarpnormBwdParams& p, long long col, float* scale) {
     if (p.scale) {
-        load_vec<P, VEC>(static_cast<const P*>(p.scale) + col, scale);
+        MixedIn<T>(p.scale, p.param_dtype).template load<VEC>(col, scale);
     } else {
 #pragma unroll
         for (int i = 0; i < VEC; ++i) scale[i] = 1.f;
@@ -53,7 +61,7 @@ __device__ __forceinline__ void load_scale(const WarpnormBwdParams& p, long long
 template <int VEC>
 __device__ __forceinline__ void load_mask(const WarpnormBwdParams& p, long long row, long long col, float* m) {
 #pragma unroll
-    for (int i = 0; i < VEC; ++i) m[i] = (!p.mask || p.mask[row * p.mask_stride + col + i]) ? 1.f : 0.f;
+    for (int i = 0; i < VEC; ++i) m[i] = (!p.mask || load(&p.mask[row * p.mask_stride + col + i])) ? 1.f : 0.f;
 }
 
 // Adds VEC elements to a row's {S1, S2, n}: sum g, sum g * xhat (g = dy * scale, every
@@ -81,8 +89,10 @@ template <int GROUP, int K> __device__ __forceinline__ void bwd_row_sum(float (&
 
 // Register tier: the row (x, dy) lives in registers and each thread keeps the dscale/dbias
 // sums of its own columns across all the rows its CTA visits.
-template <typename T, typename P, typename O, int VEC, int VECS, int GROUP>
-__global__ void __launch_bounds__(BwdLayout<GROUP>::kThreads, 1) layer_norm_bwd(const WarpnormBwdParams p) {
+template <typename T, int VEC, int VECS, int GROUP>
+__global__ void __launch_bounds__(BwdLayout<GROUP>::kThreads,
+                                  ctas_for_registers(BwdLayout<GROUP>::kThreads, kBwdRegisters<T, VEC * VECS>))
+    layer_norm_bwd(const WarpnormBwdParams p) {
     constexpr int kElems = VEC * VECS;
     constexpr int kThreads = BwdLayout<GROUP>::kThreads;
     constexpr int kRowsPerCta = BwdLayout<GROUP>::kRowsPerCta;
@@ -93,6 +103,7 @@ __global__ void __launch_bounds__(BwdLayout<GROUP>::kThreads, 1) layer_norm_bwd(
     const int lane = threadIdx.x % GROUP;
     const int slot = threadIdx.x / GROUP;
     const float n_all = float(p.cols);
+    const MixedIn<T> dy_in(p.dy, p.out_dtype);
 
     float acc_scale[kElems], acc_bias[kElems];
 #pragma unroll
@@ -114,8 +125,8 @@ __global__ void __launch_bounds__(BwdLayout<GROUP>::kThreads, 1) layer_norm_bwd(
             if (row_valid && col < p.cols) {
                 float scale[VEC], m[VEC];
                 load_vec<T, VEC>(static_cast<const T*>(p.x) + row * p.x_stride + col, xv);
-                load_vec<O, VEC>(static_cast<const O*>(p.dy) + row * p.dy_stride + col, dyv);
-                load_scale<P, VEC>(p, col, scale);
+                dy_in.template load<VEC>(row * p.dy_stride + col, dyv);
+                load_scale<T, VEC>(p, col, scale);
                 load_mask<VEC>(p, row, col, m);
                 add_row_sums<VEC>(t, xv, dyv, scale, m, sums);
             } else {
@@ -140,7 +151,7 @@ __global__ void __launch_bounds__(BwdLayout<GROUP>::kThreads, 1) layer_norm_bwd(
             if (!row_valid || col >= p.cols) continue;
             // scale is re-read (L1-resident) rather than kept: registers go to x and dy.
             float scale[VEC], m[VEC], dx[VEC];
-            load_scale<P, VEC>(p, col, scale);
+            load_scale<T, VEC>(p, col, scale);
             load_mask<VEC>(p, row, col, m);
 #pragma unroll
             for (int i = 0; i < VEC; ++i) {
@@ -166,8 +177,8 @@ __global__ void __launch_bounds__(BwdLayout<GROUP>::kThreads, 1) layer_norm_bwd(
             if (col >= p.cols) continue;
 #pragma unroll
             for (int i = 0; i < VEC; ++i) {
-                if (part_scale) part_scale[col + i] = acc_scale[v * VEC + i];
-                if (part_bias) part_bias[col + i] = acc_bias[v * VEC + i];
+                if (part_scale) store(&part_scale[col + i], acc_scale[v * VEC + i]);
+                if (part_bias) store(&part_bias[col + i], acc_bias[v * VEC + i]);
             }
         }
     } else {
@@ -191,45 +202,53 @@ __global__ void __launch_bounds__(BwdLayout<GROUP>::kThreads, 1) layer_norm_bwd(
                 s += slots[k * p.cols + col];
                 b += slots[stride + k * p.cols + col];
             }
-            if (part_scale) part_scale[col] = s;
-            if (part_bias) part_bias[col] = b;
+            if (part_scale) store(&part_scale[col], s);
+            if (part_bias) store(&part_bias[col], b);
         }
     }
 }
 
-// CTA per row for any length. Two passes over x and dy (the second mostly from L2);
-// the dscale/dbias sums live in shared memory when 2 * cols floats fit (SMEM_ACC), else
-// directly in this CTA's own partial rows in global memory.
-template <typename T, typename P, typename O, int VEC, bool SMEM_ACC>
+// CTA per row for any length (and the scalar path's kernel at every length, with a CTA
+// sized to the row). Two passes over x and dy (the second mostly from L2); the
+// dscale/dbias sums live in shared memory when 2 * cols floats fit (SMEM_ACC), else
+// directly in this CTA's own partial rows in global memory. A null partial pointer means
+// that gradient is not wanted: it is neither accumulated nor written.
+template <typename T, int VEC, bool SMEM_ACC>
 __global__ void __launch_bounds__(WARPNORM_CTA_MAX_THREADS, 1) layer_norm_bwd_cta(const WarpnormBwdParams p) {
     WARPNORM_DYNAMIC_SMEM(smem);
     float* scratch = smem;
     const long long step = (long long)blockDim.x * VEC;
-    float* acc_scale;
-    float* acc_bias;
+    const MixedIn<T> dy_in(p.dy, p.out_dtype);
+    const bool want_scale = p.partial_dscale != nullptr;
+    const bool want_bias = p.partial_dbias != nullptr;
+    float* acc_scale = nullptr;
+    float* acc_bias = nullptr;
     if constexpr (SMEM_ACC) {
         acc_scale = smem + WARPNORM_CTA_SCRATCH_FLOATS;
         acc_bias = acc_scale + p.cols;
     } else {
-        acc_scale = p.partial_dscale + (long long)blockIdx.x * p.cols;
-        acc_bias = p.partial_dbias + (long long)blockIdx.x * p.cols;
+        if (want_scale) acc_scale = p.partial_dscale + (long long)blockIdx.x * p.cols;
+        if (want_bias) acc_bias = p.partial_dbias + (long long)blockIdx.x * p.cols;
     }
     // Each thread only ever touches its own columns of the accumulators: no barrier needed.
     for (long long col = (long long)threadIdx.x * VEC; col < p.cols; col += step) {
 #pragma unroll
-        for (int i = 0; i < VEC; ++i) acc_scale[col + i] = acc_bias[col + i] = 0.f;
+        for (int i = 0; i < VEC; ++i) {
+            if (want_scale) store(&acc_scale[col + i], 0.f);
+            if (want_bias) store(&acc_bias[col + i], 0.f);
+        }
     }
 
     for (long long row = blockIdx.x; row < p.rows; row += gridDim.x) {
         const RowTerms t = row_terms(p, row);
         const T* x_row = static_cast<const T*>(p.x) + row * p.x_stride;
-        const O* dy_row = static_cast<const O*>(p.dy) + row * p.dy_stride;
+        const long long dy_row = row * p.dy_stride;
         float sums[3] = {0.f, 0.f, 0.f};
         for (long long col = (long long)threadIdx.x * VEC; col < p.cols; col += step) {
             float x[VEC], dy[VEC], scale[VEC], m[VEC];
             load_vec<T, VEC>(x_row + col, x);
-            load_vec<O, VEC>(dy_row + col, dy);
-            load_scale<P, VEC>(p, col, scale);
+            dy_in.template load<VEC>(dy_row + col, dy);
+            load_scale<T, VEC>(p, col, scale);
             load_mask<VEC>(p, row, col, m);
             add_row_sums<VEC>(t, x, dy, scale, m, sums);
         }
@@ -239,28 +258,27 @@ __global__ void __launch_bounds__(WARPNORM_CTA_MAX_THREADS, 1) layer_norm_bwd_ct
         for (long long col = (long long)threadIdx.x * VEC; col < p.cols; col += step) {
             float x[VEC], dy[VEC], scale[VEC], m[VEC], dx[VEC];
             load_vec<T, VEC>(x_row + col, x);
-            load_vec<O, VEC>(dy_row + col, dy);
-            load_scale<P, VEC>(p, col, scale);
+            dy_in.template load<VEC>(dy_row + col, dy);
+            load_scale<T, VEC>(p, col, scale);
             load_mask<VEC>(p, row, col, m);
 #pragma unroll
             for (int i = 0; i < VEC; ++i) {
                 const float u = t.u(x[i]);
                 dx[i] = t.rstd * (dy[i] * scale[i] - stats_grad(m[i], (c1s1 + u * sums[1]) * inv_n, u));
-                acc_scale[col + i] += dy[i] * t.xhat(x[i]);
-                acc_bias[col + i] += dy[i];
+                if (want_scale) store(&acc_scale[col + i], load(&acc_scale[col + i]) + dy[i] * t.xhat(x[i]));
+                if (want_bias) store(&acc_bias[col + i], load(&acc_bias[col + i]) + dy[i]);
             }
             store_vec<T, VEC>(static_cast<T*>(p.dx) + row * p.dx_stride + col, dx);
         }
     }
 
     if constexpr (SMEM_ACC) {
-        float* part_scale = p.partial_dscale + (long long)blockIdx.x * p.cols;
-        float* part_bias = p.partial_dbias + (long long)blockIdx.x * p.cols;
+        const long long part = (long long)blockIdx.x * p.cols;
         for (long long col = (long long)threadIdx.x * VEC; col < p.cols; col += step) {
 #pragma unroll
             for (int i = 0; i < VEC; ++i) {
-                part_scale[col + i] = acc_scale[col + i];
-                part_bias[col + i] = acc_bias[col + i];
+                if (want_scale) store(&p.partial_dscale[part + col + i], acc_scale[col + i]);
+                if (want_bias) store(&p.partial_dbias[part + col + i], acc_bias[col + i]);
             }
         }
     }
@@ -272,22 +290,25 @@ template <typename P> __global__ void __launch_bounds__(WARPNORM_FINALIZE_THREAD
     for (long long col = (long long)blockIdx.x * blockDim.x + threadIdx.x; col < p.cols;
          col += (long long)gridDim.x * blockDim.x) {
         float sum = 0.f;
-        for (int part = 0; part < p.parts; ++part) sum += p.partial[(long long)part * p.cols + col];
-        static_cast<P*>(p.out)[col] = from_float<P>(sum);
+        for (int part = 0; part < p.parts; ++part) sum += load(&p.partial[(long long)part * p.cols + col]);
+        store(&static_cast<P*>(p.out)[col], from_float<P>(sum));
     }
 }
 
 // Channels-first backward ([outer, cols, inner] over cols): a thread per row as in the
 // forward. dscale/dbias: each warp sums its 32 rows per column with a butterfly and lane 0
 // adds the result to the warp's own partial row, so parts = gridDim.x * warps per CTA.
-template <typename T, typename P, typename O>
+template <typename T>
 __global__ void __launch_bounds__(WARPNORM_STRIDED_THREADS) layer_norm_bwd_strided(const WarpnormStridedBwdParams p) {
     const long long rows = p.outer * p.inner;
     const int lane = threadIdx.x % kWarpSize;
     const long long part = (long long)blockIdx.x * (blockDim.x / kWarpSize) + threadIdx.x / kWarpSize;
     float* part_scale = p.partial_dscale + part * p.cols;
     float* part_bias = p.partial_dbias + part * p.cols;
-    for (long long c = lane; c < p.cols; c += kWarpSize) part_scale[c] = part_bias[c] = 0.f;
+    for (long long c = lane; c < p.cols; c += kWarpSize) {
+        store(&part_scale[c], 0.f);
+        store(&part_bias[c], 0.f);
+    }
     __syncwarp();
 
     const long long step = (long long)gridDim.x * blockDim.x;
@@ -297,18 +318,19 @@ __global__ void __launch_bounds__(WARPNORM_STRIDED_THREADS) layer_norm_bwd_strid
         const bool valid = row < rows;
         const long long o = valid ? row / p.inner : 0, i = valid ? row % p.inner : 0;
         const T* x = static_cast<const T*>(p.x) + o * p.cols * p.inner + i;
-        const O* dy = static_cast<const O*>(p.dy) + o * p.cols * p.inner + i;
+        const MixedIn<T> dy(p.dy, p.out_dtype), scale_in(p.scale, p.param_dtype);
+        const long long first_dy = o * p.cols * p.inner + i;
         T* dx = static_cast<T*>(p.dx) + o * p.cols * p.inner + i;
-        const float mean = valid ? p.mean[row] : 0.f, rstd = valid ? p.rstd[row] : 0.f;
+        const float mean = valid ? load(&p.mean[row]) : 0.f, rstd = valid ? load(&p.rstd[row]) : 0.f;
         const RowTerms t = {mean, rstd, p.kind == WARPNORM_LAYER_NORM ? mean : 0.f, p.kind};
 
         float s1 = 0.f, s2 = 0.f;
         if (valid) {
             for (long long c = 0; c < p.cols; ++c) {
-                const float scale = p.scale ? to_float(static_cast<const P*>(p.scale)[c]) : 1.f;
-                const float g = to_float(dy[c * p.inner]) * scale;
+                const float scale = p.scale ? scale_in[c] : 1.f;
+                const float g = dy[first_dy + c * p.inner] * scale;
                 s1 += g;
-                s2 += g * t.xhat(to_float(x[c * p.inner]));
+                s2 += g * t.xhat(to_float(load(&x[c * p.inner])));
             }
         }
         const float c1s1 = t.c1() * s1;
@@ -316,21 +338,23 @@ __global__ void __launch_bounds__(WARPNORM_STRIDED_THREADS) layer_norm_bwd_strid
         for (long long c = 0; c < p.cols; ++c) {
             float ds = 0.f, db = 0.f;
             if (valid) {
-                const float scale = p.scale ? to_float(static_cast<const P*>(p.scale)[c]) : 1.f;
-                const float xv = to_float(x[c * p.inner]);
-                const float dyv = to_float(dy[c * p.inner]);
-                dx[c * p.inner] = from_float<T>(t.rstd * (dyv * scale - (c1s1 + t.u(xv) * s2) * inv_n));
+                const float scale = p.scale ? scale_in[c] : 1.f;
+                const float xv = to_float(load(&x[c * p.inner]));
+                const float dyv = dy[first_dy + c * p.inner];
+                store(&dx[c * p.inner], from_float<T>(t.rstd * (dyv * scale - (c1s1 + t.u(xv) * s2) * inv_n)));
                 ds = dyv * t.xhat(xv);
                 db = dyv;
             }
             ds = group_sum<kWarpSize>(ds);
             db = group_sum<kWarpSize>(db);
             if (lane == 0) {
-                part_scale[c] += ds;
-                part_bias[c] += db;
+                store(&part_scale[c], load(&part_scale[c]) + ds);
+                store(&part_bias[c], load(&part_bias[c]) + db);
             }
         }
     }
 }
 
 }  // namespace warpnorm
+
+#include "finalize_v2.cuh"

@@ -45,7 +45,7 @@ template <int VEC, int VECS, int GROUP> struct RowWeights {
     __device__ __forceinline__ float operator()(int v, int i) const {
         if (!in_row[v]) return 0.f;
         if (!mask) return 1.f;
-        return mask[(long long)(v * GROUP + lane) * VEC + i] ? 1.f : 0.f;
+        return load(&mask[(long long)(v * GROUP + lane) * VEC + i]) ? 1.f : 0.f;
     }
 };
 
@@ -105,18 +105,18 @@ __device__ __forceinline__ float2 row_mean_var(const float (&x)[VEC * VECS], con
 }
 
 // Applies the normalisation to VEC elements starting at column `col` and stores them.
-template <typename P, typename O, int VEC>
+template <typename T, int VEC>
 __device__ __forceinline__ void normalize_store(const WarpnormFwdParams& p, const float* x, float mean, float rstd,
                                                 long long row, long long col) {
     float scale[VEC], bias[VEC], y[VEC];
     if (p.scale) {
-        load_vec<P, VEC>(static_cast<const P*>(p.scale) + col, scale);
+        MixedIn<T>(p.scale, p.param_dtype).template load<VEC>(col, scale);
     } else {
 #pragma unroll
         for (int i = 0; i < VEC; ++i) scale[i] = 1.f;
     }
     if (p.bias) {
-        load_vec<P, VEC>(static_cast<const P*>(p.bias) + col, bias);
+        MixedIn<T>(p.bias, p.param_dtype).template load<VEC>(col, bias);
     } else {
 #pragma unroll
         for (int i = 0; i < VEC; ++i) bias[i] = 0.f;
@@ -125,18 +125,26 @@ __device__ __forceinline__ void normalize_store(const WarpnormFwdParams& p, cons
     const float shift = p.kind == WARPNORM_LAYER_NORM ? mean : 0.f;
 #pragma unroll
     for (int i = 0; i < VEC; ++i) y[i] = (x[i] - shift) * rstd * scale[i] + bias[i];
-    store_vec<O, VEC>(static_cast<O*>(p.y) + row * p.y_stride + col, y);
+    MixedOut<T>(p.y, p.out_dtype).template store<VEC>(row * p.y_stride + col, y);
 }
 
 // Weights of VEC elements of a row: 1 when the element counts towards the statistics.
 template <int VEC>
 __device__ __forceinline__ void load_weights(const WarpnormFwdParams& p, long long row, long long col, float* w) {
 #pragma unroll
-    for (int i = 0; i < VEC; ++i) w[i] = (!p.mask || p.mask[row * p.mask_stride + col + i]) ? 1.f : 0.f;
+    for (int i = 0; i < VEC; ++i) w[i] = (!p.mask || load(&p.mask[row * p.mask_stride + col + i])) ? 1.f : 0.f;
 }
 
-template <typename T, typename P, typename O, int VEC, int VECS, int GROUP>
-__global__ void __launch_bounds__(GroupLayout<GROUP>::kThreads, 1) layer_norm_fwd(const WarpnormFwdParams p) {
+// Registers a thread of a register tier may use: the parameter and output dtypes are
+// runtime branches (MixedIn / MixedOut), and left free ptxas spends ~20 more registers
+// keeping both paths' values live, halving the occupancy of the 16-bit CTA tiers. With
+// this budget none spills on sm_80 or sm_90 (tests/kernel_resources.rs).
+template <int ELEMS> constexpr int kFwdRegisters = ELEMS <= 16 ? 64 : 80;
+
+template <typename T, int VEC, int VECS, int GROUP>
+__global__ void __launch_bounds__(GroupLayout<GROUP>::kThreads,
+                                  ctas_for_registers(GroupLayout<GROUP>::kThreads, kFwdRegisters<VEC * VECS>))
+    layer_norm_fwd(const WarpnormFwdParams p) {
     constexpr int kElems = VEC * VECS;
     constexpr int kRowsPerCta = GroupLayout<GROUP>::kRowsPerCta;
     __shared__ float scratch[3 * GroupLayout<GROUP>::kThreads / kWarpSize];
@@ -171,13 +179,13 @@ __global__ void __launch_bounds__(GroupLayout<GROUP>::kThreads, 1) layer_norm_fw
         const float2 mv = row_mean_var<GROUP, VEC, VECS>(x, w, p.kind, p.fast_variance, scratch);
         const float rstd = rstd_of(mv.y, p.eps);
         if (row_valid && lane == 0) {
-            if (p.mean) p.mean[row] = mv.x;
-            if (p.rstd) p.rstd[row] = rstd;
+            if (p.mean) store(&p.mean[row], mv.x);
+            if (p.rstd) store(&p.rstd[row], rstd);
         }
 #pragma unroll
         for (int v = 0; v < VECS; ++v) {
             const long long col = (long long)(v * GROUP + lane) * VEC;
-            if (w.in_row[v]) normalize_store<P, O, VEC>(p, &x[v * VEC], mv.x, rstd, row, col);
+            if (w.in_row[v]) normalize_store<T, VEC>(p, &x[v * VEC], mv.x, rstd, row, col);
         }
     }
 }
@@ -217,7 +225,7 @@ __device__ __forceinline__ Moments warp_merge(Moments m) {
     return m;
 }
 
-template <typename T, typename P, typename O, int VEC, bool CACHE>
+template <typename T, int VEC, bool CACHE>
 __global__ void __launch_bounds__(WARPNORM_CTA_MAX_THREADS, 1) layer_norm_fwd_cta(const WarpnormFwdParams p) {
     WARPNORM_DYNAMIC_SMEM(smem);
     float* scratch = smem;
@@ -232,8 +240,8 @@ __global__ void __launch_bounds__(WARPNORM_CTA_MAX_THREADS, 1) layer_norm_fwd_ct
         float sums[3] = {0.f, 0.f, 0.f};  // n, sum x, sum x^2 (sum-of-squares forms)
         for (long long col = (long long)threadIdx.x * VEC; col < p.cols; col += step) {
             // One 16-byte load: kept raw in the row cache, widened to f32 for the sums.
-            const Pack<T, VEC> raw = *reinterpret_cast<const Pack<T, VEC>*>(x_row + col);
-            if constexpr (CACHE) *reinterpret_cast<Pack<T, VEC>*>(cached_row + col) = raw;
+            const Pack<T, VEC> raw = load_pack<T, VEC>(x_row + col);
+            if constexpr (CACHE) store_pack<T, VEC>(cached_row + col, raw);
             float x[VEC], w[VEC];
 #pragma unroll
             for (int i = 0; i < VEC; ++i) x[i] = to_float(raw.v[i]);
@@ -262,14 +270,14 @@ __global__ void __launch_bounds__(WARPNORM_CTA_MAX_THREADS, 1) layer_norm_fwd_ct
         }
         const float rstd = rstd_of(var, p.eps);
         if (threadIdx.x == 0) {
-            if (p.mean) p.mean[row] = mean;
-            if (p.rstd) p.rstd[row] = rstd;
+            if (p.mean) store(&p.mean[row], mean);
+            if (p.rstd) store(&p.rstd[row], rstd);
         }
         // Each thread re-reads exactly the columns it cached, so no barrier is needed here.
         for (long long col = (long long)threadIdx.x * VEC; col < p.cols; col += step) {
             float x[VEC];
             load_vec<T, VEC>(CACHE ? cached_row + col : x_row + col, x);
-            normalize_store<P, O, VEC>(p, x, mean, rstd, row, col);
+            normalize_store<T, VEC>(p, x, mean, rstd, row, col);
         }
         if constexpr (CACHE) __syncthreads();  // the next row overwrites the cache
     }
@@ -278,21 +286,23 @@ __global__ void __launch_bounds__(WARPNORM_CTA_MAX_THREADS, 1) layer_norm_fwd_ct
 // Channels-first normalisation ([outer, cols, inner] over cols) without a transpose: a
 // thread per row, consecutive threads on consecutive inner positions so every column step
 // is a coalesced load across the warp.
-template <typename T, typename P, typename O>
+template <typename T>
 __global__ void __launch_bounds__(WARPNORM_STRIDED_THREADS) layer_norm_fwd_strided(const WarpnormStridedFwdParams p) {
     const long long rows = p.outer * p.inner;
     for (long long row = (long long)blockIdx.x * blockDim.x + threadIdx.x; row < rows;
          row += (long long)gridDim.x * blockDim.x) {
         const long long o = row / p.inner, i = row % p.inner;
         const T* x = static_cast<const T*>(p.x) + o * p.cols * p.inner + i;
-        O* y = static_cast<O*>(p.y) + o * p.cols * p.inner + i;
+        const long long first = o * p.cols * p.inner + i;
+        const MixedIn<T> scale(p.scale, p.param_dtype), bias(p.bias, p.param_dtype);
+        const MixedOut<T> y(p.y, p.out_dtype);
 
         float mean = 0.f, var;
         const float n = float(p.cols);
         if (p.kind == WARPNORM_RMS_NORM || p.fast_variance) {
             float s = 0.f, q = 0.f;
             for (long long c = 0; c < p.cols; ++c) {
-                const float v = to_float(x[c * p.inner]);
+                const float v = to_float(load(&x[c * p.inner]));
                 s += v;
                 q += v * v;
             }
@@ -300,23 +310,24 @@ __global__ void __launch_bounds__(WARPNORM_STRIDED_THREADS) layer_norm_fwd_strid
             var = q / n - mean * mean;
         } else {
             float s = 0.f;
-            for (long long c = 0; c < p.cols; ++c) s += to_float(x[c * p.inner]);
+            for (long long c = 0; c < p.cols; ++c) s += to_float(load(&x[c * p.inner]));
             mean = s / n;
             float m2 = 0.f;
             for (long long c = 0; c < p.cols; ++c) {
-                const float d = to_float(x[c * p.inner]) - mean;
+                const float d = to_float(load(&x[c * p.inner])) - mean;
                 m2 += d * d;
             }
             var = m2 / n;
         }
         const float rstd = rstd_of(var, p.eps);
-        if (p.mean) p.mean[row] = mean;
-        if (p.rstd) p.rstd[row] = rstd;
+        if (p.mean) store(&p.mean[row], mean);
+        if (p.rstd) store(&p.rstd[row], rstd);
         const float shift = p.kind == WARPNORM_LAYER_NORM ? mean : 0.f;
         for (long long c = 0; c < p.cols; ++c) {
-            const float scale = p.scale ? to_float(static_cast<const P*>(p.scale)[c]) : 1.f;
-            const float bias = p.bias ? to_float(static_cast<const P*>(p.bias)[c]) : 0.f;
-            y[c * p.inner] = from_float<O>((to_float(x[c * p.inner]) - shift) * rstd * scale + bias);
+            const float s = p.scale ? scale[c] : 1.f;
+            const float b = p.bias ? bias[c] : 0.f;
+            const float out = (to_float(load(&x[c * p.inner])) - shift) * rstd * s + b;
+            y.template store<1>(first + c * p.inner, &out);
         }
     }
 }

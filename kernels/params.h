@@ -36,6 +36,12 @@ enum WarpnormKind {
 };
 
 /*
+ * Storage dtypes. x (and dx) fixes the kernel instantiation; scale / bias (param_dtype)
+ * and y / dy (out_dtype) are each either x's dtype or f32, chosen per call.
+ */
+enum WarpnormDtype { WARPNORM_F32 = 0, WARPNORM_F16 = 1, WARPNORM_BF16 = 2 };
+
+/*
  * Rows of a 2-D view [rows, cols]: element (r, c) of x lives at x[r * x_stride + c].
  * mean / rstd may be null (inference: statistics not saved).
  * scale / bias may be null (use_scale / use_bias off). mask may be null (no flax mask);
@@ -57,6 +63,8 @@ typedef struct {
     float eps;
     int kind;          /* enum WarpnormKind */
     int fast_variance; /* flax use_fast_variance: E[x^2] - E[x]^2, clamped at 0 */
+    int param_dtype;   /* enum WarpnormDtype of scale and bias */
+    int out_dtype;     /* enum WarpnormDtype of y */
 } WarpnormFwdParams;
 
 /*
@@ -81,6 +89,8 @@ typedef struct {
     long long dx_stride;
     long long mask_stride;
     int kind;
+    int param_dtype; /* enum WarpnormDtype of scale */
+    int out_dtype;   /* enum WarpnormDtype of dy */
 } WarpnormBwdParams;
 
 /* out[c] = sum over p in 0..parts of partial[p * cols + c], in that order. */
@@ -90,6 +100,22 @@ typedef struct {
     long long cols;
     int parts;
 } WarpnormFinalizeParams;
+
+/*
+ * Both parameter gradients in one launch (kernels/finalize_v2.cuh): out[k][c] = the sum
+ * over p in 0..parts of partial[k][p * cols + c], for k < outputs, in a fixed order that
+ * depends on parts and cols only. Launch shape: one CTA of WARPNORM_FINALIZE_PAIR_THREADS
+ * threads per WARPNORM_FINALIZE_COLS columns of each output.
+ */
+#define WARPNORM_FINALIZE_COLS 32
+#define WARPNORM_FINALIZE_PAIR_THREADS 512
+typedef struct {
+    const float* partial[2];
+    void* out[2];
+    long long cols;
+    int parts;
+    int outputs;
+} WarpnormFinalizePairParams;
 
 /*
  * A reduction axis that is not innermost: x is [outer, cols, inner] (e.g. channels-first
@@ -109,6 +135,8 @@ typedef struct {
     float eps;
     int kind;
     int fast_variance;
+    int param_dtype;
+    int out_dtype;
 } WarpnormStridedFwdParams;
 
 typedef struct {
@@ -124,6 +152,8 @@ typedef struct {
     long long cols;
     long long inner;
     int kind;
+    int param_dtype;
+    int out_dtype;
 } WarpnormStridedBwdParams;
 
 /*

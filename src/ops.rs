@@ -30,6 +30,7 @@ use crate::cuda::{self, BufferGuards, CudaBackend};
 use crate::{Element, Result};
 
 pub use crate::cuda::norm::NormSpec;
+pub use crate::cuda::KernelGeneration;
 pub use crate::layout::Layout;
 
 /// Mean and rstd (f32, one per row) written by a training forward and read by backward.

@@ -234,7 +234,7 @@ fn check_runs_the_emulated_kernels_and_prints_json_records() {
             .filter(|r| r["variant"] == variant.name())
             .collect();
         assert!(of.iter().any(|r| r["status"] == "pass"), "{variant:?}: {v}");
-        for (x, p, o) in warpnorm::cuda::tiers::EMULATED_COMBOS {
+        for (x, p, o) in warpnorm::cuda::tiers::dtype_combos() {
             let combo: Vec<_> = of
                 .iter()
                 .filter(|r| r["x"] == x && r["param"] == p && r["out"] == o)

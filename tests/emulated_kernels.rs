@@ -12,7 +12,7 @@ use common::{
 };
 use half::{bf16, f16};
 use warpnorm::cuda::emulator::{self, HostBackward, HostForward};
-use warpnorm::ops::{Layout, NormSpec};
+use warpnorm::ops::{KernelGeneration, Layout, NormSpec};
 use warpnorm::reference::{self, Params};
 use warpnorm::{DType, Element, NormConfig, Tensor};
 
@@ -99,7 +99,14 @@ impl Case {
     }
 
     fn emulate<T: Element, P: Element, O: Element>(&self) -> Outputs {
-        let spec = NormSpec::from_config(&self.cfg);
+        self.emulate_with::<T, P, O>(KernelGeneration::V1)
+    }
+
+    fn emulate_with<T: Element, P: Element, O: Element>(
+        &self,
+        generation: KernelGeneration,
+    ) -> Outputs {
+        let spec = NormSpec::from_config(&self.cfg).with_kernels(generation);
         let (rows, n) = (self.layout.num_rows(), self.x.numel());
         let x: Vec<T> = host(&self.x);
         let scale: Option<Vec<P>> = self.scale.as_ref().map(host);
@@ -197,9 +204,16 @@ fn rows_for(cols: usize) -> usize {
 }
 
 fn matrix<T: Element, P: Element, O: Element>() -> Vec<String> {
+    matrix_on::<T, P, O>(&LENGTHS, KernelGeneration::V1)
+}
+
+fn matrix_on<T: Element, P: Element, O: Element>(
+    lengths: &[usize],
+    generation: KernelGeneration,
+) -> Vec<String> {
     assert!(emulator::supports::<T, P, O>());
     let mut failures = Vec::new();
-    for &cols in &LENGTHS {
+    for &cols in lengths {
         for (vi, &v) in VARIANTS.iter().enumerate() {
             let rows = rows_for(cols);
             let cfg = config(v, P::DTYPE, O::DTYPE);
@@ -214,9 +228,14 @@ fn matrix<T: Element, P: Element, O: Element>() -> Vec<String> {
                 v == Variant::Masked,
                 (cols * 8 + vi) as u64,
             );
-            let out = case.emulate::<T, P, O>();
+            let out = case.emulate_with::<T, P, O>(generation);
             for f in case.check(&out, T::DTYPE, P::DTYPE, O::DTYPE) {
-                failures.push(format!("{} {} {} {v:?}: {f}", T::DTYPE, P::DTYPE, O::DTYPE));
+                failures.push(format!(
+                    "{generation} {} {} {} {v:?}: {f}",
+                    T::DTYPE,
+                    P::DTYPE,
+                    O::DTYPE
+                ));
             }
         }
     }
@@ -247,6 +266,53 @@ fn bf16_with_f32_params_every_variant_and_tier() {
 #[test]
 fn f16_with_f32_output_every_variant_and_tier() {
     assert_none(matrix::<f16, f16, f32>());
+}
+
+/// One length per kernel of the selection: register tiers (sub-warp, warp, CTA), both CTA
+/// kernels with and without their shared-memory cache, and the scalar path.
+const KERNEL_LENGTHS: [usize; 6] = [64, 1000, 4096, 12288, 40960, 1025];
+
+/// Parameters and outputs are each x's dtype or f32, a branch inside each kernel: every
+/// combination on every kernel.
+#[test]
+fn every_dtype_combination_on_every_kernel() {
+    use half::{bf16 as B, f16 as H};
+    let mut failures = Vec::new();
+    failures.extend(matrix_on::<H, H, H>(&KERNEL_LENGTHS, KernelGeneration::V1));
+    failures.extend(matrix_on::<H, f32, H>(
+        &KERNEL_LENGTHS,
+        KernelGeneration::V1,
+    ));
+    failures.extend(matrix_on::<H, f32, f32>(
+        &KERNEL_LENGTHS,
+        KernelGeneration::V1,
+    ));
+    failures.extend(matrix_on::<B, B, B>(&KERNEL_LENGTHS, KernelGeneration::V1));
+    failures.extend(matrix_on::<B, B, f32>(
+        &KERNEL_LENGTHS,
+        KernelGeneration::V1,
+    ));
+    failures.extend(matrix_on::<B, f32, f32>(
+        &KERNEL_LENGTHS,
+        KernelGeneration::V1,
+    ));
+    assert_none(failures);
+}
+
+/// Kernels v2 (the one-launch finalize, the forward grid of whole waves) against the
+/// reference on every kernel and variant.
+#[test]
+fn v2_every_variant_on_every_kernel() {
+    let mut failures = matrix_on::<f32, f32, f32>(&KERNEL_LENGTHS, KernelGeneration::V2);
+    failures.extend(matrix_on::<bf16, f32, bf16>(
+        &KERNEL_LENGTHS,
+        KernelGeneration::V2,
+    ));
+    failures.extend(matrix_on::<f16, f16, f32>(
+        &KERNEL_LENGTHS,
+        KernelGeneration::V2,
+    ));
+    assert_none(failures);
 }
 
 #[test]
@@ -478,18 +544,20 @@ fn two_runs_are_bitwise_identical() {
             false,
             9,
         );
-        let a = case.emulate::<bf16, f32, bf16>();
-        let b = case.emulate::<bf16, f32, bf16>();
-        let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        assert_eq!(bits(&a.y), bits(&b.y));
-        assert_eq!(bits(&a.dx), bits(&b.dx));
-        assert_eq!(
-            bits(a.dscale.as_ref().unwrap()),
-            bits(b.dscale.as_ref().unwrap())
-        );
-        assert_eq!(
-            bits(a.dbias.as_ref().unwrap()),
-            bits(b.dbias.as_ref().unwrap())
-        );
+        for generation in KernelGeneration::ALL {
+            let a = case.emulate_with::<bf16, f32, bf16>(generation);
+            let b = case.emulate_with::<bf16, f32, bf16>(generation);
+            let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&a.y), bits(&b.y));
+            assert_eq!(bits(&a.dx), bits(&b.dx));
+            assert_eq!(
+                bits(a.dscale.as_ref().unwrap()),
+                bits(b.dscale.as_ref().unwrap())
+            );
+            assert_eq!(
+                bits(a.dbias.as_ref().unwrap()),
+                bits(b.dbias.as_ref().unwrap())
+            );
+        }
     }
 }

@@ -6,8 +6,11 @@
 // two warp barriers. It models what the kernels rely on: a kernel whose lanes diverge at
 // a shuffle or barrier deadlocks here, as it would be undefined behaviour on a GPU.
 // Shared memory starts as NaN so that a read before a write shows up in the results.
+// Global-memory accesses (WARPNORM_TRAFFIC in common.cuh) are counted per launch: the
+// byte-traffic model of tests/traffic.rs.
 #pragma once
 
+#include <atomic>
 #include <barrier>
 #include <cmath>
 #include <cstdint>
@@ -35,9 +38,22 @@ struct ThreadContext {
     std::barrier<>* warp_barrier;
     float* warp_exchange;  // 32 floats of this thread's warp
     float* dynamic_smem;
+    unsigned dynamic_smem_bytes;
+    // Global-memory bytes this thread loaded and stored in the current launch.
+    unsigned long long loaded, stored;
 };
 
 inline thread_local ThreadContext ctx;
+
+// An access through the kernels' load / store helpers: global memory unless it falls in
+// the block's dynamic shared memory (static __shared__ arrays are never accessed through
+// the helpers).
+inline void count_traffic(const void* address, unsigned long long bytes, bool is_store) {
+    const char* a = static_cast<const char*>(address);
+    const char* smem = reinterpret_cast<const char*>(ctx.dynamic_smem);
+    if (a >= smem && a < smem + ctx.dynamic_smem_bytes) return;
+    (is_store ? ctx.stored : ctx.loaded) += bytes;
+}
 
 inline unsigned lane() { return ctx.thread.x % 32; }
 
@@ -48,6 +64,7 @@ inline unsigned lane() { return ctx.thread.x % 32; }
 #define blockDim (::warpnorm_emu::ctx.block_dim)
 #define gridDim (::warpnorm_emu::ctx.grid_dim)
 #define WARPNORM_DYNAMIC_SMEM(name) float* name = ::warpnorm_emu::ctx.dynamic_smem
+#define WARPNORM_TRAFFIC(address, bytes, is_store) ::warpnorm_emu::count_traffic(address, bytes, is_store)
 
 inline void __syncthreads() { warpnorm_emu::ctx.block_barrier->arrive_and_wait(); }
 inline void __syncwarp(unsigned = 0xffffffffu) { warpnorm_emu::ctx.warp_barrier->arrive_and_wait(); }

@@ -34,10 +34,12 @@ const Kernel kKernels[] = {
 }  // namespace
 
 // Launches kernel `expr` with `params` on a `grid_x` x `grid_y` grid of blocks of `block`
-// threads with `smem_bytes` of dynamic shared memory. Returns 0, or -1 when `expr` is not
-// emulated, -2 for a block size that is not a whole number of warps.
+// threads with `smem_bytes` of dynamic shared memory, and sets `*loaded` / `*stored` to the
+// bytes of global memory it read and wrote. Returns 0, or -1 when `expr` is not emulated,
+// -2 for a block size that is not a whole number of warps.
 extern "C" int warpnorm_emu_launch(const char* expr, const void* params, unsigned grid_x, unsigned grid_y,
-                                   unsigned block, unsigned smem_bytes) {
+                                   unsigned block, unsigned smem_bytes, unsigned long long* loaded,
+                                   unsigned long long* stored) {
     Entry run = nullptr;
     for (const Kernel& k : kKernels) {
         if (std::string_view(k.expr) == expr) run = k.run;
@@ -51,6 +53,7 @@ extern "C" int warpnorm_emu_launch(const char* expr, const void* params, unsigne
     const unsigned warps = block / 32;
     std::vector<float> smem(smem_bytes / sizeof(float) + 1, std::numeric_limits<float>::quiet_NaN());
     std::vector<float> exchange(block, 0.f);
+    std::atomic<unsigned long long> total_loaded{0}, total_stored{0};
     std::barrier<> block_barrier(block);
     std::vector<std::unique_ptr<std::barrier<>>> warp_barriers;
     for (unsigned w = 0; w < warps; ++w) warp_barriers.push_back(std::make_unique<std::barrier<>>(32));
@@ -69,6 +72,8 @@ extern "C" int warpnorm_emu_launch(const char* expr, const void* params, unsigne
             c.warp_barrier = warp_barriers[t / 32].get();
             c.warp_exchange = &exchange[(t / 32) * 32];
             c.dynamic_smem = smem.data();
+            c.dynamic_smem_bytes = smem_bytes;
+            c.loaded = c.stored = 0;
             for (unsigned b = 0; b < grid_x * grid_y; ++b) {
                 c.block = {b % grid_x, b / grid_x, 0};
                 run(params);
@@ -76,8 +81,12 @@ extern "C" int warpnorm_emu_launch(const char* expr, const void* params, unsigne
                 if (t == 0) std::fill(smem.begin(), smem.end(), std::numeric_limits<float>::quiet_NaN());
                 block_barrier.arrive_and_wait();
             }
+            total_loaded += c.loaded;
+            total_stored += c.stored;
         });
     }
     for (auto& th : threads) th.join();
+    *loaded = total_loaded;
+    *stored = total_stored;
     return 0;
 }

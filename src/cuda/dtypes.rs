@@ -35,13 +35,11 @@ impl Dtypes {
             .collect()
     }
 
-    /// The combinations the CPU emulation compiles (a subset of [`Dtypes::compiled`]).
+    /// The combinations the CPU emulation runs: all of [`Dtypes::compiled`], since it
+    /// compiles every instantiation of `tiers::EMULATED_SOURCES`.
     #[cfg(feature = "emulator")]
     pub fn emulated() -> Vec<Dtypes> {
-        tiers::EMULATED_COMBOS
-            .iter()
-            .map(|&(x, p, o)| Dtypes::from_short_names(x, p, o))
-            .collect()
+        Dtypes::compiled()
     }
 
     /// `tiers`' names are the short names of [`DType`]; a typo there fails every test.

@@ -5,12 +5,14 @@
 //! exists to test the kernels on machines without a GPU; it is far too slow for anything
 //! else.
 //!
-//! Only the dtype combinations in [`Dtypes::emulated`] are compiled; others return
-//! [`Error::Unsupported`].
+//! Every dtype combination the kernels take is compiled ([`Dtypes::emulated`]). Every
+//! launch is measured: [`traffic`] returns the global-memory bytes each kernel loaded and
+//! stored, the byte-traffic model tests/traffic.rs holds the kernels to.
 
 pub mod sharded;
 
-use std::ffi::{c_char, c_int, c_void, CString};
+use std::cell::RefCell;
+use std::ffi::{c_char, c_int, c_ulonglong, c_void, CString};
 
 use cudarc::driver::{DeviceRepr, LaunchConfig};
 
@@ -29,7 +31,34 @@ extern "C" {
         grid_y: u32,
         block: u32,
         smem_bytes: u32,
+        loaded: *mut c_ulonglong,
+        stored: *mut c_ulonglong,
     ) -> c_int;
+}
+
+/// Global-memory bytes one emulated launch read and wrote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LaunchTraffic {
+    /// The kernel's name expression (`tiers::expr`).
+    pub kernel: String,
+    /// CTAs and threads per CTA it ran with.
+    pub grid: u32,
+    pub block: u32,
+    pub loaded: u64,
+    pub stored: u64,
+}
+
+thread_local! {
+    static TRAFFIC: RefCell<Option<Vec<LaunchTraffic>>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` and returns, with its result, the traffic of every emulated launch it made on
+/// this thread, in launch order.
+pub fn traffic<R>(f: impl FnOnce() -> R) -> (R, Vec<LaunchTraffic>) {
+    let outer = TRAFFIC.with(|t| t.borrow_mut().replace(Vec::new()));
+    let r = f();
+    let launches = TRAFFIC.with(|t| std::mem::replace(&mut *t.borrow_mut(), outer));
+    (r, launches.unwrap_or_default())
 }
 
 /// SMs of the emulated device: few, so that grids are small (every CUDA thread is a host
@@ -63,10 +92,12 @@ impl Launch for Emulator {
         cfg: LaunchConfig,
     ) -> Result<()> {
         let name = CString::new(expr).map_err(|_| Error::Unsupported(expr.to_string()))?;
+        let (mut loaded, mut stored): (c_ulonglong, c_ulonglong) = (0, 0);
         // SAFETY: `params` is the kernel's parameter struct, built by `norm.rs` from
         // host slices whose lengths the public functions below checked exactly as ops
         // checks device buffers; the harness reads it as that struct for `expr`, and the
-        // pointers stay valid until it returns (it joins every thread).
+        // pointers stay valid until it returns (it joins every thread). `loaded` and
+        // `stored` are ours to write.
         let rc = unsafe {
             warpnorm_emu_launch(
                 name.as_ptr(),
@@ -75,12 +106,27 @@ impl Launch for Emulator {
                 cfg.grid_dim.1,
                 cfg.block_dim.0,
                 cfg.shared_mem_bytes,
+                &mut loaded,
+                &mut stored,
             )
         };
+        if rc == 0 {
+            TRAFFIC.with(|t| {
+                if let Some(log) = t.borrow_mut().as_mut() {
+                    log.push(LaunchTraffic {
+                        kernel: expr.to_string(),
+                        grid: cfg.grid_dim.0,
+                        block: cfg.block_dim.0,
+                        loaded,
+                        stored,
+                    });
+                }
+            });
+        }
         match rc {
             0 => Ok(()),
             -1 => Err(Error::Unsupported(format!(
-                "kernel `{expr}` is not compiled into the CPU emulation (see tiers::EMULATED_COMBOS)"
+                "kernel `{expr}` is not compiled into the CPU emulation (see tiers::EMULATED_SOURCES)"
             ))),
             _ => Err(Error::Unsupported(format!(
                 "the CPU emulation cannot run {expr} with {cfg:?}"
@@ -89,7 +135,8 @@ impl Launch for Emulator {
     }
 }
 
-/// Whether the emulation has the kernels of this dtype combination.
+/// Whether the emulation has the kernels of this dtype combination: every combination
+/// the kernels take ([`tiers::dtype_combos`]).
 pub fn supports<T: Element, P: Element, O: Element>() -> bool {
     Dtypes::emulated().contains(&Dtypes::of::<T, P, O>())
 }

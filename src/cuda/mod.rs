@@ -9,6 +9,7 @@ pub mod driver;
 mod dtypes;
 #[cfg(feature = "emulator")]
 pub mod emulator;
+mod generation;
 mod guards;
 pub mod kernels;
 mod launch;
@@ -32,6 +33,7 @@ use kernels::{Image, ImageKind, IMAGES};
 
 pub use driver::{CudaVersion, DriverSupport};
 pub use dtypes::Dtypes;
+pub use generation::{KernelGeneration, KERNELS_ENV};
 pub(crate) use guards::BufferGuards;
 pub(crate) use launch::OnStream;
 pub use select::backward_workspace_len;

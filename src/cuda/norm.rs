@@ -8,10 +8,12 @@
 
 use cudarc::driver::LaunchConfig;
 
+use super::generation::KernelGeneration;
 use super::launch::{launch_config, Launch};
 use super::params::{
-    kind_code, WarpnormBwdParams, WarpnormFinalizeParams, WarpnormFwdParams,
-    WarpnormStridedBwdParams, WarpnormStridedFwdParams, WARPNORM_FINALIZE_THREADS,
+    dtype_code, kind_code, WarpnormBwdParams, WarpnormFinalizePairParams, WarpnormFinalizeParams,
+    WarpnormFwdParams, WarpnormStridedBwdParams, WarpnormStridedFwdParams,
+    WARPNORM_FINALIZE_PAIR_THREADS, WARPNORM_FINALIZE_THREADS,
 };
 use super::select::{self, Plan, STRIDED_THREADS};
 use super::tiers::expr;
@@ -27,6 +29,9 @@ pub struct NormSpec {
     pub eps: f32,
     /// flax `use_fast_variance`: `E[x^2] - E[x]^2` (clamped at 0) instead of the two-pass form.
     pub fast_variance: bool,
+    /// Which kernels run the call; `None`: the `WARPNORM_KERNELS` environment variable
+    /// (`v1` or `v2`), else v1.
+    pub kernels: Option<KernelGeneration>,
 }
 
 impl NormSpec {
@@ -35,11 +40,27 @@ impl NormSpec {
             kind: cfg.kind(),
             eps: cfg.eps() as f32,
             fast_variance: cfg.fast_variance(),
+            kernels: None,
         }
     }
 
+    /// The same spec run by the kernels of `generation`.
+    pub fn with_kernels(self, generation: KernelGeneration) -> Self {
+        Self {
+            kernels: Some(generation),
+            ..self
+        }
+    }
+
+    /// The generation of kernels a call with this spec runs; an error when it comes from
+    /// a `WARPNORM_KERNELS` that names none.
+    pub fn kernel_generation(&self) -> Result<KernelGeneration> {
+        self.kernels.map_or_else(KernelGeneration::from_env, Ok)
+    }
+
     pub(crate) fn validate(&self) -> Result<()> {
-        crate::config::epsilon_f32(self.eps.into()).map(drop)
+        crate::config::epsilon_f32(self.eps.into())?;
+        self.kernel_generation().map(drop)
     }
 }
 
@@ -147,12 +168,15 @@ pub(crate) fn forward<L: Launch, T: Element>(
                 eps: spec.eps,
                 kind: kind_code(spec.kind),
                 fast_variance: spec.fast_variance as i32,
+                param_dtype: dtype_code(d.param),
+                out_dtype: dtype_code(d.out),
             };
             let b = FwdLaunch {
                 params,
                 dtypes: d,
                 vec,
                 elem_bytes: T::DTYPE.size() as u32,
+                generation: spec.kernel_generation()?,
             };
             forward_rows(l, &b)
         }
@@ -170,6 +194,8 @@ pub(crate) fn forward<L: Launch, T: Element>(
                 eps: spec.eps,
                 kind: kind_code(spec.kind),
                 fast_variance: spec.fast_variance as i32,
+                param_dtype: dtype_code(d.param),
+                out_dtype: dtype_code(d.out),
             };
             forward_strided(l, &params, d)
         }
@@ -189,12 +215,15 @@ pub(crate) fn backward<L: Launch, T: Element>(
     let half = (a.workspace_len / 2) as u64 * 4;
     let (partial_dscale, partial_dbias) = (a.workspace, a.workspace + half);
     let kind = kind_code(spec.kind);
+    let (param_dtype, out_dtype) = (dtype_code(d.param), dtype_code(d.out));
+    let generation = spec.kernel_generation()?;
     let param_grads = |params: WarpnormBwdParams, vec: u32| BwdLaunch {
         params,
         dtypes: d,
         vec,
         dscale: a.dscale,
         dbias: a.dbias,
+        generation,
     };
     match layout {
         // No rows (either layout): backward_rows only zeroes dscale / dbias.
@@ -229,6 +258,8 @@ pub(crate) fn backward<L: Launch, T: Element>(
                 dx_stride: x_stride as _,
                 mask_stride: cols as _,
                 kind,
+                param_dtype,
+                out_dtype,
             };
             backward_rows(l, &param_grads(params, vec))
         }
@@ -246,6 +277,8 @@ pub(crate) fn backward<L: Launch, T: Element>(
                 cols: cols as _,
                 inner: inner as _,
                 kind,
+                param_dtype,
+                out_dtype,
             };
             let totals = param_grads(
                 WarpnormBwdParams {
@@ -265,6 +298,7 @@ struct FwdLaunch {
     pub dtypes: Dtypes,
     pub vec: u32,
     pub elem_bytes: u32,
+    pub generation: KernelGeneration,
 }
 
 /// A checked backward on rows (or only its parameter-gradient finalize, for the
@@ -276,6 +310,7 @@ struct BwdLaunch {
     /// Where the finalize kernel writes dscale / dbias (param dtype), if wanted.
     pub dscale: Option<u64>,
     pub dbias: Option<u64>,
+    pub generation: KernelGeneration,
 }
 
 fn config(grid: u32, threads: u32, smem: u32) -> LaunchConfig {
@@ -284,18 +319,24 @@ fn config(grid: u32, threads: u32, smem: u32) -> LaunchConfig {
 
 fn forward_rows<L: Launch>(l: &L, b: &FwdLaunch) -> Result<()> {
     let p = &b.params;
-    let (x, param, out) = b.dtypes.short_names();
+    let x = b.dtypes.x.short_name();
     let plan = select::forward_plan(p.cols as u64, b.vec, b.elem_bytes, l.max_smem_per_cta());
     let (name, smem) = match plan {
-        Plan::Rows(t) => (expr::fwd_rows(x, param, out, t), 0),
+        Plan::Rows(t) => (expr::fwd_rows(x, t), 0),
         Plan::Cta {
             vec,
             cached,
             smem_bytes,
             ..
-        } => (expr::fwd_cta(x, param, out, vec, cached), smem_bytes),
+        } => (expr::fwd_cta(x, vec, cached), smem_bytes),
     };
-    let grid = select::forward_grid(p.rows as u64, plan, l.sm_count());
+    let grid = match b.generation {
+        KernelGeneration::V1 => select::forward_grid(p.rows as u64, plan, l.sm_count()),
+        KernelGeneration::V2 => {
+            let resident = l.resident_ctas("layernorm_fwd", &name, plan.threads(), smem)?;
+            select::forward_grid_waves(p.rows as u64, plan, l.sm_count(), resident)
+        }
+    };
     l.launch(
         "layernorm_fwd",
         &name,
@@ -306,14 +347,27 @@ fn forward_rows<L: Launch>(l: &L, b: &FwdLaunch) -> Result<()> {
 
 fn forward_strided<L: Launch>(l: &L, p: &WarpnormStridedFwdParams, d: Dtypes) -> Result<()> {
     let grid = select::strided_forward_grid((p.outer * p.inner) as u64, l.sm_count());
-    let (x, param, out) = d.short_names();
-    let name = expr::fwd_strided(x, param, out);
+    let name = expr::fwd_strided(d.x.short_name());
     l.launch("layernorm_fwd", &name, p, config(grid, STRIDED_THREADS, 0))
 }
 
 fn backward_rows<L: Launch>(l: &L, b: &BwdLaunch) -> Result<()> {
-    let p = &b.params;
-    let (x, param, out) = b.dtypes.short_names();
+    let x = b.dtypes.x.short_name();
+    // Partial rows only for the gradients asked for (RMSNorm has no dbias): a null
+    // partial pointer tells the kernel not to accumulate that sum at all.
+    let p = &WarpnormBwdParams {
+        partial_dscale: if b.dscale.is_some() {
+            b.params.partial_dscale
+        } else {
+            std::ptr::null_mut()
+        },
+        partial_dbias: if b.dbias.is_some() {
+            b.params.partial_dbias
+        } else {
+            std::ptr::null_mut()
+        },
+        ..b.params
+    };
     if p.rows == 0 {
         // No rows: the parameter gradients are sums of nothing.
         return finalize_both(l, b, 0, 0, 0);
@@ -321,16 +375,13 @@ fn backward_rows<L: Launch>(l: &L, b: &BwdLaunch) -> Result<()> {
     let cols = p.cols as u64;
     let plan = select::backward_plan(cols, b.vec, l.max_smem_per_cta());
     let (name, smem) = match plan {
-        Plan::Rows(t) => (
-            expr::bwd_rows(x, param, out, t),
-            select::backward_rows_smem(t, cols),
-        ),
+        Plan::Rows(t) => (expr::bwd_rows(x, t), select::backward_rows_smem(t, cols)),
         Plan::Cta {
             vec,
             cached,
             smem_bytes,
             ..
-        } => (expr::bwd_cta(x, param, out, vec, cached), smem_bytes),
+        } => (expr::bwd_cta(x, vec, cached), smem_bytes),
     };
     let resident = l.resident_ctas("layernorm_bwd", &name, plan.threads(), smem)?;
     let grid = select::backward_grid(p.rows as u64, plan, l.sm_count(), resident);
@@ -350,9 +401,8 @@ fn backward_rows<L: Launch>(l: &L, b: &BwdLaunch) -> Result<()> {
 }
 
 fn backward_strided<L: Launch>(l: &L, p: &WarpnormStridedBwdParams, b: &BwdLaunch) -> Result<()> {
-    let (x, param, out) = b.dtypes.short_names();
     let grid = select::strided_backward_grid((p.outer * p.inner) as u64, l.sm_count());
-    let name = expr::bwd_strided(x, param, out);
+    let name = expr::bwd_strided(b.dtypes.x.short_name());
     l.launch("layernorm_bwd", &name, p, config(grid, STRIDED_THREADS, 0))?;
     let parts = grid as i32 * (STRIDED_THREADS as i32 / 32);
     finalize_both(l, b, p.partial_dscale as u64, p.partial_dbias as u64, parts)
@@ -367,7 +417,47 @@ fn finalize_both<L: Launch>(
     parts: i32,
 ) -> Result<()> {
     let outputs = [(partial_dscale, b.dscale), (partial_dbias, b.dbias)];
-    finalize_param_grads(l, b.dtypes.param, b.params.cols, parts, outputs)
+    match b.generation {
+        KernelGeneration::V1 => {
+            finalize_param_grads(l, b.dtypes.param, b.params.cols, parts, outputs)
+        }
+        KernelGeneration::V2 => finalize_pair(l, b.dtypes.param, b.params.cols, parts, outputs),
+    }
+}
+
+/// Kernels v2: every `(partial, out)` with an `out` summed by one launch of
+/// `finalize_pair` (same sums as [`finalize_param_grads`], a different fixed order).
+fn finalize_pair<L: Launch>(
+    l: &L,
+    param: DType,
+    cols: i64,
+    parts: i32,
+    outputs: [(u64, Option<u64>); 2],
+) -> Result<()> {
+    let mut p = WarpnormFinalizePairParams {
+        partial: [std::ptr::null(); 2],
+        out: [std::ptr::null_mut(); 2],
+        cols: cols as _,
+        parts,
+        outputs: 0,
+    };
+    for (partial, out) in outputs {
+        let Some(out) = out else { continue };
+        let k = p.outputs as usize;
+        p.partial[k] = partial as *const f32;
+        p.out[k] = out as *mut std::ffi::c_void;
+        p.outputs += 1;
+    }
+    if p.outputs == 0 {
+        return Ok(());
+    }
+    let grid = select::finalize_pair_grid(cols as u64, p.outputs as u32);
+    l.launch(
+        "layernorm_bwd",
+        &expr::finalize_pair(param.short_name()),
+        &p,
+        config(grid, WARPNORM_FINALIZE_PAIR_THREADS, 0),
+    )
 }
 
 /// For each `(partial, out)` with an `out`: `out[c]` (in `param`, the parameter dtype) =

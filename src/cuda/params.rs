@@ -19,6 +19,17 @@ pub(crate) const fn kind_code(kind: crate::NormKind) -> i32 {
     }
 }
 
+/// The `param_dtype` / `out_dtype` fields (`enum WarpnormDtype` of params.h) of a dtype.
+pub(crate) fn dtype_code(dtype: crate::DType) -> i32 {
+    use crate::DType;
+    let code = match dtype {
+        DType::F32 => WarpnormDtype::WARPNORM_F32,
+        DType::F16 => WarpnormDtype::WARPNORM_F16,
+        DType::BF16 => WarpnormDtype::WARPNORM_BF16,
+    };
+    code as i32
+}
+
 // SAFETY: the structs are `#[repr(C)]` (bindgen) mirrors of the C structs the kernels take
 // by value; they hold only integers, floats and raw device pointers.
 unsafe impl cudarc::driver::DeviceRepr for WarpnormFwdParams {}
@@ -26,6 +37,8 @@ unsafe impl cudarc::driver::DeviceRepr for WarpnormFwdParams {}
 unsafe impl cudarc::driver::DeviceRepr for WarpnormBwdParams {}
 // SAFETY: as above.
 unsafe impl cudarc::driver::DeviceRepr for WarpnormFinalizeParams {}
+// SAFETY: as above.
+unsafe impl cudarc::driver::DeviceRepr for WarpnormFinalizePairParams {}
 // SAFETY: as above.
 unsafe impl cudarc::driver::DeviceRepr for WarpnormStridedFwdParams {}
 // SAFETY: as above.

@@ -8,12 +8,21 @@ pub const WARPNORM_STRIDED_THREADS: u32 = 256;
 pub const WARPNORM_FINALIZE_THREADS: u32 = 256;
 pub const WARPNORM_SHARD_ROW_THREADS: u32 = 128;
 pub const WARPNORM_SHARD_FLAT_THREADS: u32 = 256;
+pub const WARPNORM_FINALIZE_COLS: u32 = 32;
+pub const WARPNORM_FINALIZE_PAIR_THREADS: u32 = 512;
 #[repr(u32)]
 #[derive(Debug, Copy, Clone, Hash, PartialEq, Eq)]
 pub enum WarpnormKind {
     WARPNORM_LAYER_NORM = 0,
     WARPNORM_RMS_NORM = 1,
     WARPNORM_RMS_SCALING = 2,
+}
+#[repr(u32)]
+#[derive(Debug, Copy, Clone, Hash, PartialEq, Eq)]
+pub enum WarpnormDtype {
+    WARPNORM_F32 = 0,
+    WARPNORM_F16 = 1,
+    WARPNORM_BF16 = 2,
 }
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
@@ -33,10 +42,12 @@ pub struct WarpnormFwdParams {
     pub eps: f32,
     pub kind: ::std::os::raw::c_int,
     pub fast_variance: ::std::os::raw::c_int,
+    pub param_dtype: ::std::os::raw::c_int,
+    pub out_dtype: ::std::os::raw::c_int,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of WarpnormFwdParams"][::std::mem::size_of::<WarpnormFwdParams>() - 112usize];
+    ["Size of WarpnormFwdParams"][::std::mem::size_of::<WarpnormFwdParams>() - 120usize];
     ["Alignment of WarpnormFwdParams"][::std::mem::align_of::<WarpnormFwdParams>() - 8usize];
     ["Offset of field: WarpnormFwdParams::x"]
         [::std::mem::offset_of!(WarpnormFwdParams, x) - 0usize];
@@ -68,6 +79,10 @@ const _: () = {
         [::std::mem::offset_of!(WarpnormFwdParams, kind) - 100usize];
     ["Offset of field: WarpnormFwdParams::fast_variance"]
         [::std::mem::offset_of!(WarpnormFwdParams, fast_variance) - 104usize];
+    ["Offset of field: WarpnormFwdParams::param_dtype"]
+        [::std::mem::offset_of!(WarpnormFwdParams, param_dtype) - 108usize];
+    ["Offset of field: WarpnormFwdParams::out_dtype"]
+        [::std::mem::offset_of!(WarpnormFwdParams, out_dtype) - 112usize];
 };
 impl Default for WarpnormFwdParams {
     fn default() -> Self {
@@ -97,10 +112,12 @@ pub struct WarpnormBwdParams {
     pub dx_stride: ::std::os::raw::c_longlong,
     pub mask_stride: ::std::os::raw::c_longlong,
     pub kind: ::std::os::raw::c_int,
+    pub param_dtype: ::std::os::raw::c_int,
+    pub out_dtype: ::std::os::raw::c_int,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
-    ["Size of WarpnormBwdParams"][::std::mem::size_of::<WarpnormBwdParams>() - 128usize];
+    ["Size of WarpnormBwdParams"][::std::mem::size_of::<WarpnormBwdParams>() - 136usize];
     ["Alignment of WarpnormBwdParams"][::std::mem::align_of::<WarpnormBwdParams>() - 8usize];
     ["Offset of field: WarpnormBwdParams::x"]
         [::std::mem::offset_of!(WarpnormBwdParams, x) - 0usize];
@@ -134,6 +151,10 @@ const _: () = {
         [::std::mem::offset_of!(WarpnormBwdParams, mask_stride) - 112usize];
     ["Offset of field: WarpnormBwdParams::kind"]
         [::std::mem::offset_of!(WarpnormBwdParams, kind) - 120usize];
+    ["Offset of field: WarpnormBwdParams::param_dtype"]
+        [::std::mem::offset_of!(WarpnormBwdParams, param_dtype) - 124usize];
+    ["Offset of field: WarpnormBwdParams::out_dtype"]
+        [::std::mem::offset_of!(WarpnormBwdParams, out_dtype) - 128usize];
 };
 impl Default for WarpnormBwdParams {
     fn default() -> Self {
@@ -177,6 +198,41 @@ impl Default for WarpnormFinalizeParams {
 }
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]
+pub struct WarpnormFinalizePairParams {
+    pub partial: [*const f32; 2usize],
+    pub out: [*mut ::std::os::raw::c_void; 2usize],
+    pub cols: ::std::os::raw::c_longlong,
+    pub parts: ::std::os::raw::c_int,
+    pub outputs: ::std::os::raw::c_int,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of WarpnormFinalizePairParams"]
+        [::std::mem::size_of::<WarpnormFinalizePairParams>() - 48usize];
+    ["Alignment of WarpnormFinalizePairParams"]
+        [::std::mem::align_of::<WarpnormFinalizePairParams>() - 8usize];
+    ["Offset of field: WarpnormFinalizePairParams::partial"]
+        [::std::mem::offset_of!(WarpnormFinalizePairParams, partial) - 0usize];
+    ["Offset of field: WarpnormFinalizePairParams::out"]
+        [::std::mem::offset_of!(WarpnormFinalizePairParams, out) - 16usize];
+    ["Offset of field: WarpnormFinalizePairParams::cols"]
+        [::std::mem::offset_of!(WarpnormFinalizePairParams, cols) - 32usize];
+    ["Offset of field: WarpnormFinalizePairParams::parts"]
+        [::std::mem::offset_of!(WarpnormFinalizePairParams, parts) - 40usize];
+    ["Offset of field: WarpnormFinalizePairParams::outputs"]
+        [::std::mem::offset_of!(WarpnormFinalizePairParams, outputs) - 44usize];
+};
+impl Default for WarpnormFinalizePairParams {
+    fn default() -> Self {
+        let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::std::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
 pub struct WarpnormStridedFwdParams {
     pub x: *const ::std::os::raw::c_void,
     pub y: *mut ::std::os::raw::c_void,
@@ -190,11 +246,13 @@ pub struct WarpnormStridedFwdParams {
     pub eps: f32,
     pub kind: ::std::os::raw::c_int,
     pub fast_variance: ::std::os::raw::c_int,
+    pub param_dtype: ::std::os::raw::c_int,
+    pub out_dtype: ::std::os::raw::c_int,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
     ["Size of WarpnormStridedFwdParams"]
-        [::std::mem::size_of::<WarpnormStridedFwdParams>() - 88usize];
+        [::std::mem::size_of::<WarpnormStridedFwdParams>() - 96usize];
     ["Alignment of WarpnormStridedFwdParams"]
         [::std::mem::align_of::<WarpnormStridedFwdParams>() - 8usize];
     ["Offset of field: WarpnormStridedFwdParams::x"]
@@ -221,6 +279,10 @@ const _: () = {
         [::std::mem::offset_of!(WarpnormStridedFwdParams, kind) - 76usize];
     ["Offset of field: WarpnormStridedFwdParams::fast_variance"]
         [::std::mem::offset_of!(WarpnormStridedFwdParams, fast_variance) - 80usize];
+    ["Offset of field: WarpnormStridedFwdParams::param_dtype"]
+        [::std::mem::offset_of!(WarpnormStridedFwdParams, param_dtype) - 84usize];
+    ["Offset of field: WarpnormStridedFwdParams::out_dtype"]
+        [::std::mem::offset_of!(WarpnormStridedFwdParams, out_dtype) - 88usize];
 };
 impl Default for WarpnormStridedFwdParams {
     fn default() -> Self {
@@ -246,11 +308,13 @@ pub struct WarpnormStridedBwdParams {
     pub cols: ::std::os::raw::c_longlong,
     pub inner: ::std::os::raw::c_longlong,
     pub kind: ::std::os::raw::c_int,
+    pub param_dtype: ::std::os::raw::c_int,
+    pub out_dtype: ::std::os::raw::c_int,
 }
 #[allow(clippy::unnecessary_operation, clippy::identity_op)]
 const _: () = {
     ["Size of WarpnormStridedBwdParams"]
-        [::std::mem::size_of::<WarpnormStridedBwdParams>() - 96usize];
+        [::std::mem::size_of::<WarpnormStridedBwdParams>() - 104usize];
     ["Alignment of WarpnormStridedBwdParams"]
         [::std::mem::align_of::<WarpnormStridedBwdParams>() - 8usize];
     ["Offset of field: WarpnormStridedBwdParams::x"]
@@ -277,6 +341,10 @@ const _: () = {
         [::std::mem::offset_of!(WarpnormStridedBwdParams, inner) - 80usize];
     ["Offset of field: WarpnormStridedBwdParams::kind"]
         [::std::mem::offset_of!(WarpnormStridedBwdParams, kind) - 88usize];
+    ["Offset of field: WarpnormStridedBwdParams::param_dtype"]
+        [::std::mem::offset_of!(WarpnormStridedBwdParams, param_dtype) - 92usize];
+    ["Offset of field: WarpnormStridedBwdParams::out_dtype"]
+        [::std::mem::offset_of!(WarpnormStridedBwdParams, out_dtype) - 96usize];
 };
 impl Default for WarpnormStridedBwdParams {
     fn default() -> Self {

@@ -2,7 +2,8 @@
 //! a GPU; the launches in `launch.rs` follow these plans exactly.
 
 use super::params::{
-    WARPNORM_CTA_MAX_THREADS, WARPNORM_CTA_SCRATCH_FLOATS, WARPNORM_STRIDED_THREADS,
+    WARPNORM_CTA_MAX_THREADS, WARPNORM_CTA_SCRATCH_FLOATS, WARPNORM_FINALIZE_COLS,
+    WARPNORM_STRIDED_THREADS,
 };
 use super::tiers::{pick_row_tier, Pass, RowTier};
 
@@ -45,10 +46,18 @@ impl Plan {
 }
 
 /// Threads of a CTA-per-row launch: all the kernel allows for very long rows, half for the
-/// others.
+/// others, and for the scalar path about 8 elements a thread.
 fn cta_threads(cols: u64, vec: u32) -> u32 {
-    if cols / vec as u64 >= 8192 {
+    let vectors = cols / vec as u64;
+    if vectors >= 8192 {
         WARPNORM_CTA_MAX_THREADS
+    } else if vec == 1 {
+        // The scalar path takes the CTA kernels at every length: about 8 elements a
+        // thread in whole warps, so that a short unaligned row gets a small CTA.
+        vectors
+            .div_ceil(8)
+            .next_multiple_of(32)
+            .clamp(32, WARPNORM_CTA_MAX_THREADS as u64 / 2) as u32
     } else {
         WARPNORM_CTA_MAX_THREADS / 2
     }
@@ -104,6 +113,28 @@ pub(crate) fn backward_rows_smem(tier: RowTier, cols: u64) -> u32 {
 pub(crate) fn forward_grid(rows: u64, plan: Plan, sm_count: u32) -> u32 {
     let needed = rows.div_ceil(plan.rows_per_cta()).max(1);
     needed.min(sm_count as u64 * FWD_CTAS_PER_SM) as u32
+}
+
+/// Kernels v2's forward grid: whole waves. With more row blocks than fit on the GPU at once
+/// (`resident_per_sm` from the occupancy of the kernel chosen), exactly one wave of CTAs
+/// that stay resident and stride over the rows, so that no partly filled last wave idles
+/// SMs (v1's `16 · SMs` cap is 1.3 waves of 12-CTA-per-SM kernels); fewer row blocks than
+/// that, one CTA each.
+pub(crate) fn forward_grid_waves(
+    rows: u64,
+    plan: Plan,
+    sm_count: u32,
+    resident_per_sm: u32,
+) -> u32 {
+    let needed = rows.div_ceil(plan.rows_per_cta()).max(1);
+    let wave = sm_count as u64 * resident_per_sm.max(1) as u64;
+    needed.min(wave).min(u32::MAX as u64) as u32
+}
+
+/// Kernels v2's finalize: one CTA per `WARPNORM_FINALIZE_COLS` columns of each output.
+pub(crate) fn finalize_pair_grid(cols: u64, outputs: u32) -> u32 {
+    let tiles = cols.div_ceil(WARPNORM_FINALIZE_COLS as u64).max(1);
+    (tiles * outputs as u64).min(u32::MAX as u64) as u32
 }
 
 /// The most partial rows any backward launch writes for `rows` rows: the size of the

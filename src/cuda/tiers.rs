@@ -47,8 +47,14 @@ pub enum Pass {
 
 const SUB_WARP_GROUPS: [u32; 5] = [1, 2, 4, 8, 16];
 
-/// The register tiers compiled for a pass and a vector width, in increasing capacity.
+/// The register tiers compiled for a pass and a vector width, in increasing capacity: one
+/// shape per capacity (for equal capacities the larger group would always be chosen). The
+/// scalar path (`vec` 1, unaligned slices) has none: the CTA kernels, with a CTA sized to
+/// the row, serve every length there.
 pub fn row_tiers(pass: Pass, vec: u32) -> Vec<RowTier> {
+    if vec == 1 {
+        return Vec::new();
+    }
     let mut tiers: Vec<RowTier> = SUB_WARP_GROUPS
         .iter()
         .map(|&group| RowTier {
@@ -57,23 +63,10 @@ pub fn row_tiers(pass: Pass, vec: u32) -> Vec<RowTier> {
             group,
         })
         .collect();
-    let (warp_vecs, cta): (&[u32], &[(u32, u32)]) = match (pass, vec) {
-        // Scalar path (unaligned slices): a warp per row up to 32 elements a thread.
-        (Pass::Forward, 1) => (&[1, 2, 4, 8, 16, 32], &[]),
-        (Pass::Backward, 1) => (&[1, 2, 4, 8, 16], &[]),
-        (Pass::Forward, _) => (
-            &[1, 2, 4, 8],
-            &[
-                (128, 2),
-                (256, 2),
-                (128, 4),
-                (512, 2),
-                (256, 4),
-                (1024, 2),
-                (512, 4),
-            ],
-        ),
-        (Pass::Backward, _) => (&[1, 2, 4], &[(128, 2), (256, 2), (512, 2)]),
+    let warp_vecs = [1, 2, 4];
+    let cta: &[(u32, u32)] = match pass {
+        Pass::Forward => &[(128, 2), (256, 2), (512, 2), (1024, 2)],
+        Pass::Backward => &[(128, 2), (256, 2), (512, 2)],
     };
     tiers.extend(warp_vecs.iter().map(|&vecs| RowTier {
         vec,
@@ -116,8 +109,12 @@ pub const fn max_vec(elem_bytes: u32) -> u32 {
     16 / elem_bytes
 }
 
-/// Every (x, param, out) dtype combination compiled: params and output are either x's
-/// dtype or f32 (flax: bf16 x with f32 params gives f32 y).
+/// The dtypes x may have: each is one instantiation of a kernel, whose parameters and
+/// output are each x's dtype or f32, chosen per call (`param_dtype` / `out_dtype`).
+pub const X_DTYPES: [&str; 3] = ["f32", "f16", "bf16"];
+
+/// Every (x, param, out) dtype combination the kernels take: params and output are either
+/// x's dtype or f32 (flax: bf16 x with f32 params gives f32 y).
 pub fn dtype_combos() -> Vec<(&'static str, &'static str, &'static str)> {
     let mut combos = vec![("f32", "f32", "f32")];
     for x in ["f16", "bf16"] {
@@ -130,48 +127,53 @@ pub fn dtype_combos() -> Vec<(&'static str, &'static str, &'static str)> {
     combos
 }
 
-/// Name expressions (what NVRTC instantiates and the launch layer looks up).
+/// Name expressions (what NVRTC instantiates and the launch layer looks up). The
+/// normalization kernels are instantiated per x dtype; the finalize per parameter dtype.
 pub mod expr {
-    use super::{types, RowTier};
+    use super::{cuda_type, RowTier};
 
-    pub fn fwd_rows(x: &str, p: &str, o: &str, t: RowTier) -> String {
+    pub fn fwd_rows(x: &str, t: RowTier) -> String {
         format!(
             "warpnorm::layer_norm_fwd<{}, {}, {}, {}>",
-            types(&[x, p, o]),
+            cuda_type(x),
             t.vec,
             t.vecs,
             t.group
         )
     }
-    pub fn fwd_cta(x: &str, p: &str, o: &str, vec: u32, cache: bool) -> String {
+    pub fn fwd_cta(x: &str, vec: u32, cache: bool) -> String {
         format!(
             "warpnorm::layer_norm_fwd_cta<{}, {vec}, {cache}>",
-            types(&[x, p, o])
+            cuda_type(x)
         )
     }
-    pub fn fwd_strided(x: &str, p: &str, o: &str) -> String {
-        format!("warpnorm::layer_norm_fwd_strided<{}>", types(&[x, p, o]))
+    pub fn fwd_strided(x: &str) -> String {
+        format!("warpnorm::layer_norm_fwd_strided<{}>", cuda_type(x))
     }
-    pub fn bwd_rows(x: &str, p: &str, o: &str, t: RowTier) -> String {
+    pub fn bwd_rows(x: &str, t: RowTier) -> String {
         format!(
             "warpnorm::layer_norm_bwd<{}, {}, {}, {}>",
-            types(&[x, p, o]),
+            cuda_type(x),
             t.vec,
             t.vecs,
             t.group
         )
     }
-    pub fn bwd_cta(x: &str, p: &str, o: &str, vec: u32, smem_acc: bool) -> String {
+    pub fn bwd_cta(x: &str, vec: u32, smem_acc: bool) -> String {
         format!(
             "warpnorm::layer_norm_bwd_cta<{}, {vec}, {smem_acc}>",
-            types(&[x, p, o])
+            cuda_type(x)
         )
     }
-    pub fn bwd_strided(x: &str, p: &str, o: &str) -> String {
-        format!("warpnorm::layer_norm_bwd_strided<{}>", types(&[x, p, o]))
+    pub fn bwd_strided(x: &str) -> String {
+        format!("warpnorm::layer_norm_bwd_strided<{}>", cuda_type(x))
     }
     pub fn finalize(p: &str) -> String {
-        format!("warpnorm::finalize_partials<{}>", types(&[p]))
+        format!("warpnorm::finalize_partials<{}>", cuda_type(p))
+    }
+    /// Kernels v2: dscale and dbias in one launch (`kernels/finalize_v2.cuh`).
+    pub fn finalize_pair(p: &str) -> String {
+        format!("warpnorm::finalize_pair<{}>", cuda_type(p))
     }
 }
 
@@ -187,9 +189,9 @@ fn types(names: &[&str]) -> String {
 /// The name-expression builders of one pass's kernels.
 struct PassKernels {
     pass: Pass,
-    rows: fn(&str, &str, &str, RowTier) -> String,
-    cta: fn(&str, &str, &str, u32, bool) -> String,
-    strided: fn(&str, &str, &str) -> String,
+    rows: fn(&str, RowTier) -> String,
+    cta: fn(&str, u32, bool) -> String,
+    strided: fn(&str) -> String,
 }
 
 /// Every name expression a kernel source file instantiates.
@@ -211,23 +213,20 @@ pub fn instantiations(source: &str) -> Vec<String> {
         "sharded.cu" => return sharded::instantiations(),
         _ => return out,
     };
-    for (x, p, o) in dtype_combos() {
+    for x in X_DTYPES {
         let bytes = CUDA_TYPES
             .iter()
             .find(|(s, _, _)| *s == x)
             .map_or(4, |t| t.2);
         for vec in [max_vec(bytes), 1] {
-            out.extend(
-                row_tiers(k.pass, vec)
-                    .into_iter()
-                    .map(|t| (k.rows)(x, p, o, t)),
-            );
-            out.extend([false, true].map(|flag| (k.cta)(x, p, o, vec, flag)));
+            out.extend(row_tiers(k.pass, vec).into_iter().map(|t| (k.rows)(x, t)));
+            out.extend([false, true].map(|flag| (k.cta)(x, vec, flag)));
         }
-        out.push((k.strided)(x, p, o));
+        out.push((k.strided)(x));
     }
     if k.pass == Pass::Backward {
-        out.extend(["f32", "f16", "bf16"].map(expr::finalize));
+        out.extend(X_DTYPES.map(expr::finalize));
+        out.extend(X_DTYPES.map(expr::finalize_pair));
     }
     out
 }
@@ -285,30 +284,7 @@ pub mod sharded {
     }
 }
 
-/// The dtype combinations (x, params, y) the CPU emulation compiles: each x dtype once,
-/// with mixed parameter and output dtypes covered, to keep its build short.
-pub const EMULATED_COMBOS: [(&str, &str, &str); 3] = [
-    ("f32", "f32", "f32"),
-    ("bf16", "f32", "bf16"),
-    ("f16", "f16", "f32"),
-];
-
-/// Every name expression of kernel source file `source` the CPU emulation compiles: the
-/// single-device kernels of the dtype combinations in [`EMULATED_COMBOS`] and every
-/// finalize kernel; every sharded kernel (they are few and small).
-pub fn emulated_instantiations(source: &str) -> Vec<String> {
-    let all = instantiations(source);
-    if source == "sharded.cu" {
-        return all;
-    }
-    let combo_args: Vec<String> = EMULATED_COMBOS
-        .iter()
-        .map(|(x, p, o)| format!("<{}, {}, {}", cuda_type(x), cuda_type(p), cuda_type(o)))
-        .collect();
-    all.into_iter()
-        .filter(|e| {
-            e.starts_with("warpnorm::finalize_partials")
-                || combo_args.iter().any(|a| e.contains(a.as_str()))
-        })
-        .collect()
-}
+/// The kernel sources the CPU emulation compiles, every instantiation of each: the
+/// normalization kernels are instantiated per x dtype, so every dtype combination of
+/// [`dtype_combos`] runs there, and the sharded kernels are few and small.
+pub const EMULATED_SOURCES: [&str; 3] = ["layernorm_fwd.cu", "layernorm_bwd.cu", "sharded.cu"];

@@ -21,7 +21,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ops::NormSpec;
+use crate::ops::{KernelGeneration, NormSpec};
 use crate::{DType, Error, NormKind, Result};
 
 mod gpu;
@@ -365,6 +365,10 @@ pub struct BenchOptions {
     pub norm: Norm,
     /// Epsilon (the value does not change the timing; kept for completeness).
     pub eps: f32,
+    /// Kernel generations to time on the same buffers, side by side (records named
+    /// `warpnorm-v1`, `warpnorm-v2`); empty: the default (`WARPNORM_KERNELS`, else v1),
+    /// recorded as `warpnorm`.
+    pub kernels: Vec<KernelGeneration>,
 }
 
 /// The longest row the kernels take (`i32::MAX` elements).
@@ -388,6 +392,7 @@ impl Default for BenchOptions {
             sets: None,
             norm: Norm::LayerNorm,
             eps: 1e-5,
+            kernels: Vec::new(),
         }
     }
 }
@@ -424,6 +429,10 @@ impl BenchOptions {
         }
         if self.sets == Some(0) {
             return bad("at least one buffer set is needed");
+        }
+        if self.kernels.is_empty() {
+            // The default generation comes from WARPNORM_KERNELS, which may name none.
+            KernelGeneration::from_env()?;
         }
         if !(self.eps.is_finite() && self.eps > 0.0) {
             return bad("epsilon must be finite and > 0");
@@ -560,6 +569,13 @@ pub fn run_with(
         kind: opts.norm.kind(),
         eps: opts.eps,
         fast_variance: false,
+        kernels: None,
+    };
+    let generations: Vec<(Option<KernelGeneration>, String)> = if opts.kernels.is_empty() {
+        vec![(None, "warpnorm".to_string())]
+    } else {
+        let named = |g: &KernelGeneration| (Some(*g), format!("warpnorm-{g}"));
+        opts.kernels.iter().map(named).collect()
     };
     let backward = opts.passes.iter().any(|p| p.needs_backward_buffers());
     let mut records = Vec::new();
@@ -570,26 +586,29 @@ pub fn run_with(
                     .with_norm(opts.norm);
             let mut case = timer.case_with(&problem, &spec, opts.sets, backward)?;
             let sets = case.sets();
-            let mut measure = |pass: Pass| -> Result<BenchRecord> {
+            let mut measure = |pass: Pass,
+                               generation: Option<KernelGeneration>,
+                               name: &str|
+             -> Result<BenchRecord> {
+                if let Some(g) = generation {
+                    case.set_kernels(g);
+                }
                 let times = case.time_each(pass, opts.warmup, opts.iters)?;
-                let name = if pass == Pass::Copy {
-                    "copy"
-                } else {
-                    "warpnorm"
-                };
                 Ok(BenchRecord::new(
                     name, &problem, pass, &times, sets, &device,
                 ))
             };
-            let copy = measure(Pass::Copy)?;
+            let copy = measure(Pass::Copy, None, "copy")?;
             let copy_gbps = copy.gbps;
             let copy = copy.against(copy_gbps);
             progress(&copy);
             records.push(copy);
             for &pass in opts.passes.iter().filter(|&&p| p != Pass::Copy) {
-                let rec = measure(pass)?.against(copy_gbps);
-                progress(&rec);
-                records.push(rec);
+                for (generation, name) in &generations {
+                    let rec = measure(pass, *generation, name)?.against(copy_gbps);
+                    progress(&rec);
+                    records.push(rec);
+                }
             }
         }
     }

@@ -1,6 +1,6 @@
 //! Prints the Rust mirror of `kernels/params.h` (the path given as the only argument): the
-//! parameter structs the kernels take by value, their constants, `WarpnormKind` and
-//! `WarpnormShardStats`.
+//! parameter structs the kernels take by value, their constants, `WarpnormKind`,
+//! `WarpnormShardStats` and `WarpnormDtype`.
 
 use std::process::ExitCode;
 
@@ -15,6 +15,7 @@ fn main() -> ExitCode {
         .allowlist_var("WARPNORM_.*")
         .rustified_enum("WarpnormKind")
         .rustified_enum("WarpnormShardStats")
+        .rustified_enum("WarpnormDtype")
         .derive_default(true)
         .derive_debug(true)
         .derive_copy(true)

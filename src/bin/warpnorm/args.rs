@@ -86,6 +86,11 @@ pub fn parse_dtype(s: &str) -> Result<DType, String> {
     DType::parse(s.trim()).ok_or_else(|| format!("unknown dtype `{s}` (expected f32, f16 or bf16)"))
 }
 
+/// A kernel generation: `v1` or `v2`.
+pub fn parse_kernels(s: &str) -> Result<warpnorm::ops::KernelGeneration, String> {
+    s.parse().map_err(|e: warpnorm::Error| e.to_string())
+}
+
 /// `layer_norm` (`layer`, `ln`) or `rms_norm` (`rms`).
 pub fn parse_norm(s: &str) -> Result<warpnorm::tooling::bench::Norm, String> {
     warpnorm::tooling::bench::Norm::parse(s).map_err(|e| e.to_string())

@@ -9,14 +9,15 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use clap::ValueEnum;
+use warpnorm::ops::KernelGeneration;
 use warpnorm::rng::Rng;
 use warpnorm::tooling::bench::{self, BenchOptions, BenchRecord, Norm, Pass, Problem};
 use warpnorm::tooling::plot::{Chart, Dash, Series};
 use warpnorm::{cuda, Array, DType, Device, Error, LayerNorm, NormConfig, Result, Tensor};
 
 use crate::args::{
-    parse_bytes, parse_dtype, parse_iters, parse_len, parse_norm, parse_warmup, DeviceSpec,
-    EMULATOR_RUNS_NO_BACKEND,
+    parse_bytes, parse_dtype, parse_iters, parse_kernels, parse_len, parse_norm, parse_warmup,
+    DeviceSpec, EMULATOR_RUNS_NO_BACKEND,
 };
 use crate::exit::{CommandResult, Failure, Outcome};
 use crate::limits::{bytes_of, Budget, HOST_BYTES_PER_ELEMENT};
@@ -91,6 +92,10 @@ pub struct Args {
     /// Passes to time, comma-separated (a copy is always timed as the ceiling on a GPU).
     #[arg(long, value_enum, value_delimiter = ',', default_value = "fwd,fwd_bwd")]
     pass: Vec<PassArg>,
+    /// Kernel generations to time side by side on the same buffers, comma-separated: v1,
+    /// v2 [default: WARPNORM_KERNELS, else v1].
+    #[arg(long, value_delimiter = ',', value_parser = parse_kernels)]
+    kernels: Option<Vec<KernelGeneration>>,
     /// Normalization: layer_norm (scale and bias) or rms_norm (scale only).
     #[arg(long, default_value = "layer_norm", value_parser = parse_norm)]
     norm: Norm,
@@ -189,6 +194,7 @@ fn measure(args: &Args, notes: Notes) -> std::result::Result<Vec<BenchRecord>, F
             .unwrap_or(if on_gpu { defaults.bytes } else { CPU_BYTES }),
         passes: passes(&args.pass),
         norm: args.norm,
+        kernels: args.kernels.clone().unwrap_or_default(),
         warmup: args
             .warmup
             .unwrap_or(if on_gpu { defaults.warmup } else { CPU_WARMUP }),
@@ -210,7 +216,8 @@ fn measure(args: &Args, notes: Notes) -> std::result::Result<Vec<BenchRecord>, F
     match gpu {
         Some(ordinal) => {
             notes.say(format!("timing cuda:{ordinal} with CUDA events: {sizes}"));
-            let steps = opts.dtypes.len() * opts.cols.len() * (1 + opts.passes.len());
+            let generations = opts.kernels.len().max(1);
+            let steps = opts.dtypes.len() * opts.cols.len() * (1 + generations * opts.passes.len());
             let bar = progress(steps as u64, "bench");
             let records = bench::run_with(&opts, |r| {
                 bar.set_message(format!(
@@ -225,6 +232,11 @@ fn measure(args: &Args, notes: Notes) -> std::result::Result<Vec<BenchRecord>, F
             Ok(records?)
         }
         None => {
+            if !opts.kernels.is_empty() {
+                return Err(Failure::Usage(
+                    "--kernels chooses among the GPU kernels; the CPU reference has none".into(),
+                ));
+            }
             let why = why_not_gpu
                 .map(|w| format!("no GPU ({w}): "))
                 .unwrap_or_default();

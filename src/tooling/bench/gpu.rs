@@ -12,7 +12,7 @@ use half::{bf16, f16};
 
 use super::{rotation_sets, Pass, Problem};
 use crate::cuda::CudaBackend;
-use crate::ops::{self, Backward, Forward, Layout, NormSpec, Stats};
+use crate::ops::{self, Backward, Forward, KernelGeneration, Layout, NormSpec, Stats};
 use crate::rng::Rng;
 use crate::{DType, Element, Error, NormKind, Result};
 
@@ -54,6 +54,7 @@ impl GpuTimer {
             kind: problem.norm.kind(),
             eps: 1e-5,
             fast_variance: false,
+            kernels: None,
         };
         self.case_with(problem, &spec, None, true)
     }
@@ -149,6 +150,11 @@ impl Case {
         self.sets
     }
 
+    /// Times the later iterations with the kernels of `generation` (same buffers).
+    pub fn set_kernels(&mut self, generation: KernelGeneration) {
+        self.runner.set_kernels(generation);
+    }
+
     /// Enqueues one iteration of `pass` on the next buffer set (no host synchronisation).
     pub fn enqueue(&mut self, pass: Pass) -> Result<()> {
         if pass.needs_backward_buffers() && !self.backward {
@@ -209,6 +215,8 @@ impl Case {
 /// The dtype-erased part of a [`Case`].
 trait Runner {
     fn launch(&mut self, pass: Pass, set: usize) -> Result<()>;
+    /// Runs the later launches with the kernels of `generation`.
+    fn set_kernels(&mut self, generation: KernelGeneration);
 }
 
 /// Per-iteration buffers: what one set holds.
@@ -298,6 +306,10 @@ impl<T: Element, P: Element> Buffers<T, P> {
 }
 
 impl<T: Element, P: Element> Runner for Buffers<T, P> {
+    fn set_kernels(&mut self, generation: KernelGeneration) {
+        self.spec = self.spec.with_kernels(generation);
+    }
+
     fn launch(&mut self, pass: Pass, set: usize) -> Result<()> {
         let Buffers {
             be,

@@ -1,25 +1,11 @@
 //! The kernels' CPU emulation as a subject of the self-test: the same forward and
 //! backward launches a GPU gets, on host buffers.
 
-use super::{Dtypes, Inputs, Outputs};
+use super::{Inputs, Outputs};
 use crate::cuda::emulator::{self, HostBackward, HostForward};
 use crate::ops::{Layout, NormSpec};
 use crate::with_kernel_dtypes;
 use crate::{DType, Element, NormConfig, Result, Tensor};
-
-/// Why the emulation cannot run `d`: only the combinations of [`Dtypes::emulated`] are
-/// compiled into it.
-pub(super) fn cannot_run(d: Dtypes) -> Option<String> {
-    let emulated = Dtypes::emulated();
-    if emulated.contains(&d) {
-        return None;
-    }
-    let compiled: Vec<String> = emulated.into_iter().map(Dtypes::label).collect();
-    Some(format!(
-        "not compiled into the CPU emulation (it has {})",
-        compiled.join(", ")
-    ))
-}
 
 /// Forward and backward of `inputs` (laid out as `layout`) through the emulated kernels,
 /// with the statistics of the forward.
