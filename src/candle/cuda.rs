@@ -20,7 +20,7 @@ use crate::layer::LayerNorm;
 use crate::module_params::compiled_dtypes;
 use crate::ops::{self, NormSpec};
 use crate::with_kernel_dtypes;
-use crate::{DType, Element, Error, NormConfig, Result};
+use crate::{Element, Error, NormConfig, Result};
 
 /// What a training forward keeps for the backward: f32, one per row.
 pub(crate) struct Saved {
