@@ -110,21 +110,13 @@ impl Runner {
     }
 
     /// The layer the batch goes through, how flax spells it, and where y's dtype comes
-    /// from: flax's default everywhere but on the emulation, which does not compile bf16 x
-    /// with f32 parameters and f32 output.
+    /// from: flax's default (bf16 x with f32 parameters gives f32 y) wherever it runs.
     fn layer(&self) -> (NormConfig, &'static str, &'static str) {
-        match self {
-            Runner::Emulator => (
-                NormConfig::flax().dtype(DType::BF16),
-                "flax nn.LayerNorm(dtype=jnp.bfloat16)",
-                "bf16 output: the CPU emulation does not compile flax's default promotion to f32",
-            ),
-            _ => (
-                NormConfig::flax(),
-                "flax nn.LayerNorm()",
-                "flax promotes bf16 x with f32 parameters",
-            ),
-        }
+        (
+            NormConfig::flax(),
+            "flax nn.LayerNorm()",
+            "flax promotes bf16 x with f32 parameters",
+        )
     }
 
     /// Refuses a batch that would not fit where it runs (the host always holds it in f64).
