@@ -32,7 +32,7 @@ const QUICK_COLS: [usize; 2] = [7, 768];
 /// to its tolerance (<= 1 passes), then "N passed, M failed"; exits 1 on any failure.
 ///
 /// The kernels run on a GPU, or without one on their CPU emulation (`--device emulator`,
-/// in builds with the cargo feature `emulator`; it has three of the dtype combinations).
+/// in builds with the cargo feature `emulator`; it has every dtype combination).
 /// Where neither exists there is nothing to check: the command says so and exits 3.
 #[derive(clap::Args, Debug)]
 #[command(after_help = "Examples:\n  \
