@@ -177,6 +177,7 @@ enum Timing {
     /// Forward and backward apart, on a backend's layer.
     Passes { fwd: Duration, bwd: Duration },
     /// Forward and backward together, on the emulation.
+    #[cfg_attr(not(feature = "emulator"), allow(dead_code))]
     Together(Duration),
 }
 
