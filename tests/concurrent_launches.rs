@@ -38,6 +38,7 @@ fn host(t: &Tensor) -> Vec<f32> {
 
 /// (rows, cols): a warp-per-row length, and one whose row cache needs more than the
 /// 48 KiB of shared memory a kernel gets without opting in (f32: 12288 * 4 bytes).
+#[cfg_attr(not(feature = "emulator"), allow(dead_code))]
 const SHAPES: [(usize, usize); 2] = [(16, 33), (1, 12288)];
 
 #[cfg(feature = "emulator")]
