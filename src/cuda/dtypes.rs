@@ -35,13 +35,6 @@ impl Dtypes {
             .collect()
     }
 
-    /// The combinations the CPU emulation runs: all of [`Dtypes::compiled`], since it
-    /// compiles every instantiation of `tiers::EMULATED_SOURCES`.
-    #[cfg(feature = "emulator")]
-    pub fn emulated() -> Vec<Dtypes> {
-        Dtypes::compiled()
-    }
-
     /// `tiers`' names are the short names of [`DType`]; a typo there fails every test.
     fn from_short_names(x: &str, p: &str, o: &str) -> Dtypes {
         let d = |s: &str| DType::parse(s).unwrap_or_else(|| panic!("tiers.rs names dtype `{s}`"));

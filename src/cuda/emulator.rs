@@ -5,7 +5,7 @@
 //! exists to test the kernels on machines without a GPU; it is far too slow for anything
 //! else.
 //!
-//! Every dtype combination the kernels take is compiled ([`Dtypes::emulated`]). Every
+//! Every dtype combination the kernels take is compiled ([`Dtypes::compiled`]). Every
 //! launch is measured: [`traffic`] returns the global-memory bytes each kernel loaded and
 //! stored, the byte-traffic model tests/traffic.rs holds the kernels to.
 
@@ -135,10 +135,10 @@ impl Launch for Emulator {
     }
 }
 
-/// Whether the emulation has the kernels of this dtype combination: every combination
-/// the kernels take ([`tiers::dtype_combos`]).
+/// Whether the emulation has the kernels of this dtype combination: it compiles every
+/// instantiation of `tiers::EMULATED_SOURCES`, so every combination the kernels take.
 pub fn supports<T: Element, P: Element, O: Element>() -> bool {
-    Dtypes::emulated().contains(&Dtypes::of::<T, P, O>())
+    Dtypes::of::<T, P, O>().is_compiled()
 }
 
 /// Host buffers of a forward pass (see [`crate::ops::Forward`]).
