@@ -20,6 +20,9 @@
 /* Floats of the CTA kernels' reduction scratch, at the start of dynamic shared memory:
  * three per warp of the largest CTA. */
 #define WARPNORM_CTA_SCRATCH_FLOATS 96
+/* Floats after that scratch in kernels v2's long-row backward (kernels/bwd_v2_stash.cuh):
+ * the CTA's row sums, in two slots of four that the other CTAs of its cluster read. */
+#define WARPNORM_STASH_SLOT_FLOATS 8
 /* Threads of a CTA of the channels-first (strided) kernels, and of the finalize kernel. */
 #define WARPNORM_STRIDED_THREADS 256
 #define WARPNORM_FINALIZE_THREADS 256

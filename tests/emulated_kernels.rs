@@ -331,6 +331,43 @@ fn v2_every_variant_on_every_kernel() {
     assert_none(failures);
 }
 
+/// Kernels v2's long-row backward, x and dy read once: every variant, with the row stashed
+/// by one CTA (f32: just past the register tiers, where one thread has a second vector;
+/// 16-bit: the longest the emulated device's shared memory holds) and split over a
+/// cluster of two CTAs. (v2_every_variant_on_every_kernel reaches them too, at 12288 and
+/// 40960.) The launches prove the paths.
+#[test]
+fn v2_long_row_backward_every_variant() {
+    use half::{bf16 as B, f16 as H};
+    const F32_LENGTHS: [usize; 2] = [4100, 16384];
+    const HALF_LENGTHS: [usize; 2] = [14400, 24576];
+    let v2 = KernelGeneration::V2;
+    let (failures, launches) = emulator::traffic(|| {
+        let mut failures = matrix_on::<f32, f32, f32>(&F32_LENGTHS, v2);
+        failures.extend(matrix_on::<B, f32, B>(&HALF_LENGTHS, v2));
+        failures.extend(matrix_on::<H, H, f32>(&HALF_LENGTHS, v2));
+        failures
+    });
+    for x in ["float", "__nv_bfloat16", "__half"] {
+        let ran = |kernel: &str| {
+            let name = format!("{kernel}<{x}, ");
+            launches.iter().filter(|l| l.kernel.contains(&name)).count()
+        };
+        let backwards = ran("layer_norm_bwd_stash") + ran("layer_norm_bwd_cluster");
+        let all = launches
+            .iter()
+            .filter(|l| l.kernel.contains("_bwd") && l.kernel.contains(&format!("<{x}, ")))
+            .count();
+        assert!(
+            ran("layer_norm_bwd_stash") > 0
+                && ran("layer_norm_bwd_cluster") > 0
+                && backwards == all,
+            "{x}: {backwards} of {all} backwards on the long-row kernels, both used"
+        );
+    }
+    assert_none(failures);
+}
+
 #[test]
 fn channels_first_matches_the_reference() {
     let mut failures = Vec::new();

@@ -1,9 +1,10 @@
 // A small CUDA execution model on the CPU, for testing warpnorm's kernels without a GPU.
 //
-// Every CUDA thread of a block is an OS thread; blocks run one after another. That makes
-// `__shared__` variables plain statics (one block owns them at a time), `__syncthreads` a
-// block-wide barrier and the warp shuffles an exchange through a per-warp buffer between
-// two warp barriers. It models what the kernels rely on: a kernel whose lanes diverge at
+// Every CUDA thread of a block is an OS thread; blocks run one after another, except the
+// blocks of a thread-block cluster, which run together (cooperative_groups.h). That makes
+// `__shared__` variables plain statics (one block owns them at a time; cluster kernels use
+// dynamic shared memory only), `__syncthreads` a block-wide barrier and the warp shuffles
+// an exchange through a per-warp buffer between two warp barriers. It models what the kernels rely on: a kernel whose lanes diverge at
 // a shuffle or barrier deadlocks here, as it would be undefined behaviour on a GPU.
 // Shared memory starts as NaN so that a read before a write shows up in the results.
 // Global-memory accesses (WARPNORM_TRAFFIC in common.cuh) are counted per launch: the
@@ -39,6 +40,11 @@ struct ThreadContext {
     float* warp_exchange;  // 32 floats of this thread's warp
     float* dynamic_smem;
     unsigned dynamic_smem_bytes;
+    // This block's cluster: its size, this block's rank in it, the barrier of all its
+    // threads and each block's dynamic shared memory (a lone block is a cluster of one).
+    unsigned cluster_size, cluster_rank;
+    std::barrier<>* cluster_barrier;
+    float* const* cluster_smem;
     // Global-memory bytes this thread loaded and stored in the current launch.
     unsigned long long loaded, stored;
 };
@@ -82,6 +88,7 @@ inline float shuffle_from(float v, unsigned src, bool in_range) {
 inline float __shfl_xor_sync(unsigned, float v, int mask) {
     return shuffle_from(v, warpnorm_emu::lane() ^ unsigned(mask), true);
 }
+inline float __shfl_sync(unsigned, float v, int src_lane) { return shuffle_from(v, unsigned(src_lane) % 32, true); }
 inline float __shfl_down_sync(unsigned, float v, unsigned delta) {
     const unsigned src = warpnorm_emu::lane() + delta;
     return shuffle_from(v, src, src < 32);

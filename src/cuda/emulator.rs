@@ -30,6 +30,7 @@ extern "C" {
         grid_x: u32,
         grid_y: u32,
         block: u32,
+        cluster: u32,
         smem_bytes: u32,
         loaded: *mut c_ulonglong,
         stored: *mut c_ulonglong,
@@ -41,9 +42,10 @@ extern "C" {
 pub struct LaunchTraffic {
     /// The kernel's name expression (`tiers::expr`).
     pub kernel: String,
-    /// CTAs and threads per CTA it ran with.
+    /// CTAs, threads per CTA and CTAs per thread-block cluster (1: none) it ran with.
     pub grid: u32,
     pub block: u32,
+    pub cluster: u32,
     pub loaded: u64,
     pub stored: u64,
 }
@@ -86,10 +88,27 @@ impl Launch for Emulator {
 
     fn launch<P: DeviceRepr>(
         &self,
+        source: &'static str,
+        expr: &str,
+        params: &P,
+        cfg: LaunchConfig,
+    ) -> Result<()> {
+        self.launch_cluster(source, expr, params, cfg, 1)
+    }
+
+    fn max_cluster(&self) -> u32 {
+        select::MAX_CLUSTER
+    }
+
+    /// The blocks of a cluster run at the same time, each with its own dynamic shared
+    /// memory, which the others reach through `cooperative_groups::cluster_group`.
+    fn launch_cluster<P: DeviceRepr>(
+        &self,
         _source: &'static str,
         expr: &str,
         params: &P,
         cfg: LaunchConfig,
+        cluster: u32,
     ) -> Result<()> {
         let name = CString::new(expr).map_err(|_| Error::Unsupported(expr.to_string()))?;
         let (mut loaded, mut stored): (c_ulonglong, c_ulonglong) = (0, 0);
@@ -105,6 +124,7 @@ impl Launch for Emulator {
                 cfg.grid_dim.0,
                 cfg.grid_dim.1,
                 cfg.block_dim.0,
+                cluster,
                 cfg.shared_mem_bytes,
                 &mut loaded,
                 &mut stored,
@@ -117,6 +137,7 @@ impl Launch for Emulator {
                         kernel: expr.to_string(),
                         grid: cfg.grid_dim.0,
                         block: cfg.block_dim.0,
+                        cluster,
                         loaded,
                         stored,
                     });
@@ -129,7 +150,7 @@ impl Launch for Emulator {
                 "kernel `{expr}` is not compiled into the CPU emulation (see tiers::EMULATED_SOURCES)"
             ))),
             _ => Err(Error::Unsupported(format!(
-                "the CPU emulation cannot run {expr} with {cfg:?}"
+                "the CPU emulation cannot run {expr} with {cfg:?} in clusters of {cluster}"
             ))),
         }
     }
@@ -233,4 +254,62 @@ pub fn backward<T: Element, P: Element, O: Element>(
         workspace_len: need,
     };
     norm::backward::<_, T>(&Emulator, spec, layout, d, addrs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cuda::launch::launch_config;
+
+    /// The parameters of the emulator's own cluster test kernel (`kernels/emulator/harness.cpp`).
+    #[repr(C)]
+    struct ClusterExchange {
+        out: *mut f32,
+    }
+
+    // SAFETY: a plain C struct of one pointer, passed by value as the kernel declares it.
+    unsafe impl DeviceRepr for ClusterExchange {}
+
+    const THREADS: u32 = 64;
+
+    fn exchange(grid: u32, cluster: u32, out: &mut [f32]) -> Result<()> {
+        let params = ClusterExchange {
+            out: out.as_mut_ptr(),
+        };
+        Emulator.launch_cluster(
+            "layernorm_bwd",
+            "warpnorm_emu_selftest::cluster_exchange",
+            &params,
+            launch_config((grid, 1), THREADS, THREADS * 4),
+            cluster,
+        )
+    }
+
+    #[test]
+    fn a_cluster_s_blocks_read_each_other_s_shared_memory_after_its_barrier() {
+        for cluster in [1, 2, 3, 8] {
+            let grid = 2 * cluster;
+            let mut out = vec![f32::NAN; (grid * THREADS) as usize];
+            exchange(grid, cluster, &mut out).unwrap();
+            for (i, &got) in out.iter().enumerate() {
+                let (block, thread) = (i as u32 / THREADS, i as u32 % THREADS);
+                // What the next block of the cluster wrote into its shared memory.
+                let next = (block % cluster + 1) % cluster;
+                let want = (1000 * next + thread) as f32;
+                assert_eq!(
+                    got, want,
+                    "cluster {cluster}, block {block}, thread {thread}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn clusters_that_do_not_divide_the_grid_or_exceed_8_are_refused() {
+        let mut out = vec![0f32; 16 * THREADS as usize];
+        for (grid, cluster) in [(4, 3), (16, 16), (2, 0)] {
+            let err = exchange(grid, cluster, &mut out).unwrap_err().to_string();
+            assert!(err.contains(&format!("clusters of {cluster}")), "{err}");
+        }
+    }
 }

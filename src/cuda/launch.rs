@@ -7,10 +7,10 @@
 //! was built in this module's siblings from buffers whose lengths, strides and alignment
 //! their callers checked.
 
-use cudarc::driver::{CudaStream, DeviceRepr, LaunchConfig, PushKernelArg};
+use cudarc::driver::{sys, CudaStream, DeviceRepr, LaunchConfig, PushKernelArg};
 
-use super::CudaBackend;
-use crate::Result;
+use super::{select, CudaBackend};
+use crate::{Error, Result};
 
 /// Something that runs warpnorm's kernels.
 pub(crate) trait Launch {
@@ -34,6 +34,19 @@ pub(crate) trait Launch {
         expr: &str,
         params: &P,
         cfg: LaunchConfig,
+    ) -> Result<()>;
+    /// The most CTAs of a thread-block cluster the kernels can be launched in: 1 where the
+    /// device (or the code loaded for it) has no clusters.
+    fn max_cluster(&self) -> u32;
+    /// Like [`Launch::launch`], in thread-block clusters of `cluster` CTAs along x
+    /// (`cluster` divides the grid's x and is at most [`Launch::max_cluster`]).
+    fn launch_cluster<P: DeviceRepr>(
+        &self,
+        source: &'static str,
+        expr: &str,
+        params: &P,
+        cfg: LaunchConfig,
+        cluster: u32,
     ) -> Result<()>;
 }
 
@@ -88,6 +101,75 @@ impl Launch for OnStream<'_> {
         // stream's context. The kernels touch nothing else, and `cfg` comes from the same
         // plan that sized the shared memory.
         unsafe { self.stream.launch_builder(&f).arg(params).launch(cfg) }?;
+        Ok(())
+    }
+
+    fn max_cluster(&self) -> u32 {
+        if self.be.has_clusters() {
+            select::MAX_CLUSTER
+        } else {
+            1
+        }
+    }
+
+    fn launch_cluster<P: DeviceRepr>(
+        &self,
+        source: &'static str,
+        expr: &str,
+        params: &P,
+        cfg: LaunchConfig,
+        cluster: u32,
+    ) -> Result<()> {
+        if cluster <= 1 {
+            return self.launch(source, expr, params, cfg);
+        }
+        if cluster > self.max_cluster() || !cfg.grid_dim.0.is_multiple_of(cluster) {
+            return Err(Error::Unsupported(format!(
+                "{expr}: clusters of {cluster} CTAs with a grid of {:?} on this device",
+                cfg.grid_dim
+            )));
+        }
+        let f = self.be.function(source, expr)?;
+        // cuLaunchKernelEx acts on the current context.
+        self.stream.context().bind_to_thread()?;
+        let mut attribute = sys::CUlaunchAttribute {
+            id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION,
+            pad: [0; 4],
+            value: sys::CUlaunchAttributeValue {
+                clusterDim: sys::CUlaunchAttributeValue_union__bindgen_ty_1 {
+                    x: cluster,
+                    y: 1,
+                    z: 1,
+                },
+            },
+        };
+        let config = sys::CUlaunchConfig {
+            gridDimX: cfg.grid_dim.0,
+            gridDimY: cfg.grid_dim.1,
+            gridDimZ: cfg.grid_dim.2,
+            blockDimX: cfg.block_dim.0,
+            blockDimY: cfg.block_dim.1,
+            blockDimZ: cfg.block_dim.2,
+            sharedMemBytes: cfg.shared_mem_bytes,
+            hStream: self.stream.cu_stream(),
+            attrs: &mut attribute,
+            numAttrs: 1,
+        };
+        let mut args = [(params as *const P).cast_mut().cast::<std::ffi::c_void>()];
+        // SAFETY: as in `launch` for `params`, `expr` and `cfg`; the kernel takes that one
+        // struct, whose address `args` holds and which outlives the call (the driver copies
+        // kernel arguments when the launch is enqueued). `config` and `attribute` are
+        // valid for the call, `cluster` divides the grid and is within the portable
+        // cluster size of an sm_90 device whose CUBIN was loaded (`max_cluster`).
+        unsafe {
+            sys::cuLaunchKernelEx(
+                &config,
+                f.cu_function(),
+                args.as_mut_ptr(),
+                std::ptr::null_mut(),
+            )
+        }
+        .result()?;
         Ok(())
     }
 }

@@ -176,6 +176,22 @@ impl CudaBackend {
         }
     }
 
+    /// Whether the kernels loaded for this device may run in thread-block clusters: the
+    /// backward's CUBIN is for sm_90 or later (its PTX and sm_80 CUBIN trap there).
+    pub(crate) fn has_clusters(&self) -> bool {
+        let (_, image) = &self.modules["layernorm_bwd"];
+        image.kind == ImageKind::Cubin
+            && image
+                .arch
+                .strip_prefix("sm_")
+                .and_then(|v| {
+                    v.trim_end_matches(|c: char| c.is_alphabetic())
+                        .parse::<u32>()
+                        .ok()
+                })
+                .is_some_and(|v| v >= 90)
+    }
+
     /// The kernel for a template name expression of `tiers::expr`, loaded once.
     pub(crate) fn function(&self, source: &'static str, expr: &str) -> Result<CudaFunction> {
         let mut cache = self.functions.lock().unwrap_or_else(|p| p.into_inner());

@@ -15,7 +15,7 @@ use super::params::{
     WarpnormFwdParams, WarpnormStridedBwdParams, WarpnormStridedFwdParams,
     WARPNORM_FINALIZE_PAIR_THREADS, WARPNORM_FINALIZE_THREADS,
 };
-use super::select::{self, Plan, STRIDED_THREADS};
+use super::select::{self, BwdPlan, Plan, StashColumn, STRIDED_THREADS};
 use super::tiers::expr;
 use super::Dtypes;
 pub(crate) use crate::layout::{check_len, Layout};
@@ -373,30 +373,67 @@ fn backward_rows<L: Launch>(l: &L, b: &BwdLaunch) -> Result<()> {
         return finalize_both(l, b, 0, 0, 0);
     }
     let cols = p.cols as u64;
-    let plan = select::backward_plan(cols, b.vec, l.max_smem_per_cta());
+    let max_smem = l.max_smem_per_cta();
+    let plan = match b.generation {
+        KernelGeneration::V1 => BwdPlan::V1(select::backward_plan(cols, b.vec, max_smem)),
+        KernelGeneration::V2 => {
+            let column = StashColumn {
+                x: b.dtypes.x.size() as u32,
+                dy: b.dtypes.out.size() as u32,
+                scale: if p.scale.is_null() {
+                    0
+                } else {
+                    b.dtypes.param.size() as u32
+                },
+                grads: b.dscale.is_some() as u32 + b.dbias.is_some() as u32,
+            };
+            select::backward_plan_v2(cols, b.vec, column, max_smem, l.max_cluster())
+        }
+    };
     let (name, smem) = match plan {
-        Plan::Rows(t) => (expr::bwd_rows(x, t), select::backward_rows_smem(t, cols)),
-        Plan::Cta {
+        BwdPlan::V1(Plan::Rows(t)) => (expr::bwd_rows(x, t), select::backward_rows_smem(t, cols)),
+        BwdPlan::V1(Plan::Cta {
             vec,
             cached,
             smem_bytes,
             ..
-        } => (expr::bwd_cta(x, vec, cached), smem_bytes),
+        }) => (expr::bwd_cta(x, vec, cached), smem_bytes),
+        BwdPlan::Stash {
+            vec,
+            cluster: 1,
+            smem_bytes,
+        } => (expr::bwd_stash(x, vec), smem_bytes),
+        BwdPlan::Stash {
+            vec, smem_bytes, ..
+        } => (expr::bwd_cluster(x, vec), smem_bytes),
     };
-    let resident = l.resident_ctas("layernorm_bwd", &name, plan.threads(), smem)?;
-    let grid = select::backward_grid(p.rows as u64, plan, l.sm_count(), resident);
-    l.launch(
+    let threads = plan.threads();
+    let resident = l.resident_ctas("layernorm_bwd", &name, threads, smem)?;
+    let (rows, sms) = (p.rows as u64, l.sm_count());
+    // Partial rows: one per CTA, or per cluster for a row split over a cluster.
+    let (grid, cluster, parts) = match plan {
+        BwdPlan::V1(v1) => {
+            let grid = select::backward_grid(rows, v1.rows_per_cta(), sms, resident);
+            (grid, 1, grid)
+        }
+        BwdPlan::Stash { cluster, .. } => {
+            let clusters = select::backward_clusters(rows, cluster, sms, resident);
+            (clusters * cluster, cluster, clusters)
+        }
+    };
+    l.launch_cluster(
         "layernorm_bwd",
         &name,
         p,
-        config(grid, plan.threads(), smem),
+        config(grid, threads, smem),
+        cluster,
     )?;
     finalize_both(
         l,
         b,
         p.partial_dscale as u64,
         p.partial_dbias as u64,
-        grid as i32,
+        parts as i32,
     )
 }
 

@@ -3,7 +3,7 @@
 
 use super::params::{
     WARPNORM_CTA_MAX_THREADS, WARPNORM_CTA_SCRATCH_FLOATS, WARPNORM_FINALIZE_COLS,
-    WARPNORM_STRIDED_THREADS,
+    WARPNORM_STASH_SLOT_FLOATS, WARPNORM_STRIDED_THREADS,
 };
 use super::tiers::{pick_row_tier, Pass, RowTier};
 
@@ -81,6 +81,119 @@ pub(crate) fn backward_plan(cols: u64, vec: u32, max_smem: u32) -> Plan {
     cta_plan(cols, vec, 2 * cols * 4, max_smem)
 }
 
+/// Bytes per column of kernels v2's row stash (`kernels/bwd_v2_stash.cuh`, in that
+/// file's order): x and dy in their dtypes, scale in the parameter dtype when the call has
+/// one, and an f32 sum per parameter gradient wanted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct StashColumn {
+    pub x: u32,
+    pub dy: u32,
+    pub scale: u32,
+    pub grads: u32,
+}
+
+impl StashColumn {
+    pub(crate) fn bytes(&self) -> u64 {
+        (self.x + self.dy + self.scale + 4 * self.grads) as u64
+    }
+
+    /// Dynamic shared memory of a stash CTA holding `cols` columns of each row: the
+    /// reduction scratch and the row-sum slots, then the arrays; None when that overflows.
+    pub(crate) fn smem_bytes(&self, cols: u64) -> Option<u64> {
+        cols.checked_mul(self.bytes())?
+            .checked_add(STASH_HEADER_BYTES)
+    }
+
+    /// The longest row of `vec`-element vectors whose stash fits in `max_smem` bytes.
+    #[cfg(test)]
+    fn capacity(&self, vec: u32, max_smem: u32) -> u64 {
+        let room = (max_smem as u64).saturating_sub(STASH_HEADER_BYTES);
+        room / self.bytes() / vec as u64 * vec as u64
+    }
+}
+
+/// The stash kernels' shared memory before their arrays: the reduction scratch and the
+/// row-sum slots.
+const STASH_HEADER_BYTES: u64 =
+    (WARPNORM_CTA_SCRATCH_FLOATS + WARPNORM_STASH_SLOT_FLOATS) as u64 * 4;
+
+/// The most CTAs of a thread-block cluster that is portable on sm_90.
+pub(crate) const MAX_CLUSTER: u32 = 8;
+
+/// Threads of a stash CTA: the most a CTA has. Its shared memory (tens to 227 KiB for the
+/// rows it takes) leaves room for one or two CTAs per SM, so the CTA's own threads are what
+/// keeps loads in flight.
+pub(crate) const STASH_THREADS: u32 = WARPNORM_CTA_MAX_THREADS;
+
+/// A backward plan of kernels v2: v1's, or the row stash.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum BwdPlan {
+    V1(Plan),
+    /// x and dy read once: a row stashed by one CTA (`cluster` 1,
+    /// `layer_norm_bwd_stash<.., vec>`) or split over a thread-block cluster of `cluster`
+    /// CTAs (`layer_norm_bwd_cluster<.., vec>`); `smem_bytes` per CTA.
+    Stash {
+        vec: u32,
+        cluster: u32,
+        smem_bytes: u32,
+    },
+}
+
+impl BwdPlan {
+    pub(crate) fn threads(&self) -> u32 {
+        match self {
+            BwdPlan::V1(p) => p.threads(),
+            BwdPlan::Stash { .. } => STASH_THREADS,
+        }
+    }
+}
+
+/// Kernels v2's backward plan, one rule: rows a register tier holds stay there (they read
+/// x and dy once already); longer rows of 16-byte vectors (`vec > 1`) are stashed, x and
+/// dy read once, by the fewest CTAs whose slices fit in their shared memory: one CTA, or
+/// on devices with thread-block clusters (`max_cluster` > 1, sm_90) a cluster of up to
+/// `max_cluster`; the rest (rows longer than that, and the scalar path) take v1's CTA
+/// kernels, which read x and dy twice.
+pub(crate) fn backward_plan_v2(
+    cols: u64,
+    vec: u32,
+    column: StashColumn,
+    max_smem: u32,
+    max_cluster: u32,
+) -> BwdPlan {
+    let v1 = backward_plan(cols, vec, max_smem);
+    if vec <= 1 || !matches!(v1, Plan::Cta { .. }) {
+        return BwdPlan::V1(v1);
+    }
+    let vectors = cols / vec as u64;
+    (1..=max_cluster.max(1))
+        .find_map(|cluster| {
+            let slice = vectors.div_ceil(cluster as u64) * vec as u64;
+            let bytes = column.smem_bytes(slice)?;
+            (bytes <= max_smem as u64).then_some(BwdPlan::Stash {
+                vec,
+                cluster,
+                smem_bytes: bytes as u32,
+            })
+        })
+        .unwrap_or(BwdPlan::V1(v1))
+}
+
+/// Clusters of `cluster` CTAs in a stash backward's grid (a cluster of one: a CTA): as
+/// many as one wave holds (`resident_per_sm` CTAs per SM, at most `BWD_CTAS_PER_SM`), at
+/// most one per row. Each writes one partial row. (Clusters are placed within a GPC, so on
+/// a GPU a few may wait for a second wave: one more partial row each, no lost parallelism.)
+pub(crate) fn backward_clusters(
+    rows: u64,
+    cluster: u32,
+    sm_count: u32,
+    resident_per_sm: u32,
+) -> u32 {
+    let per_sm = (resident_per_sm.max(1) as u64).min(BWD_CTAS_PER_SM);
+    let wave = (sm_count as u64 * per_sm / cluster.max(1) as u64).max(1);
+    rows.min(wave).max(1) as u32
+}
+
 /// The CTA-per-row plan: the reduction scratch, plus `cache_bytes` of shared memory when
 /// they fit (`cached`).
 fn cta_plan(cols: u64, vec: u32, cache_bytes: u64, max_smem: u32) -> Plan {
@@ -148,8 +261,13 @@ pub(crate) fn max_parts(rows: u64, sm_count: u32) -> u64 {
 /// once (`resident_per_sm` from the occupancy of the kernel chosen). CTAs beyond one wave
 /// would only run after others finish, adding partial rows (traffic for the finalize and,
 /// for long rows, L2 space) without adding parallelism.
-pub(crate) fn backward_grid(rows: u64, plan: Plan, sm_count: u32, resident_per_sm: u32) -> u32 {
-    let needed = rows.div_ceil(plan.rows_per_cta()).max(1);
+pub(crate) fn backward_grid(
+    rows: u64,
+    rows_per_cta: u64,
+    sm_count: u32,
+    resident_per_sm: u32,
+) -> u32 {
+    let needed = rows.div_ceil(rows_per_cta).max(1);
     let per_sm = (resident_per_sm.max(1) as u64).min(BWD_CTAS_PER_SM);
     needed.min(sm_count as u64 * per_sm) as u32
 }
@@ -211,7 +329,8 @@ mod tests {
                 for vec in [1, 8] {
                     let plan = backward_plan(cols, vec, 227 * 1024);
                     for resident in [0, 1, 2, 4, 32] {
-                        assert!(backward_grid(rows, plan, 132, resident) as u64 <= parts);
+                        let per_cta = plan.rows_per_cta();
+                        assert!(backward_grid(rows, per_cta, 132, resident) as u64 <= parts);
                     }
                 }
                 assert!(strided_backward_grid(rows, 132) as u64 * STRIDED_WARPS <= parts);
@@ -221,12 +340,120 @@ mod tests {
 
     #[test]
     fn backward_grid_is_one_wave() {
-        let plan = backward_plan(16_384, 8, 227 * 1024);
+        let per_cta = backward_plan(16_384, 8, 227 * 1024).rows_per_cta();
         // One 128 KiB-accumulator CTA per SM: 132 partial rows, not 4 waves' worth.
-        assert_eq!(backward_grid(1 << 14, plan, 132, 1), 132);
-        assert_eq!(backward_grid(1 << 14, plan, 132, 3), 396);
-        assert_eq!(backward_grid(1 << 14, plan, 132, 16), 528);
-        assert_eq!(backward_grid(100, plan, 132, 1), 100);
+        assert_eq!(backward_grid(1 << 14, per_cta, 132, 1), 132);
+        assert_eq!(backward_grid(1 << 14, per_cta, 132, 3), 396);
+        assert_eq!(backward_grid(1 << 14, per_cta, 132, 16), 528);
+        assert_eq!(backward_grid(100, per_cta, 132, 1), 100);
+    }
+
+    /// Opt-in shared memory per CTA of sm_90 and sm_80.
+    const SM90_SMEM: u32 = 227 * 1024;
+    const SM80_SMEM: u32 = 163 * 1024;
+
+    fn column(x: u32, dy: u32, scale: u32, grads: u32) -> StashColumn {
+        StashColumn {
+            x,
+            dy,
+            scale,
+            grads,
+        }
+    }
+
+    #[test]
+    fn v2_stashes_the_rows_past_the_register_tiers_that_fit() {
+        let f32_layer_norm = column(4, 4, 4, 2);
+        let cap = f32_layer_norm.capacity(4, SM90_SMEM);
+        assert_eq!(cap, 11_600);
+        let plan = |cols, vec, smem, max_cluster| {
+            backward_plan_v2(cols, vec, f32_layer_norm, smem, max_cluster)
+        };
+        assert!(matches!(
+            plan(4096, 4, SM90_SMEM, 8),
+            BwdPlan::V1(Plan::Rows(_))
+        ));
+        for cols in [4100, 8192, cap] {
+            let stash = plan(cols, 4, SM90_SMEM, 8);
+            let BwdPlan::Stash {
+                vec: 4,
+                cluster: 1,
+                smem_bytes,
+            } = stash
+            else {
+                panic!("{cols}: {stash:?}");
+            };
+            assert_eq!(smem_bytes as u64, 416 + 20 * cols);
+        }
+        // Past one CTA: the fewest CTAs of a cluster whose slices fit, where there are
+        // clusters; v1's CTA kernels where there are none, past 8 CTAs, and for the
+        // scalar path.
+        let cluster_of = |cols, max_cluster| match plan(cols, 4, SM90_SMEM, max_cluster) {
+            BwdPlan::Stash { cluster, .. } => Some(cluster),
+            BwdPlan::V1(Plan::Cta { .. }) => None,
+            other => panic!("{cols}: {other:?}"),
+        };
+        assert_eq!(cluster_of(cap + 4, 8), Some(2));
+        assert_eq!(cluster_of(2 * cap, 8), Some(2));
+        assert_eq!(cluster_of(2 * cap + 4, 8), Some(3));
+        assert_eq!(cluster_of(65_536, 8), Some(6));
+        assert_eq!(cluster_of(8 * cap, 8), Some(8));
+        assert_eq!(cluster_of(8 * cap + 4, 8), None);
+        assert_eq!(cluster_of(cap + 4, 1), None);
+        assert!(matches!(
+            backward_plan_v2(8192, 1, f32_layer_norm, SM90_SMEM, 8),
+            BwdPlan::V1(Plan::Cta { .. })
+        ));
+        assert!(matches!(
+            plan(8192, 4, SM80_SMEM, 1),
+            BwdPlan::Stash { cluster: 1, .. }
+        ));
+        assert!(matches!(plan(cap, 4, SM80_SMEM, 1), BwdPlan::V1(_)));
+        assert_eq!(f32_layer_norm.smem_bytes(u64::MAX), None);
+    }
+
+    #[test]
+    fn stash_grids_are_one_wave_of_clusters_and_fit_the_workspace() {
+        assert_eq!(backward_clusters(1 << 14, 1, 132, 1), 132);
+        assert_eq!(backward_clusters(1 << 14, 1, 132, 2), 264);
+        assert_eq!(backward_clusters(1 << 14, 2, 132, 1), 66);
+        assert_eq!(backward_clusters(1 << 14, 6, 132, 1), 22);
+        assert_eq!(backward_clusters(5, 2, 132, 1), 5);
+        assert_eq!(backward_clusters(1 << 14, 8, 1, 1), 1);
+        for rows in [1u64, 3, 100, 1 << 20] {
+            for cluster in 1..=MAX_CLUSTER {
+                let clusters = backward_clusters(rows, cluster, 132, 4) as u64;
+                assert!(clusters >= 1 && clusters <= max_parts(rows, 132));
+            }
+        }
+    }
+
+    /// The longest rows the stash holds, per dtype combination and device (docs/TUNING.md,
+    /// T15); printed with `--nocapture`.
+    #[test]
+    fn stash_capacity_per_dtype() {
+        println!("x / params / dy   grads  bytes/col  sm_90 (227 KiB)  sm_80 (163 KiB)");
+        let cases = [
+            ("f32 / f32 / f32", 4, 4, 4, 4, 2),
+            ("f32 RMSNorm", 4, 4, 4, 4, 1),
+            ("16-bit / 16-bit / 16-bit", 8, 2, 2, 2, 2),
+            ("16-bit / f32 / 16-bit", 8, 2, 4, 2, 2),
+            ("16-bit / f32 / f32", 8, 2, 4, 4, 2),
+            ("16-bit RMSNorm", 8, 2, 2, 2, 1),
+        ];
+        for (name, vec, x, p, dy, grads) in cases {
+            let c = column(x, dy, p, grads);
+            let (sm90, sm80) = (c.capacity(vec, SM90_SMEM), c.capacity(vec, SM80_SMEM));
+            println!(
+                "{name:<24} {grads:>5} {:>10} {sm90:>16} {sm80:>16}",
+                c.bytes()
+            );
+            // Each capacity is the longest stashed row: one vector more is v1's.
+            for (cap, smem) in [(sm90, SM90_SMEM), (sm80, SM80_SMEM)] {
+                assert!(c.smem_bytes(cap).unwrap() <= smem as u64);
+                assert!(c.smem_bytes(cap + vec as u64).unwrap() > smem as u64);
+            }
+        }
     }
 
     #[test]

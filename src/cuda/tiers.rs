@@ -165,6 +165,16 @@ pub mod expr {
             cuda_type(x)
         )
     }
+    /// Kernels v2: the long-row backward that stashes the row in shared memory
+    /// (`kernels/bwd_v2_stash.cuh`), x's 16-byte vectors only.
+    pub fn bwd_stash(x: &str, vec: u32) -> String {
+        format!("warpnorm::layer_norm_bwd_stash<{}, {vec}>", cuda_type(x))
+    }
+    /// Kernels v2 on sm_90: the long-row backward split over a thread-block cluster
+    /// (`kernels/bwd_v2_cluster.cuh`).
+    pub fn bwd_cluster(x: &str, vec: u32) -> String {
+        format!("warpnorm::layer_norm_bwd_cluster<{}, {vec}>", cuda_type(x))
+    }
     pub fn bwd_strided(x: &str) -> String {
         format!("warpnorm::layer_norm_bwd_strided<{}>", cuda_type(x))
     }
@@ -223,6 +233,10 @@ pub fn instantiations(source: &str) -> Vec<String> {
             out.extend([false, true].map(|flag| (k.cta)(x, vec, flag)));
         }
         out.push((k.strided)(x));
+        if k.pass == Pass::Backward {
+            let vec = max_vec(bytes);
+            out.extend([expr::bwd_stash(x, vec), expr::bwd_cluster(x, vec)]);
+        }
     }
     if k.pass == Pass::Backward {
         out.extend(X_DTYPES.map(expr::finalize));
