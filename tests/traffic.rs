@@ -417,8 +417,8 @@ fn every_path_moves_its_ideal_bytes_or_a_documented_reason() {
         for generation in KernelGeneration::ALL {
             for combo in COMBOS {
                 // The kernels of a path named for one dtype run in that dtype only.
-                if (combo != "f32" && path.kernel.contains("float"))
-                    || (combo == "f32" && path.kernel.contains("bfloat16"))
+                if (combo != "f32" && path.kernel.contains("<float"))
+                    || (combo == "f32" && path.kernel.contains("<__nv_bfloat16"))
                 {
                     continue;
                 }
