@@ -120,9 +120,9 @@ const STASH_HEADER_BYTES: u64 =
 /// The most CTAs of a thread-block cluster that is portable on sm_90.
 pub(crate) const MAX_CLUSTER: u32 = 8;
 
-/// Threads of a stash CTA: the most a CTA has. Its shared memory (tens to 227 KiB for the
-/// rows it takes) leaves room for one or two CTAs per SM, so the CTA's own threads are what
-/// keeps loads in flight.
+/// Threads of a stash CTA: the most a CTA has. One CTA fits on an SM (its 1024 threads'
+/// registers fill the register file, its stash most of the shared memory), so the CTA's own
+/// threads are what keeps loads in flight.
 pub(crate) const STASH_THREADS: u32 = WARPNORM_CTA_MAX_THREADS;
 
 /// A backward plan of kernels v2: v1's, or the row stash.
