@@ -385,7 +385,24 @@ impl NormConfig {
     /// then casts to the compute dtype, so y is rounded to x's dtype first (and the
     /// cotangent dy, by the transpose of that cast, too). flax casts once: `None`.
     pub fn intermediate_dtype(&self, x: DType) -> Option<DType> {
-        (self.api == Api::Keras).then_some(x)
+        self.rounds_output_to_input_dtype().then_some(x)
+    }
+
+    /// The coarsest dtype y is rounded to on its way out: [`NormConfig::output_dtype`], or
+    /// x's dtype where y passes through it first ([`NormConfig::intermediate_dtype`]) and it
+    /// is the coarser. A result's error is judged at this dtype's precision.
+    pub fn coarsest_y_dtype(&self, x: DType) -> DType {
+        let out = self.output_dtype(x);
+        match self.intermediate_dtype(x) {
+            Some(d) if d.unit_roundoff() > out.unit_roundoff() => d,
+            _ => out,
+        }
+    }
+
+    /// Whether y passes through x's dtype on its way to [`NormConfig::output_dtype`] (keras;
+    /// see [`NormConfig::intermediate_dtype`]).
+    pub fn rounds_output_to_input_dtype(&self) -> bool {
+        self.api == Api::Keras
     }
 
     /// Resolves the axes against an input shape, applying the API's rules.

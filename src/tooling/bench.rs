@@ -569,6 +569,7 @@ pub fn run_with(
         kind: opts.norm.kind(),
         eps: opts.eps,
         fast_variance: false,
+        round_output_to_x: false,
         kernels: None,
     };
     let generations: Vec<(Option<KernelGeneration>, String)> = if opts.kernels.is_empty() {
