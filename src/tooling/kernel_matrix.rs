@@ -267,10 +267,10 @@ impl Kernels {
     }
 
     /// Forward and backward of `case` in its dtypes, by the kernels of `generation` (the
-    /// one `WARPNORM_KERNELS` names when `None`).
+    /// one `WARPNORM_KERNELS` names when `None`); an error for dtypes the kernels are not
+    /// compiled for.
     pub fn run(&self, case: &Case, generation: Option<KernelGeneration>) -> Result<Outputs> {
         let d = case.dtypes();
-        d.check_compiled()?;
         match self {
             Kernels::Gpu(be) => {
                 crate::with_kernel_dtypes!(d, <T, P, O> => gpu::run::<T, P, O>(be, case, generation))
