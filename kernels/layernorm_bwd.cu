@@ -12,16 +12,9 @@
 // and dscale_j = sum over rows of dy_j * xhat_j, dbias_j = sum over rows of dy_j.
 // dx reads x, dy and scale once. dscale / dbias go through per-CTA f32 partial rows that a
 // finalize kernel sums in CTA order: no atomics, so results are bitwise reproducible.
-#include "common.cuh"
+#include "stats.cuh"
 
 namespace warpnorm {
-
-constexpr int kBwdRowsBlock = WARPNORM_ROWS_CTA_THREADS;
-
-template <int GROUP> struct BwdLayout {
-    static constexpr int kThreads = GROUP > kWarpSize ? GROUP : kBwdRowsBlock;
-    static constexpr int kRowsPerCta = kThreads / GROUP;
-};
 
 // Registers a thread of a register tier may use for ELEMS elements: x, dy and the two sums
 // (4 floats an element) plus addressing, and 16-bit values' conversions. The parameter and
@@ -78,24 +71,15 @@ __device__ __forceinline__ void add_row_sums(const RowTerms& t, const float* x, 
     }
 }
 
-template <int GROUP, int K> __device__ __forceinline__ void bwd_row_sum(float (&v)[K], float* scratch) {
-    if constexpr (GROUP <= kWarpSize) {
-#pragma unroll
-        for (int k = 0; k < K; ++k) v[k] = group_sum<GROUP>(v[k]);
-    } else {
-        cta_sum<K>(v, scratch);
-    }
-}
-
 // Register tier: the row (x, dy) lives in registers and each thread keeps the dscale/dbias
 // sums of its own columns across all the rows its CTA visits.
 template <typename T, int VEC, int VECS, int GROUP>
-__global__ void __launch_bounds__(BwdLayout<GROUP>::kThreads,
-                                  ctas_for_registers(BwdLayout<GROUP>::kThreads, kBwdRegisters<T, VEC * VECS>))
+__global__ void __launch_bounds__(GroupLayout<GROUP>::kThreads,
+                                  ctas_for_registers(GroupLayout<GROUP>::kThreads, kBwdRegisters<T, VEC * VECS>))
     layer_norm_bwd(const WarpnormBwdParams p) {
     constexpr int kElems = VEC * VECS;
-    constexpr int kThreads = BwdLayout<GROUP>::kThreads;
-    constexpr int kRowsPerCta = BwdLayout<GROUP>::kRowsPerCta;
+    constexpr int kThreads = GroupLayout<GROUP>::kThreads;
+    constexpr int kRowsPerCta = GroupLayout<GROUP>::kRowsPerCta;
     // Reduction scratch, then (GROUP <= 32) the slots' column sums to combine at the end.
     WARPNORM_DYNAMIC_SMEM(smem);
     float* scratch = smem;
@@ -134,11 +118,12 @@ __global__ void __launch_bounds__(BwdLayout<GROUP>::kThreads,
                 for (int i = 0; i < VEC; ++i) xv[i] = dyv[i] = 0.f;
             }
         }
+        const RowThreads<GROUP> threads{scratch};
         if (p.mask) {
-            bwd_row_sum<GROUP, 3>(sums, scratch);
+            threads.sum(sums);
         } else {
             float s2[2] = {sums[0], sums[1]};
-            bwd_row_sum<GROUP, 2>(s2, scratch);
+            threads.sum(s2);
             sums[0] = s2[0];
             sums[1] = s2[1];
             sums[2] = n_all;
@@ -252,7 +237,7 @@ __global__ void __launch_bounds__(WARPNORM_CTA_MAX_THREADS, 1) layer_norm_bwd_ct
             load_mask<VEC>(p, row, col, m);
             add_row_sums<VEC>(t, x, dy, scale, m, sums);
         }
-        cta_sum<3>(sums, scratch);
+        WholeCta{scratch}.sum(sums);
         const float c1s1 = t.c1() * sums[0];
         const float inv_n = 1.f / sums[2];
         for (long long col = (long long)threadIdx.x * VEC; col < p.cols; col += step) {

@@ -21,7 +21,7 @@
 // at any element), statistics in f32, every reduction in a fixed order so that results
 // are bitwise reproducible. Each kernel takes one params.h struct by value, as the
 // single-device kernels do.
-#include "common.cuh"
+#include "stats.cuh"
 
 namespace warpnorm {
 
@@ -44,48 +44,47 @@ __device__ __forceinline__ WarpRows warp_rows() {
             int(threadIdx.x % kWarpSize)};
 }
 
-// Whether element `c` of row `row` takes part in the statistics (flax's mask).
-__device__ __forceinline__ float selected(const unsigned char* mask, long long mask_stride, long long row,
-                                          long long c) {
-    return (!mask || mask[row * mask_stride + c]) ? 1.f : 0.f;
+// Whether element `c` of a row takes part in the statistics (flax's mask; `mask` is the
+// row's, or null).
+__device__ __forceinline__ float selected(const unsigned char* mask, long long c) {
+    return (!mask || load(&mask[c])) ? 1.f : 0.f;
 }
+
+// The part of a shard's row a lane holds (columns lane, lane + 32, ...), read from global
+// memory in each pass of the statistics.
+template <typename T> struct ShardElements {
+    const T* x;                 // the row
+    const unsigned char* mask;  // the row's mask, or null
+    long long cols;
+    int lane;
+
+    template <typename F> __device__ __forceinline__ void for_each(F f) const {
+        for (long long c = lane; c < cols; c += kWarpSize) f(selected(mask, c), to_float(load(&x[c])));
+    }
+    __device__ __forceinline__ float count(float n) const { return mask ? n : float(cols); }
+};
 
 // Per-shard statistics of the selected elements of each row. A row with none selected
 // gets NaN means (0 / 0), as flax's mean(where=all false): NaN for the whole group.
 template <typename T> __global__ void __launch_bounds__(kShardThreads) shard_row_stats(const WarpnormShardStatsParams p) {
     const WarpRows w = warp_rows();
-    const T* __restrict__ x = static_cast<const T*>(p.x);
+    const RowThreads<kWarpSize> warp{nullptr};
     for (long long row = w.first; row < p.rows; row += w.step) {
-        const T* xr = x + row * p.x_stride;
-        float s = 0.f, q = 0.f, count = 0.f;
-        for (long long c = w.lane; c < p.cols; c += kWarpSize) {
-            const float m = selected(p.mask, p.mask_stride, row, c);
-            const float v = weighted(m, to_float(xr[c]));
-            s += v;
-            q += v * v;
-            count += m;
-        }
-        s = group_sum<kWarpSize>(s);
-        const float n = p.mask ? group_sum<kWarpSize>(count) : float(p.cols);
+        const ShardElements<T> elements{static_cast<const T*>(p.x) + row * p.x_stride,
+                                        p.mask ? p.mask + row * p.mask_stride : nullptr, p.cols, w.lane};
         if (p.mode == kShardMeans) {
-            q = group_sum<kWarpSize>(q);
+            const RowMeans means = row_means(elements, warp);
             if (w.lane == 0) {
-                p.out[2 * row] = s / n;
-                p.out[2 * row + 1] = q / n;
+                store(&p.out[2 * row], means.x);
+                store(&p.out[2 * row + 1], means.sq);
             }
         } else {
             // Exact two-pass: the second pass re-reads the row (from L1 / L2).
-            const float mean = s / n;
-            float m2 = 0.f;
-            for (long long c = w.lane; c < p.cols; c += kWarpSize) {
-                const float d = weighted(selected(p.mask, p.mask_stride, row, c), to_float(xr[c]) - mean);
-                m2 += d * d;
-            }
-            m2 = group_sum<kWarpSize>(m2);
+            const Moments m = exact_moments(elements, warp);
             if (w.lane == 0) {
-                p.out[3 * row] = n;
-                p.out[3 * row + 1] = mean;
-                p.out[3 * row + 2] = m2;
+                store(&p.out[3 * row], m.n);
+                store(&p.out[3 * row + 1], m.mean);
+                store(&p.out[3 * row + 2], m.m2);
             }
         }
     }
@@ -118,19 +117,12 @@ __device__ __forceinline__ ShardRowStats combine_stats(const float* stats, long 
         var = spread * inv_k;
     } else {
         // stats: [rows][2], summed over the group: pmean divides by the group size.
-        const float mean_x = stats[2 * row] / float(group);
-        const float mean_sq = stats[2 * row + 1] / float(group);
-        if (kind == WARPNORM_RMS_NORM) {
-            mean = 0.f;
-            var = mean_sq;
-        } else {
-            mean = mean_x;
-            const float raw = mean_sq - mean_x * mean_x;
-            dvar = raw > 0.f ? 1.f : (raw == 0.f ? 0.5f : 0.f);
-            var = clamp_nonnegative(raw);
-        }
+        const RowStats st = stats_from_means(kind, stats[2 * row] / float(group), stats[2 * row + 1] / float(group));
+        mean = st.mean;
+        var = st.var;
+        if (kind != WARPNORM_RMS_NORM) dvar = var > 0.f ? 1.f : (var == 0.f ? 0.5f : 0.f);
     }
-    return {mean, rsqrtf(var + eps), dvar};
+    return {mean, rstd_of(var, eps), dvar};
 }
 
 // The minimum of 8 resident CTAs gives ptxas a budget of 64 registers: left to itself it
@@ -187,17 +179,16 @@ __global__ void __launch_bounds__(kShardThreads) shard_bwd_sums(const WarpnormSh
     const WarpRows w = warp_rows();
     for (long long row = w.first; row < p.rows; row += w.step) {
         const ShardBwdRow<T, P, O> r(p, row);
-        float a = 0.f, b = 0.f;
+        float sums[2] = {0.f, 0.f};
         for (long long c = w.lane; c < p.cols; c += kWarpSize) {
             const float g = r.g(c);
-            a += g;
-            b += g * r.centred(c) * r.rstd;  // rstd last, as shard_param_grads rounds
+            sums[0] += g;
+            sums[1] += g * r.centred(c) * r.rstd;  // rstd last, as shard_param_grads rounds
         }
-        a = group_sum<kWarpSize>(a);
-        b = group_sum<kWarpSize>(b);
+        RowThreads<kWarpSize>{nullptr}.sum(sums);
         if (w.lane == 0) {
-            p.sums[2 * row] = a;
-            p.sums[2 * row + 1] = b;
+            p.sums[2 * row] = sums[0];
+            p.sums[2 * row + 1] = sums[1];
         }
     }
 }
@@ -216,15 +207,17 @@ __global__ void __launch_bounds__(kShardThreads) shard_dx(const WarpnormShardBwd
         const float f = p.dvar ? p.dvar[row] : 1.f;
         const float c1a = p.kind == WARPNORM_LAYER_NORM ? p.sums[2 * row] : 0.f;
         const float b = p.sums[2 * row + 1];
+        const unsigned char* mask = p.mask ? p.mask + row * p.mask_stride : nullptr;
         float weight = p.weight;
-        if (p.mask) {
-            float count = 0.f;
-            for (long long c = w.lane; c < p.cols; c += kWarpSize) count += selected(p.mask, p.mask_stride, row, c);
-            weight /= group_sum<kWarpSize>(count);
+        if (mask) {
+            float count[1] = {0.f};
+            for (long long c = w.lane; c < p.cols; c += kWarpSize) count[0] += selected(mask, c);
+            RowThreads<kWarpSize>{nullptr}.sum(count);
+            weight /= count[0];
         }
         T* __restrict__ dxr = static_cast<T*>(p.dx) + row * p.dx_stride;
         for (long long c = w.lane; c < p.cols; c += kWarpSize) {
-            const float m = selected(p.mask, p.mask_stride, row, c);
+            const float m = selected(mask, c);
             const float xhat = r.xhat(c);
             dxr[c] = from_float<T>(r.rstd * (r.g(c) - stats_grad(m, weight * (c1a + f * xhat * b), xhat)));
         }
