@@ -9,6 +9,7 @@
 //    (when it fits) or from global memory (L2) for the second pass.
 //
 // Statistics are f32, computed as stats.cuh defines them for every path.
+#include "io.cuh"
 #include "stats.cuh"
 
 namespace warpnorm {
@@ -16,14 +17,12 @@ namespace warpnorm {
 // Which elements of a thread's registers count towards the statistics: whole vectors
 // inside the row, and of those the elements the flax mask selects (when there is one).
 template <int VEC, int VECS, int GROUP> struct RowWeights {
-    const unsigned char* mask;  // this row's mask, or null
+    MaskIn mask;  // this row's mask
     int lane;
     bool in_row[VECS];
 
     __device__ __forceinline__ float operator()(int v, int i) const {
-        if (!in_row[v]) return 0.f;
-        if (!mask) return 1.f;
-        return load(&mask[(long long)(v * GROUP + lane) * VEC + i]) ? 1.f : 0.f;
+        return in_row[v] ? mask[(long long)(v * GROUP + lane) * VEC + i] : 0.f;
     }
 };
 
@@ -42,35 +41,10 @@ template <int VEC, int VECS, int GROUP> struct RegisterElements {
     __device__ __forceinline__ float count(float n) const { return n; }
 };
 
-// Applies the normalisation to VEC elements starting at column `col` and stores them.
-template <typename T, int VEC>
-__device__ __forceinline__ void normalize_store(const WarpnormFwdParams& p, const float* x, float mean, float rstd,
-                                                long long row, long long col) {
-    float scale[VEC], bias[VEC], y[VEC];
-    if (p.scale) {
-        MixedIn<T>(p.scale, p.param_dtype).template load<VEC>(col, scale);
-    } else {
-#pragma unroll
-        for (int i = 0; i < VEC; ++i) scale[i] = 1.f;
-    }
-    if (p.bias) {
-        MixedIn<T>(p.bias, p.param_dtype).template load<VEC>(col, bias);
-    } else {
-#pragma unroll
-        for (int i = 0; i < VEC; ++i) bias[i] = 0.f;
-    }
-    // keras rms_scaling uses the centred variance but does not centre x.
-    const float shift = p.kind == WARPNORM_LAYER_NORM ? mean : 0.f;
-#pragma unroll
-    for (int i = 0; i < VEC; ++i) y[i] = (x[i] - shift) * rstd * scale[i] + bias[i];
-    MixedOut<T>(p.y, p.out_dtype).template store<VEC>(row * p.y_stride + col, y);
-}
-
-// Weights of VEC elements of a row: 1 when the element counts towards the statistics.
-template <int VEC>
-__device__ __forceinline__ void load_weights(const WarpnormFwdParams& p, long long row, long long col, float* w) {
-#pragma unroll
-    for (int i = 0; i < VEC; ++i) w[i] = (!p.mask || load(&p.mask[row * p.mask_stride + col + i])) ? 1.f : 0.f;
+// The forward's output step: the affine parameters and y, in the dtypes of the call.
+template <typename T, typename Params> __device__ __forceinline__ auto forward_out(const Params& p) {
+    return affine_out(mixed_param<T>(p.scale, p.param_dtype, 1.f), mixed_param<T>(p.bias, p.param_dtype, 0.f),
+                      MixedOut<T>(p.y, p.out_dtype));
 }
 
 // Registers a thread of a register tier may use: the parameter and output dtypes are
@@ -89,7 +63,8 @@ __global__ void __launch_bounds__(GroupLayout<GROUP>::kThreads,
 
     const int lane = threadIdx.x % GROUP;
     const int slot = threadIdx.x / GROUP;
-    const T* x_base = static_cast<const T*>(p.x);
+    const TensorIn<T> x_in{static_cast<const T*>(p.x)};
+    const auto out = forward_out<T>(p);
 
     // The loop bound is uniform across the CTA so that every thread reaches every shuffle
     // and barrier; rows past the end are carried along with zero weight.
@@ -100,14 +75,14 @@ __global__ void __launch_bounds__(GroupLayout<GROUP>::kThreads,
 
         float x[kElems];
         RowWeights<VEC, VECS, GROUP> w;
-        w.mask = (p.mask && row_valid) ? p.mask + row * p.mask_stride : nullptr;
+        w.mask = MaskIn{(p.mask && row_valid) ? p.mask + row * p.mask_stride : nullptr};
         w.lane = lane;
 #pragma unroll
         for (int v = 0; v < VECS; ++v) {
             const long long col = (long long)(v * GROUP + lane) * VEC;
             w.in_row[v] = row_valid && col < p.cols;
             if (w.in_row[v]) {
-                load_vec<T, VEC>(x_base + row * p.x_stride + col, &x[v * VEC]);
+                x_in.template load<VEC>(row * p.x_stride + col, &x[v * VEC]);
             } else {
 #pragma unroll
                 for (int i = 0; i < VEC; ++i) x[v * VEC + i] = 0.f;
@@ -121,10 +96,14 @@ __global__ void __launch_bounds__(GroupLayout<GROUP>::kThreads,
             if (p.mean) store(&p.mean[row], st.mean);
             if (p.rstd) store(&p.rstd[row], rstd);
         }
+        const Normalize normalize{centre_of(p.kind, st.mean), rstd};
 #pragma unroll
         for (int v = 0; v < VECS; ++v) {
             const long long col = (long long)(v * GROUP + lane) * VEC;
-            if (w.in_row[v]) normalize_store<T, VEC>(p, &x[v * VEC], st.mean, rstd, row, col);
+            if (!w.in_row[v]) continue;
+            float xhat[VEC];
+            normalize.apply<VEC>(&x[v * VEC], xhat);
+            out.template store<VEC>(row * p.y_stride + col, col, xhat);
         }
     }
 }
@@ -139,6 +118,8 @@ __global__ void __launch_bounds__(WARPNORM_CTA_MAX_THREADS, 1) layer_norm_fwd_ct
     float* scratch = smem;
     T* cached_row = reinterpret_cast<T*>(smem + kCtaScratchFloats);
     const T* x_base = static_cast<const T*>(p.x);
+    const MaskIn mask{p.mask};
+    const auto out = forward_out<T>(p);
     const long long step = (long long)blockDim.x * VEC;
     const bool sum_of_squares = uses_sum_of_squares(p.kind, p.fast_variance);
 
@@ -146,27 +127,30 @@ __global__ void __launch_bounds__(WARPNORM_CTA_MAX_THREADS, 1) layer_norm_fwd_ct
         const T* x_row = x_base + row * p.x_stride;
         StreamedStats stats(sum_of_squares);
         for (long long col = (long long)threadIdx.x * VEC; col < p.cols; col += step) {
-            // One 16-byte load: kept raw in the row cache, widened to f32 for the sums.
+            // One 16-byte load, kept raw in the row cache and widened to f32 for the sums:
+            // the one place x is held in its storage dtype.
             const Pack<T, VEC> raw = load_pack<T, VEC>(x_row + col);
             if constexpr (CACHE) store_pack<T, VEC>(cached_row + col, raw);
             float x[VEC], w[VEC];
 #pragma unroll
             for (int i = 0; i < VEC; ++i) x[i] = to_float(raw.v[i]);
-            load_weights<VEC>(p, row, col, w);
+            mask.load<VEC>(row * p.mask_stride + col, w);
             stats.add<VEC>(x, w);
         }
         const RowStats st = stats.finish(WholeCta{scratch}, p.kind);
-        const float mean = st.mean;
         const float rstd = rstd_of(st.var, p.eps);
         if (threadIdx.x == 0) {
-            if (p.mean) store(&p.mean[row], mean);
+            if (p.mean) store(&p.mean[row], st.mean);
             if (p.rstd) store(&p.rstd[row], rstd);
         }
+        const Normalize normalize{centre_of(p.kind, st.mean), rstd};
         // Each thread re-reads exactly the columns it cached, so no barrier is needed here.
+        const TensorIn<T> x_again{CACHE ? cached_row : x_row};
         for (long long col = (long long)threadIdx.x * VEC; col < p.cols; col += step) {
-            float x[VEC];
-            load_vec<T, VEC>(CACHE ? cached_row + col : x_row + col, x);
-            normalize_store<T, VEC>(p, x, mean, rstd, row, col);
+            float x[VEC], xhat[VEC];
+            x_again.template load<VEC>(col, x);
+            normalize.apply<VEC>(x, xhat);
+            out.template store<VEC>(row * p.y_stride + col, col, xhat);
         }
         if constexpr (CACHE) __syncthreads();  // the next row overwrites the cache
     }
@@ -175,11 +159,11 @@ __global__ void __launch_bounds__(WARPNORM_CTA_MAX_THREADS, 1) layer_norm_fwd_ct
 // A channels-first row, read from global memory in each pass of row_stats: every element
 // is selected (the strided kernels take no mask) and the count is cols.
 template <typename T> struct StridedElements {
-    const T* x;  // the row's first element; element c is x[c * inner]
+    TensorIn<T> x;  // from the row's first element; element c is c * inner further
     long long cols, inner;
 
     template <typename F> __device__ __forceinline__ void for_each(F f) const {
-        for (long long c = 0; c < cols; ++c) f(1.f, to_float(load(&x[c * inner])));
+        for (long long c = 0; c < cols; ++c) f(1.f, x[c * inner]);
     }
     __device__ __forceinline__ float count(float) const { return float(cols); }
 };
@@ -190,27 +174,19 @@ template <typename T> struct StridedElements {
 template <typename T>
 __global__ void __launch_bounds__(WARPNORM_STRIDED_THREADS) layer_norm_fwd_strided(const WarpnormStridedFwdParams p) {
     const long long rows = p.outer * p.inner;
+    const auto out = forward_out<T>(p);
     for (long long row = (long long)blockIdx.x * blockDim.x + threadIdx.x; row < rows;
          row += (long long)gridDim.x * blockDim.x) {
         const long long o = row / p.inner, i = row % p.inner;
-        const T* x = static_cast<const T*>(p.x) + o * p.cols * p.inner + i;
         const long long first = o * p.cols * p.inner + i;
-        const MixedIn<T> scale(p.scale, p.param_dtype), bias(p.bias, p.param_dtype);
-        const MixedOut<T> y(p.y, p.out_dtype);
+        const StridedElements<T> x{{static_cast<const T*>(p.x) + first}, p.cols, p.inner};
 
-        const RowStats st = row_stats(StridedElements<T>{x, p.cols, p.inner}, RowThreads<1>{nullptr}, p.kind,
-                                      p.fast_variance);
-        const float mean = st.mean;
+        const RowStats st = row_stats(x, RowThreads<1>{nullptr}, p.kind, p.fast_variance);
         const float rstd = rstd_of(st.var, p.eps);
-        if (p.mean) store(&p.mean[row], mean);
+        if (p.mean) store(&p.mean[row], st.mean);
         if (p.rstd) store(&p.rstd[row], rstd);
-        const float shift = p.kind == WARPNORM_LAYER_NORM ? mean : 0.f;
-        for (long long c = 0; c < p.cols; ++c) {
-            const float s = p.scale ? scale[c] : 1.f;
-            const float b = p.bias ? bias[c] : 0.f;
-            const float out = (to_float(load(&x[c * p.inner])) - shift) * rstd * s + b;
-            y.template store<1>(first + c * p.inner, &out);
-        }
+        const Normalize normalize{centre_of(p.kind, st.mean), rstd};
+        for (long long c = 0; c < p.cols; ++c) out.store(first + c * p.inner, c, normalize(x.x[c * p.inner]));
     }
 }
 

@@ -31,7 +31,22 @@ __device__ __forceinline__ RowStats stats_from_means(int kind, float mean_x, flo
     return {mean_x, mean_sq - mean_x * mean_x};
 }
 
+// The exact form from a row's moments.
 __device__ __forceinline__ RowStats stats_from_moments(Moments m) { return {m.mean, m.m2 / m.n}; }
+
+// What x is centred on before the scaling: LayerNorm subtracts the mean; RMSNorm has none
+// and keras rms_scaling, though its variance is centred, does not centre x.
+__device__ __forceinline__ float centre_of(int kind, float mean) { return kind == WARPNORM_LAYER_NORM ? mean : 0.f; }
+
+// The normalisation of a row: xhat = (x - centre) * rstd.
+struct Normalize {
+    float centre, rstd;
+    __device__ __forceinline__ float operator()(float x) const { return (x - centre) * rstd; }
+    template <int N> __device__ __forceinline__ void apply(const float* x, float* xhat) const {
+#pragma unroll
+        for (int i = 0; i < N; ++i) xhat[i] = (*this)(x[i]);
+    }
+};
 
 // The CTA of a register tier whose rows GROUP threads own: a CTA per row beyond a warp,
 // else WARPNORM_ROWS_CTA_THREADS threads (enough warps to hide latency, few enough that
@@ -76,21 +91,49 @@ template <int GROUP> struct RowThreads {
 using WholeCta = RowThreads<WARPNORM_CTA_MAX_THREADS>;
 
 // The elements a thread holds of a row: `elements.for_each(f)` calls f(weight, value) for
-// each of them (weight 1 when the element is selected, else 0) and may be called twice, so
-// the elements must be revisitable: registers, or memory read again. `elements.count(n)` is
-// the number of selected elements given n, the weights' sum over the warp: n itself, or a
-// count known exactly (only for a row held by one warp, where a float sum of ones would
-// stall at 2^24).
+// each of them (weight 1 when the element is selected, else 0); the exact form calls it
+// twice, so the elements must be revisitable: registers, or memory read again.
+// `elements.count(n)` is the number of selected elements given n, the weights' sum over the
+// warp: n itself, or a count known exactly (only for a row held by one warp, where a float
+// sum of ones would stall at 2^24).
 //
-// The exact form's moments {n, mean, M2} of the row (of the warp, for a row held by a
-// single warp: a shard's partial statistics).
-template <int GROUP, typename Elements>
-__device__ __forceinline__ Moments exact_moments(const Elements& elements, const RowThreads<GROUP>& threads) {
-    float sums[2] = {0.f, 0.f};  // count, sum
+// The first pass, common to both forms: this thread's count, sum and sum of squares of the
+// selected elements (the exact form ignores the last).
+struct PowerSums {
+    float v[3];  // count, sum, sum of squares
+};
+
+template <typename Elements> __device__ __forceinline__ PowerSums power_sums(const Elements& elements) {
+    PowerSums p = {{0.f, 0.f, 0.f}};
     elements.for_each([&](float w, float x) {
-        sums[0] += w;
-        sums[1] += weighted(w, x);
+        const float xs = weighted(w, x);
+        p.v[0] += w;
+        p.v[1] += xs;
+        p.v[2] += xs * xs;
     });
+    return p;
+}
+
+// E[x] and E[x^2] of the row: the sum-of-squares form's statistics, and a shard's partial
+// ones.
+struct RowMeans {
+    float x;
+    float sq;
+};
+
+template <int GROUP, typename Elements>
+__device__ __forceinline__ RowMeans row_means(PowerSums p, const Elements& elements, const RowThreads<GROUP>& threads) {
+    threads.sum(p.v);
+    const float n = elements.count(p.v[0]);
+    return {p.v[1] / n, p.v[2] / n};
+}
+
+// The exact form's moments {n, mean, M2} of the row (of the warp, for a row held by a
+// single warp: a shard's partial statistics): the mean of the warp from the first pass,
+// the squared deviations from it in a second, Chan's merge across warps.
+template <int GROUP, typename Elements>
+__device__ __forceinline__ Moments row_moments(PowerSums p, const Elements& elements, const RowThreads<GROUP>& threads) {
+    float sums[2] = {p.v[0], p.v[1]};
     threads.sum_in_warp(sums);
     const float n = elements.count(sums[0]);
     const float mean = sums[1] / n;
@@ -103,36 +146,16 @@ __device__ __forceinline__ Moments exact_moments(const Elements& elements, const
     return threads.merge_warps({n, mean, m2[0]});
 }
 
-// E[x] and E[x^2] over the selected elements of a row (elements as for exact_moments):
-// the sum-of-squares form's statistics, and a shard's partial ones.
-struct RowMeans {
-    float x;
-    float sq;
-};
-
-template <int GROUP, typename Elements>
-__device__ __forceinline__ RowMeans row_means(const Elements& elements, const RowThreads<GROUP>& threads) {
-    float sums[3] = {0.f, 0.f, 0.f};  // count, sum, sum of squares
-    elements.for_each([&](float w, float x) {
-        const float xs = weighted(w, x);
-        sums[0] += w;
-        sums[1] += xs;
-        sums[2] += xs * xs;
-    });
-    threads.sum(sums);
-    const float n = elements.count(sums[0]);
-    return {sums[1] / n, sums[2] / n};
-}
-
-// The statistics of a row from the elements this thread holds (as for exact_moments).
+// The statistics of a row from the elements this thread holds.
 template <int GROUP, typename Elements>
 __device__ __forceinline__ RowStats row_stats(const Elements& elements, const RowThreads<GROUP>& threads, int kind,
                                               bool fast_variance) {
+    const PowerSums p = power_sums(elements);
     if (uses_sum_of_squares(kind, fast_variance)) {
-        const RowMeans means = row_means(elements, threads);
+        const RowMeans means = row_means(p, elements, threads);
         return stats_from_means(kind, means.x, means.sq);
     }
-    return stats_from_moments(exact_moments(elements, threads));
+    return stats_from_moments(row_moments(p, elements, threads));
 }
 
 // The statistics of a row that a CTA streams VEC elements at a time, too long for its
