@@ -100,7 +100,7 @@ __device__ __forceinline__ RowTerms row_terms_per_warp(const WarpnormBwdParams& 
     }
     mean = __shfl_sync(kFullMask, mean, 0);
     rstd = __shfl_sync(kFullMask, rstd, 0);
-    return {mean, rstd, p.kind == WARPNORM_LAYER_NORM ? mean : 0.f, p.kind};
+    return row_terms(p.kind, mean, rstd);
 }
 
 // A CTA's row sums combined with the rest of the row's: the CTA holds the whole row.
@@ -122,7 +122,7 @@ __device__ __forceinline__ void stash_rows(const WarpnormBwdParams& p, float* sm
     const long long threads = blockDim.x;
     const bool want_scale = p.partial_dscale != nullptr;
     const bool want_bias = p.partial_dbias != nullptr;
-    const MixedIn<T> dy_in(p.dy, p.out_dtype);
+    const BwdIn<T> in(p);
     const long long first_col = first_vector * VEC;
 
     // The arrays after the scratch and the slots, in the order the host sizes them.
@@ -133,9 +133,9 @@ __device__ __forceinline__ void stash_rows(const WarpnormBwdParams& p, float* sm
         return StashRow<VEC>{at, vectors};
     };
     const StashRow<VEC> x_stash = take(StashRow<VEC>::template bytes<T>(vectors));
-    const bool dy_f32 = p.out_dtype == WARPNORM_F32;
+    const bool dy_f32 = stored_as_f32(p.out_dtype);
     const MixedStash<T, VEC> dy_stash{take(MixedStash<T, VEC>::bytes(vectors, dy_f32)), dy_f32};
-    const bool scale_f32 = p.param_dtype == WARPNORM_F32;
+    const bool scale_f32 = stored_as_f32(p.param_dtype);
     const MixedStash<T, VEC> scale_stash{take(p.scale ? MixedStash<T, VEC>::bytes(vectors, scale_f32) : 0), scale_f32};
     const StashRow<VEC> acc_scale = take(want_scale ? StashRow<VEC>::template bytes<float>(vectors) : 0);
     const StashRow<VEC> acc_bias = take(want_bias ? StashRow<VEC>::template bytes<float>(vectors) : 0);
@@ -146,7 +146,7 @@ __device__ __forceinline__ void stash_rows(const WarpnormBwdParams& p, float* sm
     for (long long v = threadIdx.x; v < vectors; v += threads) {
         if (p.scale) {
             float scale[VEC];
-            load_scale<T, VEC>(p, first_col + v * VEC, scale);
+            in.scale.template load<VEC>(first_col + v * VEC, scale);
             scale_stash.put(v, scale);
         }
         if (want_scale) acc_scale.template put<float>(v, zero);
@@ -176,7 +176,7 @@ __device__ __forceinline__ void stash_rows(const WarpnormBwdParams& p, float* sm
                 const long long v = first + b * threads;
                 if (v < vectors) {
                     load_vec<T, VEC>(x_row + v * VEC, x[b]);
-                    dy_in.template load<VEC>(dy_row + v * VEC, dy[b]);
+                    in.dy.template load<VEC>(dy_row + v * VEC, dy[b]);
                 }
             }
 #pragma unroll
@@ -185,7 +185,7 @@ __device__ __forceinline__ void stash_rows(const WarpnormBwdParams& p, float* sm
                 if (v >= vectors) continue;
                 float scale[VEC], m[VEC];
                 scale_of(v, scale);
-                load_mask<VEC>(p, row, first_col + v * VEC, m);
+                in.mask.template load<VEC>(row * p.mask_stride + first_col + v * VEC, m);
                 add_row_sums<VEC>(t, x[b], dy[b], scale, m, sums);
                 x_stash.template put<T>(v, x[b]);
                 dy_stash.put(v, dy[b]);
@@ -200,8 +200,7 @@ __device__ __forceinline__ void stash_rows(const WarpnormBwdParams& p, float* sm
             sums[1] = s2[1];
             sums[2] = float(p.cols);
         }
-        const float c1s1 = t.c1() * sums[0];
-        const float inv_n = 1.f / sums[2];
+        const RowGrad g = t.grad(sums[0], sums[1], sums[2]);
 
         // Pass 2: dx from the stash, and this thread's dscale / dbias sums.
         for (long long v = threadIdx.x; v < vectors; v += threads) {
@@ -209,12 +208,9 @@ __device__ __forceinline__ void stash_rows(const WarpnormBwdParams& p, float* sm
             x_stash.template get<T>(v, x);
             dy_stash.get(v, dy);
             scale_of(v, scale);
-            load_mask<VEC>(p, row, first_col + v * VEC, m);
+            in.mask.template load<VEC>(row * p.mask_stride + first_col + v * VEC, m);
 #pragma unroll
-            for (int i = 0; i < VEC; ++i) {
-                const float u = t.u(x[i]);
-                dx[i] = t.rstd * (dy[i] * scale[i] - stats_grad(m[i], (c1s1 + u * sums[1]) * inv_n, u));
-            }
+            for (int i = 0; i < VEC; ++i) dx[i] = t.dx(x[i], dy[i], scale[i], m[i], g);
             store_vec<T, VEC>(static_cast<T*>(p.dx) + row * p.dx_stride + first_col + v * VEC, dx);
             float acc[VEC];
             if (want_scale) {

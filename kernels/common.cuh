@@ -102,13 +102,26 @@ __device__ __forceinline__ void store_vec(T* __restrict__ dst, const float* src)
 // for scale and bias, dtype for y and dy): a branch that is uniform across the grid, where
 // a template argument per tensor would triple the kernels compiled.
 // ---------------------------------------------------------------------------------------
+__device__ __forceinline__ bool stored_as_f32(int dtype) {
+    return dtype == WARPNORM_F32 || dtype == WARPNORM_F32_ROUNDED_TO_X;
+}
+
+// dst = src as x's dtype T holds it (keras' cast to x.dtype between f32 values).
+template <typename T, int N> __device__ __forceinline__ void round_to(const float* src, float* dst) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) dst[i] = to_float(from_float<T>(src[i]));
+}
+
 template <typename T> struct MixedIn {
     const void* base;
-    bool f32;  // else T
-    __device__ __forceinline__ MixedIn(const void* base, int dtype) : base(base), f32(dtype == WARPNORM_F32) {}
+    bool f32;      // else T
+    bool rounded;  // f32 values rounded to T once loaded (WARPNORM_F32_ROUNDED_TO_X)
+    __device__ __forceinline__ MixedIn(const void* base, int dtype)
+        : base(base), f32(stored_as_f32(dtype)), rounded(dtype == WARPNORM_F32_ROUNDED_TO_X) {}
     template <int N> __device__ __forceinline__ void load(long long at, float* dst) const {
         if (f32) {
             load_vec<float, N>(static_cast<const float*>(base) + at, dst);
+            if (rounded) round_to<T, N>(dst, dst);
         } else {
             load_vec<T, N>(static_cast<const T*>(base) + at, dst);
         }
@@ -122,10 +135,16 @@ template <typename T> struct MixedIn {
 
 template <typename T> struct MixedOut {
     void* base;
-    bool f32;
-    __device__ __forceinline__ MixedOut(void* base, int dtype) : base(base), f32(dtype == WARPNORM_F32) {}
+    bool f32;      // else T
+    bool rounded;  // f32 values rounded to T before they are stored (WARPNORM_F32_ROUNDED_TO_X)
+    __device__ __forceinline__ MixedOut(void* base, int dtype)
+        : base(base), f32(stored_as_f32(dtype)), rounded(dtype == WARPNORM_F32_ROUNDED_TO_X) {}
     template <int N> __device__ __forceinline__ void store(long long at, const float* src) const {
-        if (f32) {
+        if (f32 && rounded) {
+            float v[N];
+            round_to<T, N>(src, v);
+            store_vec<float, N>(static_cast<float*>(base) + at, v);
+        } else if (f32) {
             store_vec<float, N>(static_cast<float*>(base) + at, src);
         } else {
             store_vec<T, N>(static_cast<T*>(base) + at, src);

@@ -12,16 +12,10 @@
 // and dscale_j = sum over rows of dy_j * xhat_j, dbias_j = sum over rows of dy_j.
 // dx reads x, dy and scale once. dscale / dbias go through per-CTA f32 partial rows that a
 // finalize kernel sums in CTA order: no atomics, so results are bitwise reproducible.
-#include "common.cuh"
+#include "io.cuh"
+#include "stats.cuh"
 
 namespace warpnorm {
-
-constexpr int kBwdRowsBlock = WARPNORM_ROWS_CTA_THREADS;
-
-template <int GROUP> struct BwdLayout {
-    static constexpr int kThreads = GROUP > kWarpSize ? GROUP : kBwdRowsBlock;
-    static constexpr int kRowsPerCta = kThreads / GROUP;
-};
 
 // Registers a thread of a register tier may use for ELEMS elements: x, dy and the two sums
 // (4 floats an element) plus addressing, and 16-bit values' conversions. The parameter and
@@ -31,8 +25,13 @@ template <int GROUP> struct BwdLayout {
 template <typename T, int ELEMS>
 constexpr int kBwdRegisters = ELEMS <= 8 ? (sizeof(T) == 4 ? 64 : 80) : (ELEMS <= 16 ? 128 : 168);
 
-// The per-element terms of one row: xhat (what dscale multiplies) and u (what S2 multiplies
-// in dx), from x and the saved statistics.
+// A row's share of dx once its sums are known: c1 * S1, S2 and 1 / n.
+struct RowGrad {
+    float c1s1, s2, inv_n;
+};
+
+// The per-element terms of one row from x and the saved statistics: xhat (what dscale
+// multiplies), u (what S2 multiplies in dx) and dx itself.
 struct RowTerms {
     float mean, rstd, shift;
     int kind;
@@ -40,29 +39,34 @@ struct RowTerms {
     __device__ __forceinline__ float u(float x) const {
         return kind == WARPNORM_RMS_SCALING ? (x - mean) * rstd : xhat(x);
     }
-    __device__ __forceinline__ float c1() const { return kind == WARPNORM_LAYER_NORM ? 1.f : 0.f; }
+    __device__ __forceinline__ RowGrad grad(float s1, float s2, float n) const {
+        return {(kind == WARPNORM_LAYER_NORM ? 1.f : 0.f) * s1, s2, 1.f / n};
+    }
+    // m: the element's mask weight (1 without a mask).
+    __device__ __forceinline__ float dx(float x, float dy, float scale, float m, const RowGrad& g) const {
+        const float ux = u(x);
+        return rstd * (dy * scale - stats_grad(m, (g.c1s1 + ux * g.s2) * g.inv_n, ux));
+    }
 };
 
-__device__ __forceinline__ RowTerms row_terms(const WarpnormBwdParams& p, long long row) {
-    const float mean = load(&p.mean[row]);
-    return {mean, load(&p.rstd[row]), p.kind == WARPNORM_LAYER_NORM ? mean : 0.f, p.kind};
+__device__ __forceinline__ RowTerms row_terms(int kind, float mean, float rstd) {
+    return {mean, rstd, centre_of(kind, mean), kind};
 }
 
-template <typename T, int VEC>
-__device__ __forceinline__ void load_scale(const WarpnormBwdParams& p, long long col, float* scale) {
-    if (p.scale) {
-        MixedIn<T>(p.scale, p.param_dtype).template load<VEC>(col, scale);
-    } else {
-#pragma unroll
-        for (int i = 0; i < VEC; ++i) scale[i] = 1.f;
-    }
-}
+// The backward's inputs as load functors: x, dy (in y's dtype), scale (1 without) and the
+// mask's weights (1 without).
+template <typename T> struct BwdIn {
+    TensorIn<T> x;
+    MixedIn<T> dy;
+    ParamIn<MixedIn<T>> scale;
+    MaskIn mask;
 
-template <int VEC>
-__device__ __forceinline__ void load_mask(const WarpnormBwdParams& p, long long row, long long col, float* m) {
-#pragma unroll
-    for (int i = 0; i < VEC; ++i) m[i] = (!p.mask || load(&p.mask[row * p.mask_stride + col + i])) ? 1.f : 0.f;
-}
+    __device__ __forceinline__ explicit BwdIn(const WarpnormBwdParams& p)
+        : x{static_cast<const T*>(p.x)},
+          dy(p.dy, p.out_dtype),
+          scale(mixed_param<T>(p.scale, p.param_dtype, 1.f)),
+          mask{p.mask} {}
+};
 
 // Adds VEC elements to a row's {S1, S2, n}: sum g, sum g * xhat (g = dy * scale, every
 // element) and the mask's count.
@@ -78,24 +82,15 @@ __device__ __forceinline__ void add_row_sums(const RowTerms& t, const float* x, 
     }
 }
 
-template <int GROUP, int K> __device__ __forceinline__ void bwd_row_sum(float (&v)[K], float* scratch) {
-    if constexpr (GROUP <= kWarpSize) {
-#pragma unroll
-        for (int k = 0; k < K; ++k) v[k] = group_sum<GROUP>(v[k]);
-    } else {
-        cta_sum<K>(v, scratch);
-    }
-}
-
 // Register tier: the row (x, dy) lives in registers and each thread keeps the dscale/dbias
 // sums of its own columns across all the rows its CTA visits.
 template <typename T, int VEC, int VECS, int GROUP>
-__global__ void __launch_bounds__(BwdLayout<GROUP>::kThreads,
-                                  ctas_for_registers(BwdLayout<GROUP>::kThreads, kBwdRegisters<T, VEC * VECS>))
+__global__ void __launch_bounds__(GroupLayout<GROUP>::kThreads,
+                                  ctas_for_registers(GroupLayout<GROUP>::kThreads, kBwdRegisters<T, VEC * VECS>))
     layer_norm_bwd(const WarpnormBwdParams p) {
     constexpr int kElems = VEC * VECS;
-    constexpr int kThreads = BwdLayout<GROUP>::kThreads;
-    constexpr int kRowsPerCta = BwdLayout<GROUP>::kRowsPerCta;
+    constexpr int kThreads = GroupLayout<GROUP>::kThreads;
+    constexpr int kRowsPerCta = GroupLayout<GROUP>::kRowsPerCta;
     // Reduction scratch, then (GROUP <= 32) the slots' column sums to combine at the end.
     WARPNORM_DYNAMIC_SMEM(smem);
     float* scratch = smem;
@@ -103,7 +98,8 @@ __global__ void __launch_bounds__(BwdLayout<GROUP>::kThreads,
     const int lane = threadIdx.x % GROUP;
     const int slot = threadIdx.x / GROUP;
     const float n_all = float(p.cols);
-    const MixedIn<T> dy_in(p.dy, p.out_dtype);
+    const BwdIn<T> in(p);
+    const TensorOut<T> dx_out{static_cast<T*>(p.dx)};
 
     float acc_scale[kElems], acc_bias[kElems];
 #pragma unroll
@@ -113,7 +109,8 @@ __global__ void __launch_bounds__(BwdLayout<GROUP>::kThreads,
          first += (long long)gridDim.x * kRowsPerCta) {
         const long long row = first + slot;
         const bool row_valid = row < p.rows;
-        const RowTerms t = row_valid ? row_terms(p, row) : RowTerms{0.f, 0.f, 0.f, p.kind};
+        const RowTerms t = row_valid ? row_terms(p.kind, load(&p.mean[row]), load(&p.rstd[row]))
+                                     : RowTerms{0.f, 0.f, 0.f, p.kind};
 
         float x[kElems], dy[kElems];
         float sums[3] = {0.f, 0.f, 0.f};  // S1, S2, n (the mask's count)
@@ -124,44 +121,43 @@ __global__ void __launch_bounds__(BwdLayout<GROUP>::kThreads,
             float* dyv = &dy[v * VEC];
             if (row_valid && col < p.cols) {
                 float scale[VEC], m[VEC];
-                load_vec<T, VEC>(static_cast<const T*>(p.x) + row * p.x_stride + col, xv);
-                dy_in.template load<VEC>(row * p.dy_stride + col, dyv);
-                load_scale<T, VEC>(p, col, scale);
-                load_mask<VEC>(p, row, col, m);
+                in.x.template load<VEC>(row * p.x_stride + col, xv);
+                in.dy.template load<VEC>(row * p.dy_stride + col, dyv);
+                in.scale.template load<VEC>(col, scale);
+                in.mask.template load<VEC>(row * p.mask_stride + col, m);
                 add_row_sums<VEC>(t, xv, dyv, scale, m, sums);
             } else {
 #pragma unroll
                 for (int i = 0; i < VEC; ++i) xv[i] = dyv[i] = 0.f;
             }
         }
+        const RowThreads<GROUP> threads{scratch};
         if (p.mask) {
-            bwd_row_sum<GROUP, 3>(sums, scratch);
+            threads.sum(sums);
         } else {
             float s2[2] = {sums[0], sums[1]};
-            bwd_row_sum<GROUP, 2>(s2, scratch);
+            threads.sum(s2);
             sums[0] = s2[0];
             sums[1] = s2[1];
             sums[2] = n_all;
         }
-        const float c1s1 = t.c1() * sums[0];
-        const float inv_n = 1.f / sums[2];
+        const RowGrad g = t.grad(sums[0], sums[1], sums[2]);
 #pragma unroll
         for (int v = 0; v < VECS; ++v) {
             const long long col = (long long)(v * GROUP + lane) * VEC;
             if (!row_valid || col >= p.cols) continue;
             // scale is re-read (L1-resident) rather than kept: registers go to x and dy.
             float scale[VEC], m[VEC], dx[VEC];
-            load_scale<T, VEC>(p, col, scale);
-            load_mask<VEC>(p, row, col, m);
+            in.scale.template load<VEC>(col, scale);
+            in.mask.template load<VEC>(row * p.mask_stride + col, m);
 #pragma unroll
             for (int i = 0; i < VEC; ++i) {
                 const int e = v * VEC + i;
-                const float u = t.u(x[e]);
-                dx[i] = t.rstd * (dy[e] * scale[i] - stats_grad(m[i], (c1s1 + u * sums[1]) * inv_n, u));
+                dx[i] = t.dx(x[e], dy[e], scale[i], m[i], g);
                 acc_scale[e] += dy[e] * t.xhat(x[e]);
                 acc_bias[e] += dy[e];
             }
-            store_vec<T, VEC>(static_cast<T*>(p.dx) + row * p.dx_stride + col, dx);
+            dx_out.template store<VEC>(row * p.dx_stride + col, dx);
         }
     }
 
@@ -218,7 +214,8 @@ __global__ void __launch_bounds__(WARPNORM_CTA_MAX_THREADS, 1) layer_norm_bwd_ct
     WARPNORM_DYNAMIC_SMEM(smem);
     float* scratch = smem;
     const long long step = (long long)blockDim.x * VEC;
-    const MixedIn<T> dy_in(p.dy, p.out_dtype);
+    const BwdIn<T> in(p);
+    const TensorOut<T> dx_out{static_cast<T*>(p.dx)};
     const bool want_scale = p.partial_dscale != nullptr;
     const bool want_bias = p.partial_dbias != nullptr;
     float* acc_scale = nullptr;
@@ -240,35 +237,33 @@ __global__ void __launch_bounds__(WARPNORM_CTA_MAX_THREADS, 1) layer_norm_bwd_ct
     }
 
     for (long long row = blockIdx.x; row < p.rows; row += gridDim.x) {
-        const RowTerms t = row_terms(p, row);
-        const T* x_row = static_cast<const T*>(p.x) + row * p.x_stride;
-        const long long dy_row = row * p.dy_stride;
+        const RowTerms t = row_terms(p.kind, load(&p.mean[row]), load(&p.rstd[row]));
+        const long long x_row = row * p.x_stride, dy_row = row * p.dy_stride, mask_row = row * p.mask_stride;
+        // Both passes read a chunk the same way.
+        const auto load_chunk = [&](long long col, float* x, float* dy, float* scale, float* m) {
+            in.x.template load<VEC>(x_row + col, x);
+            in.dy.template load<VEC>(dy_row + col, dy);
+            in.scale.template load<VEC>(col, scale);
+            in.mask.template load<VEC>(mask_row + col, m);
+        };
         float sums[3] = {0.f, 0.f, 0.f};
         for (long long col = (long long)threadIdx.x * VEC; col < p.cols; col += step) {
             float x[VEC], dy[VEC], scale[VEC], m[VEC];
-            load_vec<T, VEC>(x_row + col, x);
-            dy_in.template load<VEC>(dy_row + col, dy);
-            load_scale<T, VEC>(p, col, scale);
-            load_mask<VEC>(p, row, col, m);
+            load_chunk(col, x, dy, scale, m);
             add_row_sums<VEC>(t, x, dy, scale, m, sums);
         }
-        cta_sum<3>(sums, scratch);
-        const float c1s1 = t.c1() * sums[0];
-        const float inv_n = 1.f / sums[2];
+        WholeCta{scratch}.sum(sums);
+        const RowGrad g = t.grad(sums[0], sums[1], sums[2]);
         for (long long col = (long long)threadIdx.x * VEC; col < p.cols; col += step) {
             float x[VEC], dy[VEC], scale[VEC], m[VEC], dx[VEC];
-            load_vec<T, VEC>(x_row + col, x);
-            dy_in.template load<VEC>(dy_row + col, dy);
-            load_scale<T, VEC>(p, col, scale);
-            load_mask<VEC>(p, row, col, m);
+            load_chunk(col, x, dy, scale, m);
 #pragma unroll
             for (int i = 0; i < VEC; ++i) {
-                const float u = t.u(x[i]);
-                dx[i] = t.rstd * (dy[i] * scale[i] - stats_grad(m[i], (c1s1 + u * sums[1]) * inv_n, u));
+                dx[i] = t.dx(x[i], dy[i], scale[i], m[i], g);
                 if (want_scale) store(&acc_scale[col + i], load(&acc_scale[col + i]) + dy[i] * t.xhat(x[i]));
                 if (want_bias) store(&acc_bias[col + i], load(&acc_bias[col + i]) + dy[i]);
             }
-            store_vec<T, VEC>(static_cast<T*>(p.dx) + row * p.dx_stride + col, dx);
+            dx_out.template store<VEC>(row * p.dx_stride + col, dx);
         }
     }
 
@@ -317,34 +312,30 @@ __global__ void __launch_bounds__(WARPNORM_STRIDED_THREADS) layer_norm_bwd_strid
         const long long row = first + lane;
         const bool valid = row < rows;
         const long long o = valid ? row / p.inner : 0, i = valid ? row % p.inner : 0;
-        const T* x = static_cast<const T*>(p.x) + o * p.cols * p.inner + i;
-        const MixedIn<T> dy(p.dy, p.out_dtype), scale_in(p.scale, p.param_dtype);
-        const long long first_dy = o * p.cols * p.inner + i;
-        T* dx = static_cast<T*>(p.dx) + o * p.cols * p.inner + i;
-        const float mean = valid ? load(&p.mean[row]) : 0.f, rstd = valid ? load(&p.rstd[row]) : 0.f;
-        const RowTerms t = {mean, rstd, p.kind == WARPNORM_LAYER_NORM ? mean : 0.f, p.kind};
+        const long long at = o * p.cols * p.inner + i;  // the row's first element
+        const TensorIn<T> x{static_cast<const T*>(p.x) + at};
+        const TensorOut<T> dx{static_cast<T*>(p.dx) + at};
+        const MixedIn<T> dy(p.dy, p.out_dtype);
+        const auto scale = mixed_param<T>(p.scale, p.param_dtype, 1.f);
+        const RowTerms t = row_terms(p.kind, valid ? load(&p.mean[row]) : 0.f, valid ? load(&p.rstd[row]) : 0.f);
 
-        float s1 = 0.f, s2 = 0.f;
+        float sums[3] = {0.f, 0.f, 0.f};  // S1, S2 (every element is selected: n is cols)
         if (valid) {
             for (long long c = 0; c < p.cols; ++c) {
-                const float scale = p.scale ? scale_in[c] : 1.f;
-                const float g = dy[first_dy + c * p.inner] * scale;
-                s1 += g;
-                s2 += g * t.xhat(to_float(load(&x[c * p.inner])));
+                const float s = scale[c], dyv = dy[at + c * p.inner], xv = x[c * p.inner], selected = 1.f;
+                add_row_sums<1>(t, &xv, &dyv, &s, &selected, sums);
             }
         }
-        const float c1s1 = t.c1() * s1;
-        const float inv_n = 1.f / float(p.cols);
+        const RowGrad g = t.grad(sums[0], sums[1], float(p.cols));
         for (long long c = 0; c < p.cols; ++c) {
             float ds = 0.f, db = 0.f;
             if (valid) {
-                const float scale = p.scale ? scale_in[c] : 1.f;
-                const float xv = to_float(load(&x[c * p.inner]));
-                const float dyv = dy[first_dy + c * p.inner];
-                store(&dx[c * p.inner], from_float<T>(t.rstd * (dyv * scale - (c1s1 + t.u(xv) * s2) * inv_n)));
+                const float s = scale[c], xv = x[c * p.inner], dyv = dy[at + c * p.inner];
+                dx.store(c * p.inner, t.dx(xv, dyv, s, 1.f, g));
                 ds = dyv * t.xhat(xv);
                 db = dyv;
             }
+            // A column sum over the warp's rows (not a row sum).
             ds = group_sum<kWarpSize>(ds);
             db = group_sum<kWarpSize>(db);
             if (lane == 0) {

@@ -8,131 +8,43 @@
 //  * layer_norm_fwd_cta: a CTA per row for any length; the row is re-read from shared memory
 //    (when it fits) or from global memory (L2) for the second pass.
 //
-// Statistics are f32. The exact variance is two-pass from registers (mean first, then the
-// sum of squared deviations) within a warp, and Chan's merge across warps. With
-// fast_variance (flax use_fast_variance) it is E[x^2] - E[x]^2 clamped at 0.
-#include "common.cuh"
+// Statistics are f32, computed as stats.cuh defines them for every path.
+#include "io.cuh"
+#include "stats.cuh"
 
 namespace warpnorm {
-
-// Threads per CTA when a group is at most a warp: enough warps to hide latency, few enough
-// that the grid still spreads over every SM for short inputs.
-constexpr int kRowsBlock = WARPNORM_ROWS_CTA_THREADS;
-
-template <int GROUP> struct GroupLayout {
-    static constexpr int kThreads = GROUP > kWarpSize ? GROUP : kRowsBlock;
-    static constexpr int kRowsPerCta = kThreads / GROUP;
-};
-
-// Sum of K values over the GROUP threads of a row: shuffles only up to a warp; through
-// shared memory beyond that.
-template <int GROUP, int K> __device__ __forceinline__ void row_sum(float (&v)[K], float* scratch) {
-    if constexpr (GROUP <= kWarpSize) {
-#pragma unroll
-        for (int k = 0; k < K; ++k) v[k] = group_sum<GROUP>(v[k]);
-    } else {
-        cta_sum<K>(v, scratch);
-    }
-}
 
 // Which elements of a thread's registers count towards the statistics: whole vectors
 // inside the row, and of those the elements the flax mask selects (when there is one).
 template <int VEC, int VECS, int GROUP> struct RowWeights {
-    const unsigned char* mask;  // this row's mask, or null
+    MaskIn mask;  // this row's mask
     int lane;
     bool in_row[VECS];
 
     __device__ __forceinline__ float operator()(int v, int i) const {
-        if (!in_row[v]) return 0.f;
-        if (!mask) return 1.f;
-        return load(&mask[(long long)(v * GROUP + lane) * VEC + i]) ? 1.f : 0.f;
+        return in_row[v] ? mask[(long long)(v * GROUP + lane) * VEC + i] : 0.f;
     }
 };
 
-// Mean and variance of one row held in registers (VEC * VECS elements per thread, GROUP
-// threads per row), over the elements `w` selects. Every thread of the group gets the same
-// result. RMSNorm has mean 0 and variance E[x^2].
-template <int GROUP, int VEC, int VECS, typename Weights>
-__device__ __forceinline__ float2 row_mean_var(const float (&x)[VEC * VECS], const Weights& w, int kind,
-                                               bool fast_variance, float* scratch) {
-    float n = 0.f, s = 0.f;
-#pragma unroll
-    for (int v = 0; v < VECS; ++v) {
-#pragma unroll
-        for (int i = 0; i < VEC; ++i) {
-            n += w(v, i);
-            s += weighted(w(v, i), x[v * VEC + i]);
-        }
-    }
-    if (kind == WARPNORM_RMS_NORM || fast_variance) {
-        float q = 0.f;
+// The part of a row a thread holds in registers, as row_stats visits it.
+template <int VEC, int VECS, int GROUP> struct RegisterElements {
+    const float (&x)[VEC * VECS];
+    const RowWeights<VEC, VECS, GROUP>& w;
+
+    template <typename F> __device__ __forceinline__ void for_each(F f) const {
 #pragma unroll
         for (int v = 0; v < VECS; ++v) {
 #pragma unroll
-            for (int i = 0; i < VEC; ++i) {
-                const float xs = weighted(w(v, i), x[v * VEC + i]);
-                q += xs * xs;
-            }
-        }
-        float sums[3] = {n, s, q};
-        row_sum<GROUP, 3>(sums, scratch);
-        if (kind == WARPNORM_RMS_NORM) return make_float2(0.f, sums[2] / sums[0]);
-        const float mean = sums[1] / sums[0];
-        return make_float2(mean, clamp_nonnegative(sums[2] / sums[0] - mean * mean));
-    }
-    // Exact two-pass within the warp (or the group, when it is smaller than a warp) ...
-    constexpr int kLanes = GROUP < kWarpSize ? GROUP : kWarpSize;
-    n = group_sum<kLanes>(n);
-    s = group_sum<kLanes>(s);
-    const float mean = s / n;
-    float m2 = 0.f;
-#pragma unroll
-    for (int v = 0; v < VECS; ++v) {
-#pragma unroll
-        for (int i = 0; i < VEC; ++i) {
-            const float d = weighted(w(v, i), x[v * VEC + i] - mean);
-            m2 += d * d;
+            for (int i = 0; i < VEC; ++i) f(w(v, i), x[v * VEC + i]);
         }
     }
-    m2 = group_sum<kLanes>(m2);
-    if constexpr (GROUP <= kWarpSize) {
-        return make_float2(mean, m2 / n);
-    } else {
-        // ... and Chan's merge of the warps' partial moments across the CTA.
-        const Moments row = cta_merge({n, mean, m2}, scratch);
-        return make_float2(row.mean, row.m2 / row.n);
-    }
-}
+    __device__ __forceinline__ float count(float n) const { return n; }
+};
 
-// Applies the normalisation to VEC elements starting at column `col` and stores them.
-template <typename T, int VEC>
-__device__ __forceinline__ void normalize_store(const WarpnormFwdParams& p, const float* x, float mean, float rstd,
-                                                long long row, long long col) {
-    float scale[VEC], bias[VEC], y[VEC];
-    if (p.scale) {
-        MixedIn<T>(p.scale, p.param_dtype).template load<VEC>(col, scale);
-    } else {
-#pragma unroll
-        for (int i = 0; i < VEC; ++i) scale[i] = 1.f;
-    }
-    if (p.bias) {
-        MixedIn<T>(p.bias, p.param_dtype).template load<VEC>(col, bias);
-    } else {
-#pragma unroll
-        for (int i = 0; i < VEC; ++i) bias[i] = 0.f;
-    }
-    // keras rms_scaling uses the centred variance but does not centre x.
-    const float shift = p.kind == WARPNORM_LAYER_NORM ? mean : 0.f;
-#pragma unroll
-    for (int i = 0; i < VEC; ++i) y[i] = (x[i] - shift) * rstd * scale[i] + bias[i];
-    MixedOut<T>(p.y, p.out_dtype).template store<VEC>(row * p.y_stride + col, y);
-}
-
-// Weights of VEC elements of a row: 1 when the element counts towards the statistics.
-template <int VEC>
-__device__ __forceinline__ void load_weights(const WarpnormFwdParams& p, long long row, long long col, float* w) {
-#pragma unroll
-    for (int i = 0; i < VEC; ++i) w[i] = (!p.mask || load(&p.mask[row * p.mask_stride + col + i])) ? 1.f : 0.f;
+// The forward's output step: the affine parameters and y, in the dtypes of the call.
+template <typename T, typename Params> __device__ __forceinline__ auto forward_out(const Params& p) {
+    return affine_out(mixed_param<T>(p.scale, p.param_dtype, 1.f), mixed_param<T>(p.bias, p.param_dtype, 0.f),
+                      MixedOut<T>(p.y, p.out_dtype));
 }
 
 // Registers a thread of a register tier may use: the parameter and output dtypes are
@@ -151,7 +63,8 @@ __global__ void __launch_bounds__(GroupLayout<GROUP>::kThreads,
 
     const int lane = threadIdx.x % GROUP;
     const int slot = threadIdx.x / GROUP;
-    const T* x_base = static_cast<const T*>(p.x);
+    const TensorIn<T> x_in{static_cast<const T*>(p.x)};
+    const auto out = forward_out<T>(p);
 
     // The loop bound is uniform across the CTA so that every thread reaches every shuffle
     // and barrier; rows past the end are carried along with zero weight.
@@ -162,30 +75,35 @@ __global__ void __launch_bounds__(GroupLayout<GROUP>::kThreads,
 
         float x[kElems];
         RowWeights<VEC, VECS, GROUP> w;
-        w.mask = (p.mask && row_valid) ? p.mask + row * p.mask_stride : nullptr;
+        w.mask = MaskIn{(p.mask && row_valid) ? p.mask + row * p.mask_stride : nullptr};
         w.lane = lane;
 #pragma unroll
         for (int v = 0; v < VECS; ++v) {
             const long long col = (long long)(v * GROUP + lane) * VEC;
             w.in_row[v] = row_valid && col < p.cols;
             if (w.in_row[v]) {
-                load_vec<T, VEC>(x_base + row * p.x_stride + col, &x[v * VEC]);
+                x_in.template load<VEC>(row * p.x_stride + col, &x[v * VEC]);
             } else {
 #pragma unroll
                 for (int i = 0; i < VEC; ++i) x[v * VEC + i] = 0.f;
             }
         }
 
-        const float2 mv = row_mean_var<GROUP, VEC, VECS>(x, w, p.kind, p.fast_variance, scratch);
-        const float rstd = rstd_of(mv.y, p.eps);
+        const RowStats st = row_stats(RegisterElements<VEC, VECS, GROUP>{x, w}, RowThreads<GROUP>{scratch}, p.kind,
+                                      p.fast_variance);
+        const float rstd = rstd_of(st.var, p.eps);
         if (row_valid && lane == 0) {
-            if (p.mean) store(&p.mean[row], mv.x);
+            if (p.mean) store(&p.mean[row], st.mean);
             if (p.rstd) store(&p.rstd[row], rstd);
         }
+        const Normalize normalize{centre_of(p.kind, st.mean), rstd};
 #pragma unroll
         for (int v = 0; v < VECS; ++v) {
             const long long col = (long long)(v * GROUP + lane) * VEC;
-            if (w.in_row[v]) normalize_store<T, VEC>(p, &x[v * VEC], mv.x, rstd, row, col);
+            if (!w.in_row[v]) continue;
+            float xhat[VEC];
+            normalize.apply<VEC>(&x[v * VEC], xhat);
+            out.template store<VEC>(row * p.y_stride + col, col, xhat);
         }
     }
 }
@@ -194,94 +112,61 @@ __global__ void __launch_bounds__(GroupLayout<GROUP>::kThreads,
 // row cache that follows stays 16-byte aligned), then the cached row (CACHE only).
 constexpr int kCtaScratchFloats = WARPNORM_CTA_SCRATCH_FLOATS;
 
-// Merges VEC fresh elements into a thread's running moments: a two-pass over the chunk,
-// then Chan's merge, so that long rows never accumulate a large sum of squares.
-template <int VEC> __device__ __forceinline__ Moments add_chunk(Moments m, const float* x, const float* w) {
-    float n = 0.f, s = 0.f;
-#pragma unroll
-    for (int i = 0; i < VEC; ++i) {
-        n += w[i];
-        s += weighted(w[i], x[i]);
-    }
-    if (n == 0.f) return m;
-    const float mean = s / n;
-    float m2 = 0.f;
-#pragma unroll
-    for (int i = 0; i < VEC; ++i) {
-        const float d = weighted(w[i], x[i] - mean);
-        m2 += d * d;
-    }
-    return chan_merge(m, {n, mean, m2});
-}
-
-// Chan's merge across a warp with a butterfly; lane 0 ends with the warp's moments.
-__device__ __forceinline__ Moments warp_merge(Moments m) {
-#pragma unroll
-    for (int offset = kWarpSize / 2; offset > 0; offset /= 2) {
-        const Moments other = {__shfl_down_sync(kFullMask, m.n, offset), __shfl_down_sync(kFullMask, m.mean, offset),
-                               __shfl_down_sync(kFullMask, m.m2, offset)};
-        m = chan_merge(m, other);
-    }
-    return m;
-}
-
 template <typename T, int VEC, bool CACHE>
 __global__ void __launch_bounds__(WARPNORM_CTA_MAX_THREADS, 1) layer_norm_fwd_cta(const WarpnormFwdParams p) {
     WARPNORM_DYNAMIC_SMEM(smem);
     float* scratch = smem;
     T* cached_row = reinterpret_cast<T*>(smem + kCtaScratchFloats);
     const T* x_base = static_cast<const T*>(p.x);
+    const MaskIn mask{p.mask};
+    const auto out = forward_out<T>(p);
     const long long step = (long long)blockDim.x * VEC;
-    const bool sum_of_squares = p.kind == WARPNORM_RMS_NORM || p.fast_variance;
+    const bool sum_of_squares = uses_sum_of_squares(p.kind, p.fast_variance);
 
     for (long long row = blockIdx.x; row < p.rows; row += gridDim.x) {
         const T* x_row = x_base + row * p.x_stride;
-        Moments m = {0.f, 0.f, 0.f};
-        float sums[3] = {0.f, 0.f, 0.f};  // n, sum x, sum x^2 (sum-of-squares forms)
+        StreamedStats stats(sum_of_squares);
         for (long long col = (long long)threadIdx.x * VEC; col < p.cols; col += step) {
-            // One 16-byte load: kept raw in the row cache, widened to f32 for the sums.
+            // One 16-byte load, kept raw in the row cache and widened to f32 for the sums:
+            // the one place x is held in its storage dtype.
             const Pack<T, VEC> raw = load_pack<T, VEC>(x_row + col);
             if constexpr (CACHE) store_pack<T, VEC>(cached_row + col, raw);
             float x[VEC], w[VEC];
 #pragma unroll
             for (int i = 0; i < VEC; ++i) x[i] = to_float(raw.v[i]);
-            load_weights<VEC>(p, row, col, w);
-            if (sum_of_squares) {
-#pragma unroll
-                for (int i = 0; i < VEC; ++i) {
-                    const float xs = weighted(w[i], x[i]);
-                    sums[0] += w[i];
-                    sums[1] += xs;
-                    sums[2] += xs * xs;
-                }
-            } else {
-                m = add_chunk<VEC>(m, x, w);
-            }
+            mask.load<VEC>(row * p.mask_stride + col, w);
+            stats.add<VEC>(x, w);
         }
-        float mean, var;
-        if (sum_of_squares) {
-            cta_sum<3>(sums, scratch);
-            mean = p.kind == WARPNORM_RMS_NORM ? 0.f : sums[1] / sums[0];
-            var = p.kind == WARPNORM_RMS_NORM ? sums[2] / sums[0] : sums[2] / sums[0] - mean * mean;
-        } else {
-            const Moments row_m = cta_merge(warp_merge(m), scratch);
-            mean = row_m.mean;
-            var = row_m.m2 / row_m.n;
-        }
-        const float rstd = rstd_of(var, p.eps);
+        const RowStats st = stats.finish(WholeCta{scratch}, p.kind);
+        const float rstd = rstd_of(st.var, p.eps);
         if (threadIdx.x == 0) {
-            if (p.mean) store(&p.mean[row], mean);
+            if (p.mean) store(&p.mean[row], st.mean);
             if (p.rstd) store(&p.rstd[row], rstd);
         }
+        const Normalize normalize{centre_of(p.kind, st.mean), rstd};
         // Each thread re-reads exactly the columns it cached, so no barrier is needed here.
+        const TensorIn<T> x_again{CACHE ? cached_row : x_row};
         for (long long col = (long long)threadIdx.x * VEC; col < p.cols; col += step) {
-            float x[VEC];
-            load_vec<T, VEC>(CACHE ? cached_row + col : x_row + col, x);
-            normalize_store<T, VEC>(p, x, mean, rstd, row, col);
+            float x[VEC], xhat[VEC];
+            x_again.template load<VEC>(col, x);
+            normalize.apply<VEC>(x, xhat);
+            out.template store<VEC>(row * p.y_stride + col, col, xhat);
         }
         if constexpr (CACHE) __syncthreads();  // the next row overwrites the cache
     }
 }
+
+// A channels-first row, read from global memory in each pass of row_stats: every element
+// is selected (the strided kernels take no mask) and the count is cols.
+template <typename T> struct StridedElements {
+    TensorIn<T> x;  // from the row's first element; element c is c * inner further
+    long long cols, inner;
+
+    template <typename F> __device__ __forceinline__ void for_each(F f) const {
+        for (long long c = 0; c < cols; ++c) f(1.f, x[c * inner]);
+    }
+    __device__ __forceinline__ float count(float) const { return float(cols); }
+};
 
 // Channels-first normalisation ([outer, cols, inner] over cols) without a transpose: a
 // thread per row, consecutive threads on consecutive inner positions so every column step
@@ -289,46 +174,19 @@ __global__ void __launch_bounds__(WARPNORM_CTA_MAX_THREADS, 1) layer_norm_fwd_ct
 template <typename T>
 __global__ void __launch_bounds__(WARPNORM_STRIDED_THREADS) layer_norm_fwd_strided(const WarpnormStridedFwdParams p) {
     const long long rows = p.outer * p.inner;
+    const auto out = forward_out<T>(p);
     for (long long row = (long long)blockIdx.x * blockDim.x + threadIdx.x; row < rows;
          row += (long long)gridDim.x * blockDim.x) {
         const long long o = row / p.inner, i = row % p.inner;
-        const T* x = static_cast<const T*>(p.x) + o * p.cols * p.inner + i;
         const long long first = o * p.cols * p.inner + i;
-        const MixedIn<T> scale(p.scale, p.param_dtype), bias(p.bias, p.param_dtype);
-        const MixedOut<T> y(p.y, p.out_dtype);
+        const StridedElements<T> x{{static_cast<const T*>(p.x) + first}, p.cols, p.inner};
 
-        float mean = 0.f, var;
-        const float n = float(p.cols);
-        if (p.kind == WARPNORM_RMS_NORM || p.fast_variance) {
-            float s = 0.f, q = 0.f;
-            for (long long c = 0; c < p.cols; ++c) {
-                const float v = to_float(load(&x[c * p.inner]));
-                s += v;
-                q += v * v;
-            }
-            if (p.kind != WARPNORM_RMS_NORM) mean = s / n;
-            var = q / n - mean * mean;
-        } else {
-            float s = 0.f;
-            for (long long c = 0; c < p.cols; ++c) s += to_float(load(&x[c * p.inner]));
-            mean = s / n;
-            float m2 = 0.f;
-            for (long long c = 0; c < p.cols; ++c) {
-                const float d = to_float(load(&x[c * p.inner])) - mean;
-                m2 += d * d;
-            }
-            var = m2 / n;
-        }
-        const float rstd = rstd_of(var, p.eps);
-        if (p.mean) store(&p.mean[row], mean);
+        const RowStats st = row_stats(x, RowThreads<1>{nullptr}, p.kind, p.fast_variance);
+        const float rstd = rstd_of(st.var, p.eps);
+        if (p.mean) store(&p.mean[row], st.mean);
         if (p.rstd) store(&p.rstd[row], rstd);
-        const float shift = p.kind == WARPNORM_LAYER_NORM ? mean : 0.f;
-        for (long long c = 0; c < p.cols; ++c) {
-            const float s = p.scale ? scale[c] : 1.f;
-            const float b = p.bias ? bias[c] : 0.f;
-            const float out = (to_float(load(&x[c * p.inner])) - shift) * rstd * s + b;
-            y.template store<1>(first + c * p.inner, &out);
-        }
+        const Normalize normalize{centre_of(p.kind, st.mean), rstd};
+        for (long long c = 0; c < p.cols; ++c) out.store(first + c * p.inner, c, normalize(x.x[c * p.inner]));
     }
 }
 

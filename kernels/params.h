@@ -41,8 +41,11 @@ enum WarpnormKind {
 /*
  * Storage dtypes. x (and dx) fixes the kernel instantiation; scale / bias (param_dtype)
  * and y / dy (out_dtype) are each either x's dtype or f32, chosen per call.
+ * WARPNORM_F32_ROUNDED_TO_X (out_dtype only) stores f32 values rounded to x's dtype: keras
+ * returns cast(cast(y, x.dtype), compute dtype), and by the transpose of those casts dy is
+ * rounded to x's dtype as it is loaded.
  */
-enum WarpnormDtype { WARPNORM_F32 = 0, WARPNORM_F16 = 1, WARPNORM_BF16 = 2 };
+enum WarpnormDtype { WARPNORM_F32 = 0, WARPNORM_F16 = 1, WARPNORM_BF16 = 2, WARPNORM_F32_ROUNDED_TO_X = 3 };
 
 /*
  * Rows of a 2-D view [rows, cols]: element (r, c) of x lives at x[r * x_stride + c].

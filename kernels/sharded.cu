@@ -21,7 +21,8 @@
 // at any element), statistics in f32, every reduction in a fixed order so that results
 // are bitwise reproducible. Each kernel takes one params.h struct by value, as the
 // single-device kernels do.
-#include "common.cuh"
+#include "io.cuh"
+#include "stats.cuh"
 
 namespace warpnorm {
 
@@ -44,48 +45,43 @@ __device__ __forceinline__ WarpRows warp_rows() {
             int(threadIdx.x % kWarpSize)};
 }
 
-// Whether element `c` of row `row` takes part in the statistics (flax's mask).
-__device__ __forceinline__ float selected(const unsigned char* mask, long long mask_stride, long long row,
-                                          long long c) {
-    return (!mask || mask[row * mask_stride + c]) ? 1.f : 0.f;
-}
+// The part of a shard's row a lane holds (columns lane, lane + 32, ...), read from global
+// memory in each pass of the statistics.
+template <typename T> struct ShardElements {
+    TensorIn<T> x;  // the row
+    MaskIn mask;
+    long long mask_row;  // the row's first element in the mask
+    long long cols;
+    int lane;
+
+    template <typename F> __device__ __forceinline__ void for_each(F f) const {
+        for (long long c = lane; c < cols; c += kWarpSize) f(mask[mask_row + c], x[c]);
+    }
+    __device__ __forceinline__ float count(float n) const { return mask.base ? n : float(cols); }
+};
 
 // Per-shard statistics of the selected elements of each row. A row with none selected
 // gets NaN means (0 / 0), as flax's mean(where=all false): NaN for the whole group.
 template <typename T> __global__ void __launch_bounds__(kShardThreads) shard_row_stats(const WarpnormShardStatsParams p) {
     const WarpRows w = warp_rows();
-    const T* __restrict__ x = static_cast<const T*>(p.x);
+    const RowThreads<kWarpSize> warp{nullptr};
     for (long long row = w.first; row < p.rows; row += w.step) {
-        const T* xr = x + row * p.x_stride;
-        float s = 0.f, q = 0.f, count = 0.f;
-        for (long long c = w.lane; c < p.cols; c += kWarpSize) {
-            const float m = selected(p.mask, p.mask_stride, row, c);
-            const float v = weighted(m, to_float(xr[c]));
-            s += v;
-            q += v * v;
-            count += m;
-        }
-        s = group_sum<kWarpSize>(s);
-        const float n = p.mask ? group_sum<kWarpSize>(count) : float(p.cols);
+        const ShardElements<T> elements{
+            {static_cast<const T*>(p.x) + row * p.x_stride}, {p.mask}, row * p.mask_stride, p.cols, w.lane};
+        const PowerSums sums = power_sums(elements);
         if (p.mode == kShardMeans) {
-            q = group_sum<kWarpSize>(q);
+            const RowMeans means = row_means(sums, elements, warp);
             if (w.lane == 0) {
-                p.out[2 * row] = s / n;
-                p.out[2 * row + 1] = q / n;
+                store(&p.out[2 * row], means.x);
+                store(&p.out[2 * row + 1], means.sq);
             }
         } else {
             // Exact two-pass: the second pass re-reads the row (from L1 / L2).
-            const float mean = s / n;
-            float m2 = 0.f;
-            for (long long c = w.lane; c < p.cols; c += kWarpSize) {
-                const float d = weighted(selected(p.mask, p.mask_stride, row, c), to_float(xr[c]) - mean);
-                m2 += d * d;
-            }
-            m2 = group_sum<kWarpSize>(m2);
+            const Moments m = row_moments(sums, elements, warp);
             if (w.lane == 0) {
-                p.out[3 * row] = n;
-                p.out[3 * row + 1] = mean;
-                p.out[3 * row + 2] = m2;
+                store(&p.out[3 * row], m.n);
+                store(&p.out[3 * row + 1], m.mean);
+                store(&p.out[3 * row + 2], m.m2);
             }
         }
     }
@@ -107,30 +103,24 @@ __device__ __forceinline__ ShardRowStats combine_stats(const float* stats, long 
         // mean)^2). Without a mask the n_q are equal and this is the merged variance.
         const float inv_k = 1.f / float(group);
         float sum = 0.f;
-        for (int q = 0; q < group; ++q) sum += stats[3 * ((long long)q * rows + row) + 1];
+        for (int q = 0; q < group; ++q) sum += load(&stats[3 * ((long long)q * rows + row) + 1]);
         mean = sum * inv_k;
         float spread = 0.f;
         for (int q = 0; q < group; ++q) {
             const float* s = stats + 3 * ((long long)q * rows + row);
-            const float d = s[1] - mean;
-            spread += s[2] / s[0] + d * d;
+            const float d = load(&s[1]) - mean;
+            spread += load(&s[2]) / load(&s[0]) + d * d;
         }
         var = spread * inv_k;
     } else {
         // stats: [rows][2], summed over the group: pmean divides by the group size.
-        const float mean_x = stats[2 * row] / float(group);
-        const float mean_sq = stats[2 * row + 1] / float(group);
-        if (kind == WARPNORM_RMS_NORM) {
-            mean = 0.f;
-            var = mean_sq;
-        } else {
-            mean = mean_x;
-            const float raw = mean_sq - mean_x * mean_x;
-            dvar = raw > 0.f ? 1.f : (raw == 0.f ? 0.5f : 0.f);
-            var = clamp_nonnegative(raw);
-        }
+        const RowStats st =
+            stats_from_means(kind, load(&stats[2 * row]) / float(group), load(&stats[2 * row + 1]) / float(group));
+        mean = st.mean;
+        var = st.var;
+        if (kind != WARPNORM_RMS_NORM) dvar = var > 0.f ? 1.f : (var == 0.f ? 0.5f : 0.f);
     }
-    return {mean, rsqrtf(var + eps), dvar};
+    return {mean, rstd_of(var, eps), dvar};
 }
 
 // The minimum of 8 resident CTAs gives ptxas a budget of 64 registers: left to itself it
@@ -138,45 +128,44 @@ __device__ __forceinline__ ShardRowStats combine_stats(const float* stats, long 
 template <typename T, typename P, typename O>
 __global__ void __launch_bounds__(kShardThreads, 8) shard_apply(const WarpnormShardApplyParams p) {
     const WarpRows w = warp_rows();
-    const P* __restrict__ scale = static_cast<const P*>(p.scale);
-    const P* __restrict__ bias = static_cast<const P*>(p.bias);
+    const TensorIn<T> x{static_cast<const T*>(p.x)};
+    const auto out = affine_out(typed_param<P>(p.scale, 1.f), typed_param<P>(p.bias, 0.f), TensorOut<O>{static_cast<O*>(p.y)});
     for (long long row = w.first; row < p.rows; row += w.step) {
         // Every lane merges the same values in the same order: no broadcast needed.
         const ShardRowStats st = combine_stats(p.stats, row, p.rows, p.group, p.eps, p.kind, p.mode);
         if (w.lane == 0) {
-            if (p.mean) p.mean[row] = st.mean;
-            if (p.rstd) p.rstd[row] = st.rstd;
-            if (p.dvar) p.dvar[row] = st.dvar;
+            if (p.mean) store(&p.mean[row], st.mean);
+            if (p.rstd) store(&p.rstd[row], st.rstd);
+            if (p.dvar) store(&p.dvar[row], st.dvar);
         }
-        const float shift = p.kind == WARPNORM_LAYER_NORM ? st.mean : 0.f;
-        const T* __restrict__ xr = static_cast<const T*>(p.x) + row * p.x_stride;
-        O* __restrict__ yr = static_cast<O*>(p.y) + row * p.y_stride;
+        const Normalize normalize{centre_of(p.kind, st.mean), st.rstd};
         for (long long c = w.lane; c < p.cols; c += kWarpSize) {
-            const float g = scale ? to_float(scale[c]) : 1.f;
-            const float b = bias ? to_float(bias[c]) : 0.f;
-            yr[c] = from_float<O>((to_float(xr[c]) - shift) * st.rstd * g + b);
+            out.store(row * p.y_stride + c, c, normalize(x[row * p.x_stride + c]));
         }
     }
 }
 
+// What x is centred on in the backward: RMSNorm saves no mean.
+__device__ __forceinline__ float saved_centre(const float* mean, long long row, int kind) {
+    return kind == WARPNORM_LAYER_NORM ? load(&mean[row]) : 0.f;
+}
+
 // One row of the backward's inputs: x, dy and the saved statistics.
 template <typename T, typename P, typename O> struct ShardBwdRow {
-    const T* __restrict__ x;
-    const O* __restrict__ dy;
-    const P* __restrict__ scale;
+    TensorIn<T> x;
+    TensorIn<O> dy;
+    ParamIn<TensorIn<P>> scale;
     float shift, rstd;
 
     __device__ __forceinline__ ShardBwdRow(const WarpnormShardBwdParams& p, long long row)
-        : x(static_cast<const T*>(p.x) + row * p.x_stride),
-          dy(static_cast<const O*>(p.dy) + row * p.dy_stride),
-          scale(static_cast<const P*>(p.scale)),
-          shift(p.kind == WARPNORM_LAYER_NORM ? p.mean[row] : 0.f),
-          rstd(p.rstd[row]) {}
+        : x{static_cast<const T*>(p.x) + row * p.x_stride},
+          dy{static_cast<const O*>(p.dy) + row * p.dy_stride},
+          scale(typed_param<P>(p.scale, 1.f)),
+          shift(saved_centre(p.mean, row, p.kind)),
+          rstd(load(&p.rstd[row])) {}
     // g = dy * scale of column c.
-    __device__ __forceinline__ float g(long long c) const {
-        return to_float(dy[c]) * (scale ? to_float(scale[c]) : 1.f);
-    }
-    __device__ __forceinline__ float centred(long long c) const { return to_float(x[c]) - shift; }
+    __device__ __forceinline__ float g(long long c) const { return dy[c] * scale[c]; }
+    __device__ __forceinline__ float centred(long long c) const { return x[c] - shift; }
     __device__ __forceinline__ float xhat(long long c) const { return centred(c) * rstd; }
 };
 
@@ -187,17 +176,16 @@ __global__ void __launch_bounds__(kShardThreads) shard_bwd_sums(const WarpnormSh
     const WarpRows w = warp_rows();
     for (long long row = w.first; row < p.rows; row += w.step) {
         const ShardBwdRow<T, P, O> r(p, row);
-        float a = 0.f, b = 0.f;
+        float sums[2] = {0.f, 0.f};
         for (long long c = w.lane; c < p.cols; c += kWarpSize) {
             const float g = r.g(c);
-            a += g;
-            b += g * r.centred(c) * r.rstd;  // rstd last, as shard_param_grads rounds
+            sums[0] += g;
+            sums[1] += g * r.centred(c) * r.rstd;  // rstd last, as shard_param_grads rounds
         }
-        a = group_sum<kWarpSize>(a);
-        b = group_sum<kWarpSize>(b);
+        RowThreads<kWarpSize>{nullptr}.sum(sums);
         if (w.lane == 0) {
-            p.sums[2 * row] = a;
-            p.sums[2 * row + 1] = b;
+            store(&p.sums[2 * row], sums[0]);
+            store(&p.sums[2 * row + 1], sums[1]);
         }
     }
 }
@@ -213,20 +201,23 @@ __global__ void __launch_bounds__(kShardThreads) shard_dx(const WarpnormShardBwd
     const WarpRows w = warp_rows();
     for (long long row = w.first; row < p.rows; row += w.step) {
         const ShardBwdRow<T, P, O> r(p, row);
-        const float f = p.dvar ? p.dvar[row] : 1.f;
-        const float c1a = p.kind == WARPNORM_LAYER_NORM ? p.sums[2 * row] : 0.f;
-        const float b = p.sums[2 * row + 1];
+        const float f = p.dvar ? load(&p.dvar[row]) : 1.f;
+        const float c1a = p.kind == WARPNORM_LAYER_NORM ? load(&p.sums[2 * row]) : 0.f;
+        const float b = load(&p.sums[2 * row + 1]);
+        const MaskIn mask{p.mask};
+        const long long mask_row = row * p.mask_stride;
         float weight = p.weight;
-        if (p.mask) {
-            float count = 0.f;
-            for (long long c = w.lane; c < p.cols; c += kWarpSize) count += selected(p.mask, p.mask_stride, row, c);
-            weight /= group_sum<kWarpSize>(count);
+        if (mask.base) {
+            float count[1] = {0.f};
+            for (long long c = w.lane; c < p.cols; c += kWarpSize) count[0] += mask[mask_row + c];
+            RowThreads<kWarpSize>{nullptr}.sum(count);
+            weight /= count[0];
         }
-        T* __restrict__ dxr = static_cast<T*>(p.dx) + row * p.dx_stride;
+        const TensorOut<T> dx{static_cast<T*>(p.dx) + row * p.dx_stride};
         for (long long c = w.lane; c < p.cols; c += kWarpSize) {
-            const float m = selected(p.mask, p.mask_stride, row, c);
+            const float m = mask[mask_row + c];
             const float xhat = r.xhat(c);
-            dxr[c] = from_float<T>(r.rstd * (r.g(c) - stats_grad(m, weight * (c1a + f * xhat * b), xhat)));
+            dx.store(c, r.rstd * (r.g(c) - stats_grad(m, weight * (c1a + f * xhat * b), xhat)));
         }
     }
 }
@@ -236,31 +227,30 @@ __global__ void __launch_bounds__(kShardThreads) shard_dx(const WarpnormShardBwd
 // go to partial row blockIdx.y; finalize_partials adds the chunks in order.
 template <typename T, typename O>
 __global__ void __launch_bounds__(WARPNORM_SHARD_FLAT_THREADS) shard_param_grads(const WarpnormShardParamGradsParams p) {
-    const T* __restrict__ x = static_cast<const T*>(p.x);
-    const O* __restrict__ dy = static_cast<const O*>(p.dy);
+    const TensorIn<T> x{static_cast<const T*>(p.x)};
+    const TensorIn<O> dy{static_cast<const O*>(p.dy)};
     const long long first = (long long)blockIdx.y * p.chunk_rows;
     const long long last = first + p.chunk_rows < p.rows ? first + p.chunk_rows : p.rows;
     for (long long c = (long long)blockIdx.x * blockDim.x + threadIdx.x; c < p.cols;
          c += (long long)gridDim.x * blockDim.x) {
         float ds = 0.f, db = 0.f;
         for (long long row = first; row < last; ++row) {
-            const float shift = p.kind == WARPNORM_LAYER_NORM ? p.mean[row] : 0.f;
-            const float d = to_float(dy[row * p.dy_stride + c]);
-            ds += d * (to_float(x[row * p.x_stride + c]) - shift) * p.rstd[row];
+            const float d = dy[row * p.dy_stride + c];
+            ds += d * (x[row * p.x_stride + c] - saved_centre(p.mean, row, p.kind)) * load(&p.rstd[row]);
             db += d;
         }
-        if (p.partial_dscale) p.partial_dscale[(long long)blockIdx.y * p.cols + c] = ds;
-        if (p.partial_dbias) p.partial_dbias[(long long)blockIdx.y * p.cols + c] = db;
+        if (p.partial_dscale) store(&p.partial_dscale[(long long)blockIdx.y * p.cols + c], ds);
+        if (p.partial_dbias) store(&p.partial_dbias[(long long)blockIdx.y * p.cols + c], db);
     }
 }
 
 // dst[i] = src[i] / divisor, converted through f32: psum / pmean of 16-bit buffers
 // accumulate in f32 scratch. src may equal dst (each element is read before it is written).
 template <typename S, typename D> __global__ void __launch_bounds__(WARPNORM_SHARD_FLAT_THREADS) cast_scale(const WarpnormCastParams p) {
-    const S* src = static_cast<const S*>(p.src);
-    D* dst = static_cast<D*>(p.dst);
+    const TensorIn<S> src{static_cast<const S*>(p.src)};
+    const TensorOut<D> dst{static_cast<D*>(p.dst)};
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < p.n; i += (long long)gridDim.x * blockDim.x)
-        dst[i] = from_float<D>(to_float(src[i]) / p.divisor);
+        dst.store(i, src[i] / p.divisor);
 }
 
 // dst[i] += src[i]: the in-process collective's sums, one rank at a time in a fixed order.
@@ -268,7 +258,7 @@ __global__ void __launch_bounds__(WARPNORM_SHARD_FLAT_THREADS) accumulate(const 
     float* __restrict__ dst = p.dst;
     const float* __restrict__ src = p.src;
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < p.n; i += (long long)gridDim.x * blockDim.x)
-        dst[i] += src[i];
+        store(&dst[i], load(&dst[i]) + load(&src[i]));
 }
 
 }  // namespace warpnorm

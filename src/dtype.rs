@@ -65,8 +65,10 @@ impl DType {
     pub fn round(self, v: f64) -> f64 {
         match self {
             DType::F32 => v as f32 as f64,
-            DType::F16 => f16::from_f64(v).to_f64(),
-            DType::BF16 => bf16::from_f64(v).to_f64(),
+            // 11 significand bits, smallest normal 2^-14, largest finite 65504.
+            DType::F16 => round_nearest_even(v, 11, -14, 65504.0),
+            // 8 significand bits, f32's exponent range.
+            DType::BF16 => round_nearest_even(v, 8, -126, 3.389_531_389_251_535_5e38),
         }
     }
 
@@ -125,13 +127,18 @@ impl Element for f32 {
     }
 }
 
+// half's own `from_f64` is not used to round: it drops the low 32 bits of the f64
+// significand before rounding, so a value just above a tie rounds down (the f32 value
+// 1.2226566 gives bf16 1.21875, not 1.2265625) and the result can differ from the
+// kernels' `__float2bfloat16_rn`. Once rounded, the value is exact in the narrow type and
+// half converts it exactly.
 impl Element for f16 {
     const DTYPE: DType = DType::F16;
     fn to_f64(self) -> f64 {
         f16::to_f64(self)
     }
     fn from_f64(v: f64) -> Self {
-        f16::from_f64(v)
+        f16::from_f64(DType::F16.round(v))
     }
 }
 
@@ -141,6 +148,99 @@ impl Element for bf16 {
         bf16::to_f64(self)
     }
     fn from_f64(v: f64) -> Self {
-        bf16::from_f64(v)
+        bf16::from_f64(DType::BF16.round(v))
+    }
+}
+
+/// `v` rounded to the nearest value (ties to even) of a binary format with `precision`
+/// significand bits, smallest normal exponent `min_exp` (gradual underflow below it) and
+/// largest finite value `max` (beyond which it rounds to infinity). Every step is exact in
+/// f64: scaling by a power of two, rounding to an integer, scaling back.
+fn round_nearest_even(v: f64, precision: i32, min_exp: i32, max: f64) -> f64 {
+    if !v.is_finite() || v == 0.0 {
+        return v;
+    }
+    // The binade of v (f64 subnormals are far below every 16-bit format's range).
+    let exp = ((v.to_bits() >> 52) & 0x7ff) as i32 - 1023;
+    let ulp_exp = exp.max(min_exp) - (precision - 1);
+    let ulp = f64::from_bits(((ulp_exp + 1023) as u64) << 52);
+    let r = (v / ulp).round_ties_even() * ulp;
+    if r.abs() > max {
+        f64::INFINITY.copysign(v)
+    } else {
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// f32 values are exact in f64, so rounding one to a 16-bit type is a single rounding
+    /// that half's f32 conversions (which see every bit) perform correctly.
+    fn f32_samples() -> impl Iterator<Item = f32> {
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let random = std::iter::from_fn(move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            Some(f32::from_bits(state as u32))
+        });
+        let edges = [
+            1.222_656_6_f32, // just above a bf16 tie: half's from_f64 rounds it down
+            65504.0,
+            65519.99,
+            65520.0,
+            6.0e-8,
+            2.9802322e-8,
+            3.389_531_4e38,
+            f32::MAX,
+            f32::MIN_POSITIVE,
+            1.0e-45,
+        ];
+        edges
+            .into_iter()
+            .flat_map(|v| [v, -v])
+            .chain(random.filter(|v| v.is_finite()).take(200_000))
+    }
+
+    #[test]
+    fn rounding_to_bf16_matches_a_single_rounding_from_f32() {
+        for v in f32_samples() {
+            let want = bf16::from_f32(v).to_f64();
+            let got = DType::BF16.round(v as f64);
+            assert!(got == want, "bf16 {v:e}: {got:e}, want {want:e}");
+            assert_eq!(
+                <bf16 as Element>::from_f64(v as f64).to_bits(),
+                bf16::from_f32(v).to_bits()
+            );
+        }
+    }
+
+    #[test]
+    fn rounding_to_f16_matches_a_single_rounding_from_f32() {
+        for v in f32_samples() {
+            let want = f16::from_f32(v).to_f64();
+            let got = DType::F16.round(v as f64);
+            assert!(got == want, "f16 {v:e}: {got:e}, want {want:e}");
+        }
+    }
+
+    #[test]
+    fn the_value_half_rounds_wrongly_rounds_up() {
+        let v = 1.222_656_6_f32 as f64;
+        assert_eq!(DType::BF16.round(v), 1.226_562_5);
+        assert_eq!(DType::BF16.round(-v), -1.226_562_5);
+    }
+
+    #[test]
+    fn nan_infinity_and_signed_zero_pass_through() {
+        for d in [DType::F16, DType::BF16] {
+            assert!(d.round(f64::NAN).is_nan());
+            assert_eq!(d.round(f64::INFINITY), f64::INFINITY);
+            assert_eq!(d.round(-0.0).to_bits(), (-0.0f64).to_bits());
+            assert_eq!(d.round(1e300), f64::INFINITY);
+            assert_eq!(d.round(-1e300), f64::NEG_INFINITY);
+        }
     }
 }

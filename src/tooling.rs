@@ -7,6 +7,7 @@
 
 pub mod bench;
 pub mod fixture;
+pub mod kernel_matrix;
 pub mod plot;
 pub mod selftest;
 pub mod table;

@@ -325,13 +325,14 @@ impl NormConfig {
         }
     }
 
-    /// Epsilon added to the variance.
+    /// Epsilon added to the variance, as set by [`NormConfig::epsilon`] (the builder has
+    /// the flax / keras name, so the getter cannot).
     pub fn eps(&self) -> f64 {
         self.epsilon
     }
 
-    /// Whether a scale is applied. keras creates gamma when `scale` *or*
-    /// `rms_scaling` is set.
+    /// Whether a scale is applied: the getter of [`NormConfig::use_scale`]. keras creates
+    /// gamma when `scale` *or* `rms_scaling` is set.
     pub fn has_scale(&self) -> bool {
         match self.api {
             Api::Keras => self.use_scale || self.rms_scaling,
@@ -339,8 +340,8 @@ impl NormConfig {
         }
     }
 
-    /// Whether a bias is added. flax's RMSNorm has none; keras drops beta under
-    /// `rms_scaling`.
+    /// Whether a bias is added: the getter of [`NormConfig::use_bias`]. flax's RMSNorm has
+    /// none; keras drops beta under `rms_scaling`.
     pub fn has_bias(&self) -> bool {
         match self.api {
             Api::FlaxLayerNorm => self.use_bias,
@@ -385,7 +386,24 @@ impl NormConfig {
     /// then casts to the compute dtype, so y is rounded to x's dtype first (and the
     /// cotangent dy, by the transpose of that cast, too). flax casts once: `None`.
     pub fn intermediate_dtype(&self, x: DType) -> Option<DType> {
-        (self.api == Api::Keras).then_some(x)
+        self.rounds_output_to_input_dtype().then_some(x)
+    }
+
+    /// The coarsest dtype y is rounded to on its way out: [`NormConfig::output_dtype`], or
+    /// x's dtype where y passes through it first ([`NormConfig::intermediate_dtype`]) and it
+    /// is the coarser. A result's error is judged at this dtype's precision.
+    pub fn coarsest_y_dtype(&self, x: DType) -> DType {
+        let out = self.output_dtype(x);
+        match self.intermediate_dtype(x) {
+            Some(d) if d.unit_roundoff() > out.unit_roundoff() => d,
+            _ => out,
+        }
+    }
+
+    /// Whether y passes through x's dtype on its way to [`NormConfig::output_dtype`] (keras;
+    /// see [`NormConfig::intermediate_dtype`]).
+    pub fn rounds_output_to_input_dtype(&self) -> bool {
+        self.api == Api::Keras
     }
 
     /// Resolves the axes against an input shape, applying the API's rules.
@@ -566,16 +584,6 @@ impl NormConfig {
     /// Bias (beta) options.
     pub fn bias_options(&self) -> &ParamOptions {
         &self.bias
-    }
-
-    /// The raw `use_bias` / keras `center` flag (see [`NormConfig::has_bias`]).
-    pub fn use_bias_flag(&self) -> bool {
-        self.use_bias
-    }
-
-    /// The raw `use_scale` / keras `scale` flag (see [`NormConfig::has_scale`]).
-    pub fn use_scale_flag(&self) -> bool {
-        self.use_scale
     }
 
     /// keras' `rms_scaling` flag.

@@ -11,8 +11,8 @@ use cudarc::driver::LaunchConfig;
 use super::generation::KernelGeneration;
 use super::launch::{launch_config, Launch};
 use super::params::{
-    dtype_code, kind_code, WarpnormBwdParams, WarpnormFinalizePairParams, WarpnormFinalizeParams,
-    WarpnormFwdParams, WarpnormStridedBwdParams, WarpnormStridedFwdParams,
+    dtype_code, kind_code, WarpnormBwdParams, WarpnormDtype, WarpnormFinalizePairParams,
+    WarpnormFinalizeParams, WarpnormFwdParams, WarpnormStridedBwdParams, WarpnormStridedFwdParams,
     WARPNORM_FINALIZE_PAIR_THREADS, WARPNORM_FINALIZE_THREADS,
 };
 use super::select::{self, BwdPlan, Plan, StashColumn, STRIDED_THREADS};
@@ -29,6 +29,10 @@ pub struct NormSpec {
     pub eps: f32,
     /// flax `use_fast_variance`: `E[x^2] - E[x]^2` (clamped at 0) instead of the two-pass form.
     pub fast_variance: bool,
+    /// keras: y is rounded to x's dtype before it is stored in a wider output dtype, and dy
+    /// to x's dtype as it is loaded (the transpose of that cast);
+    /// [`NormConfig::rounds_output_to_input_dtype`].
+    pub round_output_to_x: bool,
     /// Which kernels run the call; `None`: the `WARPNORM_KERNELS` environment variable
     /// (`v1` or `v2`), else v1.
     pub kernels: Option<KernelGeneration>,
@@ -40,6 +44,7 @@ impl NormSpec {
             kind: cfg.kind(),
             eps: cfg.eps() as f32,
             fast_variance: cfg.fast_variance(),
+            round_output_to_x: cfg.rounds_output_to_input_dtype(),
             kernels: None,
         }
     }
@@ -61,6 +66,16 @@ impl NormSpec {
     pub(crate) fn validate(&self) -> Result<()> {
         crate::config::epsilon_f32(self.eps.into())?;
         self.kernel_generation().map(drop)
+    }
+}
+
+/// The kernels' `out_dtype` of y (forward) and dy (backward): `d.out`, or f32 rounded to x's
+/// dtype where the spec asks for it and the rounding changes something.
+fn out_dtype_code(spec: &NormSpec, d: Dtypes) -> i32 {
+    if spec.round_output_to_x && d.out == DType::F32 && d.x != DType::F32 {
+        WarpnormDtype::WARPNORM_F32_ROUNDED_TO_X as i32
+    } else {
+        dtype_code(d.out)
     }
 }
 
@@ -169,7 +184,7 @@ pub(crate) fn forward<L: Launch, T: Element>(
                 kind: kind_code(spec.kind),
                 fast_variance: spec.fast_variance as i32,
                 param_dtype: dtype_code(d.param),
-                out_dtype: dtype_code(d.out),
+                out_dtype: out_dtype_code(spec, d),
             };
             let b = FwdLaunch {
                 params,
@@ -195,7 +210,7 @@ pub(crate) fn forward<L: Launch, T: Element>(
                 kind: kind_code(spec.kind),
                 fast_variance: spec.fast_variance as i32,
                 param_dtype: dtype_code(d.param),
-                out_dtype: dtype_code(d.out),
+                out_dtype: out_dtype_code(spec, d),
             };
             forward_strided(l, &params, d)
         }
@@ -215,7 +230,7 @@ pub(crate) fn backward<L: Launch, T: Element>(
     let half = (a.workspace_len / 2) as u64 * 4;
     let (partial_dscale, partial_dbias) = (a.workspace, a.workspace + half);
     let kind = kind_code(spec.kind);
-    let (param_dtype, out_dtype) = (dtype_code(d.param), dtype_code(d.out));
+    let (param_dtype, out_dtype) = (dtype_code(d.param), out_dtype_code(spec, d));
     let generation = spec.kernel_generation()?;
     let param_grads = |params: WarpnormBwdParams, vec: u32| BwdLaunch {
         params,

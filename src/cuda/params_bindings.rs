@@ -24,6 +24,7 @@ pub enum WarpnormDtype {
     WARPNORM_F32 = 0,
     WARPNORM_F16 = 1,
     WARPNORM_BF16 = 2,
+    WARPNORM_F32_ROUNDED_TO_X = 3,
 }
 #[repr(C)]
 #[derive(Debug, Copy, Clone)]

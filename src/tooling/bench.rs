@@ -569,6 +569,7 @@ pub fn run_with(
         kind: opts.norm.kind(),
         eps: opts.eps,
         fast_variance: false,
+        round_output_to_x: false,
         kernels: None,
     };
     let generations: Vec<(Option<KernelGeneration>, String)> = if opts.kernels.is_empty() {
@@ -615,15 +616,24 @@ pub fn run_with(
     Ok(records)
 }
 
-/// A plain-text table of records: one line each, aligned columns.
+/// A plain-text table of records: one line each, aligned columns. The `% copy` column
+/// only when some record was measured against a copy (the CPU reference's are not).
 pub fn render_table(records: &[BenchRecord]) -> String {
-    let header = [
-        "impl", "norm", "dtype", "cols", "rows", "pass", "ms", "GB/s", "% copy",
+    use super::table::{render, Align::*};
+    let against_copy = records.iter().any(|r| r.copy_gbps > 0.0);
+    let mut header = vec![
+        "impl", "norm", "dtype", "cols", "rows", "pass", "ms", "GB/s",
     ];
-    let rows: Vec<[String; 9]> = records
+    // Text columns left-aligned, numbers right-aligned.
+    let mut align = vec![Left, Left, Right, Right, Left, Right, Right, Right];
+    if against_copy {
+        header.push("% copy");
+        align.push(Right);
+    }
+    let rows: Vec<Vec<String>> = records
         .iter()
         .map(|r| {
-            [
+            let mut row = vec![
                 r.implementation.clone(),
                 r.norm.name().to_string(),
                 r.dtype.short_name().to_string(),
@@ -631,16 +641,24 @@ pub fn render_table(records: &[BenchRecord]) -> String {
                 r.rows.to_string(),
                 r.pass.name().to_string(),
                 format!("{:.4}", r.ms),
-                format!("{:.1}", r.gbps),
-                format!("{:.1}", r.pct_copy),
-            ]
+                throughput(r.gbps),
+            ];
+            if against_copy {
+                row.push(format!("{:.1}", r.pct_copy));
+            }
+            row
         })
         .collect();
-    // Text columns left-aligned, numbers right-aligned.
-    use super::table::{render, Align::*};
-    let align = [Left, Left, Right, Right, Left, Right, Right, Right, Right];
-    let rows: Vec<Vec<String>> = rows.into_iter().map(Vec::from).collect();
     render(&header, &align, &rows)
+}
+
+/// GB/s to a tenth on a GPU; the CPU reference's fractions of one keep three decimals.
+fn throughput(gbps: f64) -> String {
+    if gbps >= 10.0 {
+        format!("{gbps:.1}")
+    } else {
+        format!("{gbps:.3}")
+    }
 }
 
 #[cfg(test)]
@@ -849,5 +867,12 @@ mod tests {
         // Right-aligned numbers end in the same column.
         assert_eq!(lines[2].len(), lines[3].len());
         assert_eq!(render_table(&[]).lines().count(), 2);
+        // Records without a copy to compare with (the CPU reference's) have no such column.
+        // 64 x 1024 f32 forward: 532992 bytes in 2 ms.
+        let p = problem(DType::F32, DType::F32, 64, 1024);
+        let cpu = BenchRecord::new("cpu_reference", &p, Pass::Fwd, &[2.0], 1, "cpu");
+        let table = render_table(&[cpu]);
+        assert!(table.lines().next().unwrap().ends_with("GB/s"), "{table}");
+        assert!(table.contains(" 0.266"), "{table}");
     }
 }

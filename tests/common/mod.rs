@@ -5,7 +5,8 @@ use std::sync::Arc;
 
 use warpnorm::cuda::CudaBackend;
 use warpnorm::rng::Rng;
-use warpnorm::{DType, NormConfig, Tensor};
+use warpnorm::tooling::kernel_matrix::Findings;
+use warpnorm::{DType, Tensor};
 
 /// The first GPU, or `None` after printing `SKIP: <reason>` (no driver, no device).
 pub fn gpu_or_skip(test: &str) -> Option<Arc<CudaBackend>> {
@@ -50,107 +51,24 @@ pub fn seed() -> u64 {
     })
 }
 
-/// Largest error of `got` against `want`, in units of the allowed error
-/// `rel * |want| + abs`; infinite when a value is NaN or inf where `want` is finite.
-pub fn error_ratio(got: &[f64], want: &[f64], rel: f64, abs: f64) -> (f64, usize) {
-    assert_eq!(got.len(), want.len());
-    let mut worst = (0.0f64, 0usize);
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let ratio = if !g.is_finite() {
-            f64::INFINITY
-        } else {
-            (g - w).abs() / (rel * w.abs() + abs)
-        };
-        // A NaN ratio is always the worst.
-        if ratio.is_nan() || ratio > worst.0 {
-            worst = (ratio, i);
-        }
+/// The kernel matrix's tolerance model, for every test that compares with the reference
+/// (each test file uses some of it).
+#[allow(unused_imports)]
+pub use warpnorm::tooling::kernel_matrix::tolerance::{error_ratio, max_abs, tolerance};
+
+/// Asserts that the kernel matrix found no failure, printing each first.
+pub fn assert_no_failures(findings: Findings) {
+    for f in &findings.failures {
+        println!("FAIL {f}");
     }
-    worst
+    assert!(
+        findings.failures.is_empty(),
+        "{} failures (listed above)",
+        findings.failures.len()
+    );
 }
 
-/// Tolerance of a result rounded to `dtype` from an f32 computation over rows of `cols`
-/// whose statistics have condition number `kappa` (see [`condition`]): one rounding of the
-/// output (an ulp is at most 2u relative) plus f32 error, which grows slowly with the row
-/// length for tree-shaped sums and linearly with the conditioning.
-pub fn tolerance_kappa(dtype: DType, scale: f64, cols: usize, kappa: f64) -> (f64, f64) {
-    let f32_error = 4e-6 * (1.0 + (cols as f64).log2() / 4.0) * kappa.max(1.0);
-    (
-        2.0 * dtype.unit_roundoff() + f32_error,
-        f32_error * scale.max(1.0),
-    )
-}
-
-/// [`tolerance_kappa`] for well-conditioned rows.
-pub fn tolerance(dtype: DType, scale: f64, cols: usize) -> (f64, f64) {
-    tolerance_kappa(dtype, scale, cols, 1.0)
-}
-
-/// How much f32 rounding of a row's statistics is amplified: 1 + |mean| * rstd (squared
-/// for the fast-variance form E[x^2] - E[x]^2, which cancels when the mean dominates).
-/// Rows of a few elements that happen to be nearly equal are the ill-conditioned cases.
-pub fn condition(mean: &[f64], rstd: &[f64], fast_variance: bool) -> f64 {
-    mean.iter()
-        .zip(rstd)
-        .map(|(m, r)| {
-            let k = 1.0 + (m * r).abs();
-            if fast_variance {
-                k * k
-            } else {
-                k
-            }
-        })
-        .fold(1.0, f64::max)
-}
-
-pub fn max_abs(v: &[f64]) -> f64 {
-    v.iter().fold(0.0, |m, x| m.max(x.abs()))
-}
-
-/// The kernel variants every kernel test runs, and the config of each.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Variant {
-    LayerNorm,
-    FastVariance,
-    NoScale,
-    NoBias,
-    NoParams,
-    RmsNorm,
-    RmsScaling,
-    Masked,
-}
-
-pub const VARIANTS: [Variant; 8] = [
-    Variant::LayerNorm,
-    Variant::FastVariance,
-    Variant::NoScale,
-    Variant::NoBias,
-    Variant::NoParams,
-    Variant::RmsNorm,
-    Variant::RmsScaling,
-    Variant::Masked,
-];
-
-pub fn config(v: Variant, p: DType, o: DType) -> NormConfig {
-    let flax = NormConfig::flax()
-        .use_fast_variance(false)
-        .epsilon(1e-5)
-        .dtype(o)
-        .with_param_dtype(p);
-    match v {
-        Variant::LayerNorm | Variant::Masked => flax,
-        Variant::FastVariance => flax.use_fast_variance(true),
-        Variant::NoScale => flax.use_scale(false),
-        Variant::NoBias => flax.use_bias(false),
-        Variant::NoParams => flax.use_scale(false).use_bias(false),
-        Variant::RmsNorm => NormConfig::flax_rms()
-            .epsilon(1e-5)
-            .dtype(o)
-            .with_param_dtype(p),
-        Variant::RmsScaling => NormConfig::keras()
-            .rms_scaling(true)
-            .epsilon(1e-5)
-            .dtype(o)
-            .with_param_dtype(p),
-    }
+/// Asserts that `failures` is empty, printing each first.
+pub fn assert_none(failures: Vec<String>) {
+    assert_no_failures(Findings { failures });
 }

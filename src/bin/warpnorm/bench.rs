@@ -21,7 +21,7 @@ use crate::args::{
 };
 use crate::exit::{CommandResult, Failure, Outcome};
 use crate::limits::{bytes_of, Budget, HOST_BYTES_PER_ELEMENT};
-use crate::output::{human_bytes, progress, table, Align, Notes};
+use crate::output::{human_bytes, progress, Notes};
 
 /// What to time; the names are those of the records' `pass` field.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -142,10 +142,8 @@ pub fn run(args: &Args) -> CommandResult {
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&records)?);
-    } else if records.iter().any(|r| r.copy_gbps > 0.0) {
-        anstream::print!("{}", bench::render_table(&records));
     } else {
-        anstream::print!("{}", cpu_table(&records));
+        anstream::print!("{}", bench::render_table(&records));
     }
     if let Some(path) = &args.plot {
         let device = records
@@ -372,41 +370,6 @@ fn run_cpu(opts: &BenchOptions) -> Result<Vec<BenchRecord>> {
 
 fn cpu_record(p: &Problem, pass: Pass, times_ms: &[f64], device: &Device) -> BenchRecord {
     BenchRecord::new("cpu_reference", p, pass, times_ms, 1, &device.describe())
-}
-
-/// The CPU records without the copy column they do not have.
-fn cpu_table(records: &[BenchRecord]) -> String {
-    let rows: Vec<Vec<String>> = records
-        .iter()
-        .map(|r| {
-            vec![
-                r.implementation.clone(),
-                r.norm.name().to_string(),
-                r.dtype.short_name().to_string(),
-                r.cols.to_string(),
-                r.rows.to_string(),
-                r.pass.name().to_string(),
-                format!("{:.3}", r.ms),
-                format!("{:.3}", r.gbps),
-            ]
-        })
-        .collect();
-    table(
-        &[
-            "impl", "norm", "dtype", "cols", "rows", "pass", "ms", "GB/s",
-        ],
-        &[
-            Align::Left,
-            Align::Left,
-            Align::Left,
-            Align::Right,
-            Align::Right,
-            Align::Left,
-            Align::Right,
-            Align::Right,
-        ],
-        &rows,
-    )
 }
 
 /// GB/s against cols: one colour per dtype, one line style per pass, the copy dotted;

@@ -9,7 +9,8 @@ use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 
 use serde::Serialize;
-use warpnorm::tooling::selftest::{self, CheckResult, Subject, Variant};
+use warpnorm::cuda::CudaBackend;
+use warpnorm::tooling::selftest::{self, CheckResult, Kernels, Variant};
 use warpnorm::Device;
 
 use crate::args::{parse_len, parse_seed, DeviceSpec};
@@ -109,7 +110,7 @@ impl<'a> Record<'a> {
 
 /// What the check runs on, or why there is nothing to check.
 enum Choice {
-    Check(Subject),
+    Check(Kernels),
     Nothing(String),
 }
 
@@ -118,7 +119,7 @@ fn choose(spec: Option<DeviceSpec>, notes: Notes) -> Result<Choice, Failure> {
     let no_emulator = "this warpnorm was built without the CPU emulation of the kernels \
                        (cargo feature `emulator`)";
     match spec {
-        Some(DeviceSpec::Cuda(n)) => Ok(Choice::Check(Subject::Device(Device::cuda(n)?))),
+        Some(DeviceSpec::Cuda(n)) => Ok(Choice::Check(Kernels::Gpu(CudaBackend::new(n)?))),
         Some(DeviceSpec::Emulator) => crate::emulated::subject()
             .map(Choice::Check)
             .ok_or_else(|| Failure::Usage(no_emulator.to_string())),
@@ -128,7 +129,7 @@ fn choose(spec: Option<DeviceSpec>, notes: Notes) -> Result<Choice, Failure> {
                 .to_string(),
         )),
         None => match (Device::best(), crate::emulated::subject()) {
-            ((gpu @ Device::Cuda(_), _), _) => Ok(Choice::Check(Subject::Device(gpu))),
+            ((Device::Cuda(gpu), _), _) => Ok(Choice::Check(Kernels::Gpu(gpu))),
             ((_, why), Some(emulator)) => {
                 notes.say(format!(
                     "no GPU ({}): checking the kernels' CPU emulation instead",
@@ -152,7 +153,7 @@ fn admit(cols: &[usize], gpu: Option<&Budget>) -> Result<(), Failure> {
         // The largest shape of any variant at this length.
         let shape = Variant::ALL
             .iter()
-            .map(|v| v.shape(c))
+            .map(|&v| selftest::shape(v, c))
             .max_by_key(|s| bytes_of(s, 1).unwrap_or(u64::MAX))
             .unwrap_or_default();
         let dims: Vec<String> = shape.iter().map(usize::to_string).collect();
@@ -183,7 +184,7 @@ pub fn run(args: &Args) -> CommandResult {
             return Ok(Outcome::NothingToCheck);
         }
     };
-    if let Subject::Device(Device::Cuda(be)) = &subject {
+    if let Kernels::Gpu(be) = &subject {
         admit(&cols, Some(&Budget::gpu(be)?))?;
     }
     let seed = args.seed.unwrap_or_else(fresh_seed);
@@ -252,7 +253,7 @@ fn status(r: &CheckResult) -> Status {
 }
 
 /// Every variant x dtype combination x cols, in that order.
-fn run_cases(subject: &Subject, cols: &[usize], seed: u64) -> Vec<CheckResult> {
+fn run_cases(subject: &Kernels, cols: &[usize], seed: u64) -> Vec<CheckResult> {
     let combos = selftest::dtype_combinations();
     let total = Variant::ALL.len() * combos.len() * cols.len();
     let bar = progress(total as u64, "check");

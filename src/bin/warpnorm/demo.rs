@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use warpnorm::cuda::tiers::{self, RowTier};
 use warpnorm::reference::{self, Params};
 use warpnorm::rng::Rng;
-use warpnorm::tooling::selftest::error_ratio;
+use warpnorm::tooling::kernel_matrix::tolerance::{error_ratio, max_abs, tolerance};
 use warpnorm::{Array, DType, Device, LayerNorm, NormConfig, Result, Tensor};
 
 use crate::args::{parse_len, parse_seed, DeviceSpec};
@@ -300,28 +300,35 @@ fn on_device(
 #[cfg(feature = "emulator")]
 fn emulate(cfg: &NormConfig, x: &Tensor, dy: &Tensor, seed: u64) -> Result<Results> {
     use warpnorm::ops::Layout;
-    use warpnorm::tooling::selftest::{self, Inputs};
+    use warpnorm::tooling::kernel_matrix::{Case, Kernels};
     let ln = LayerNorm::new(&Device::Cpu, cfg, x.shape(), seed)?;
     let host = |a: Option<&Array>| a.map(Array::to_tensor).transpose();
-    let inputs = Inputs {
+    let (rows, cols) = (x.shape()[0], x.shape()[1]);
+    let case = Case {
+        cfg: cfg.clone(),
+        layout: Layout::rows(rows, cols),
         x: x.clone(),
-        dy: dy.clone(),
         scale: host(ln.scale())?,
         bias: host(ln.bias())?,
         mask: None,
+        dy: dy.clone(),
     };
-    let (rows, cols) = (x.shape()[0], x.shape()[1]);
+    let d = case.dtypes();
     let start = Instant::now();
-    let [y, dx, dscale, dbias] = selftest::emulate(cfg, Layout::rows(rows, cols), &inputs)?;
+    let out = Kernels::Emulator.run(&case, None)?;
     let took = start.elapsed();
-    let missing = || warpnorm::Error::Unsupported("the emulation returned no y or dx".into());
+    let tensor = |like: &Tensor, dtype, data| Tensor::new(like.shape().to_vec(), dtype, data);
+    let param = |grad: Option<Vec<f64>>, like: Option<&Tensor>| match (grad, like) {
+        (Some(g), Some(like)) => tensor(like, d.param, g).map(Some),
+        _ => Ok(None),
+    };
     Ok(Results {
-        y: y.ok_or_else(missing)?,
-        dx: dx.ok_or_else(missing)?,
-        dscale,
-        dbias,
-        scale: inputs.scale,
-        bias: inputs.bias,
+        y: tensor(dy, d.out, out.y)?,
+        dx: tensor(x, d.x, out.dx)?,
+        dscale: param(out.dscale, case.scale.as_ref())?,
+        dbias: param(out.dbias, case.bias.as_ref())?,
+        scale: case.scale,
+        bias: case.bias,
         timing: Timing::Together(took),
     })
 }
@@ -546,9 +553,17 @@ fn compare(
     let want_dx = reference::backward(cfg, &xs, params, None, &dys)?.dx;
     let (got_y, got_dx) = (pick(&got.y)?, pick(&got.dx)?);
     Ok(Comparison {
-        y: error_ratio(got_y.data(), want_y.data(), got_y.dtype(), cols),
-        dx: error_ratio(got_dx.data(), want_dx.data(), got_dx.dtype(), cols),
+        y: deviation(&got_y, &want_y, cols),
+        dx: deviation(&got_dx, &want_dx, cols),
     })
+}
+
+/// The largest error of `got` in units of its tolerance, and its absolute error there.
+fn deviation(got: &Tensor, want: &Tensor, cols: usize) -> (f64, f64) {
+    let (rel, abs) = tolerance(got.dtype(), max_abs(want.data()), cols);
+    let (ratio, at) = error_ratio(got.data(), want.data(), rel, abs);
+    let err = |v: &[f64]| v.get(at).copied().unwrap_or(f64::NAN);
+    (ratio, (err(got.data()) - err(want.data())).abs())
 }
 
 /// Waits for the device, so wall-clock times include the work.

@@ -96,29 +96,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn tables_align_and_ignore_escapes() {
-        let rows = vec![
-            vec!["a".to_string(), "1".to_string()],
-            vec![styled(PASS, "long"), "100".to_string()],
-        ];
-        let t = table(&["name", "n"], &[Align::Left, Align::Right], &rows);
-        let plain: Vec<String> = t
-            .lines()
-            .map(|l| {
-                let mut s = String::new();
-                let mut esc = false;
-                for c in l.chars() {
-                    match (esc, c) {
-                        (false, '\x1b') => esc = true,
-                        (true, 'm') => esc = false,
-                        (true, _) => {}
-                        (false, c) => s.push(c),
-                    }
-                }
-                s
-            })
-            .collect();
-        assert_eq!(plain, ["name    n", "----  ---", "a       1", "long  100"]);
+    fn table_headers_are_styled() {
+        let t = table(&["name"], &[Align::Left], &[vec!["a".to_string()]]);
+        assert_eq!(t.lines().next(), Some(styled(HEAD, "name").as_str()));
     }
 
     #[test]

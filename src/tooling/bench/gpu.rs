@@ -54,6 +54,7 @@ impl GpuTimer {
             kind: problem.norm.kind(),
             eps: 1e-5,
             fast_variance: false,
+            round_output_to_x: false,
             kernels: None,
         };
         self.case_with(problem, &spec, None, true)

@@ -193,11 +193,7 @@ pub fn compare(
 pub fn check_outputs(fx: &Fixture, out: &Outputs) -> Result<Vec<OutputCheck>> {
     let cfg = &fx.config;
     let x_dtype = fx.x.dtype();
-    let y_dtype = cfg.output_dtype(x_dtype);
-    let y_round = match cfg.intermediate_dtype(x_dtype) {
-        Some(d) if d.unit_roundoff() > y_dtype.unit_roundoff() => d,
-        _ => y_dtype,
-    };
+    let y_round = cfg.coarsest_y_dtype(x_dtype);
     let plain = |dtype| Rounding {
         dtype,
         partial_sums: false,
