@@ -205,24 +205,24 @@ mod tests {
     }
 
     #[test]
-    fn rounding_to_bf16_matches_a_single_rounding_from_f32() {
+    fn rounding_to_16_bit_types_matches_a_single_rounding_from_f32() {
         for v in f32_samples() {
-            let want = bf16::from_f32(v).to_f64();
-            let got = DType::BF16.round(v as f64);
-            assert!(got == want, "bf16 {v:e}: {got:e}, want {want:e}");
+            let wide = v as f64;
+            for (dtype, want) in [
+                (DType::BF16, bf16::from_f32(v).to_f64()),
+                (DType::F16, f16::from_f32(v).to_f64()),
+            ] {
+                let got = dtype.round(wide);
+                assert!(got == want, "{dtype:?} {v:e}: {got:e}, want {want:e}");
+            }
             assert_eq!(
-                <bf16 as Element>::from_f64(v as f64).to_bits(),
+                <bf16 as Element>::from_f64(wide).to_bits(),
                 bf16::from_f32(v).to_bits()
             );
-        }
-    }
-
-    #[test]
-    fn rounding_to_f16_matches_a_single_rounding_from_f32() {
-        for v in f32_samples() {
-            let want = f16::from_f32(v).to_f64();
-            let got = DType::F16.round(v as f64);
-            assert!(got == want, "f16 {v:e}: {got:e}, want {want:e}");
+            assert_eq!(
+                <f16 as Element>::from_f64(wide).to_bits(),
+                f16::from_f32(v).to_bits()
+            );
         }
     }
 
