@@ -313,7 +313,6 @@ fn build_emulator(manifest: &Path, out: &Path, fingerprint: &str) {
         .include(out)
         .flag("-include")
         .flag(emu.join("cuda_emulation.h").to_str().unwrap())
-        .flag("-pthread")
         .flag_if_supported("-Wno-unknown-pragmas")
         .opt_level(1)
         .compile(LIB);

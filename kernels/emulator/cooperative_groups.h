@@ -13,11 +13,11 @@
 namespace cooperative_groups {
 
 struct cluster_group {
-    void sync() const { warpnorm_emu::ctx.cluster_barrier->arrive_and_wait(); }
-    unsigned block_rank() const { return warpnorm_emu::ctx.cluster_rank; }
-    unsigned num_blocks() const { return warpnorm_emu::ctx.cluster_size; }
+    void sync() const { warpnorm_emu::wait_at(warpnorm_emu::ctx().cluster_barrier); }
+    unsigned block_rank() const { return warpnorm_emu::ctx().cluster_rank; }
+    unsigned num_blocks() const { return warpnorm_emu::ctx().cluster_size; }
     template <typename T> T* map_shared_rank(T* addr, unsigned rank) const {
-        const auto& c = warpnorm_emu::ctx;
+        const auto& c = warpnorm_emu::ctx();
         const char* own = reinterpret_cast<const char*>(c.dynamic_smem);
         const char* at = reinterpret_cast<const char*>(addr);
         if (at < own || at + sizeof(T) > own + c.dynamic_smem_bytes || rank >= c.cluster_size) {

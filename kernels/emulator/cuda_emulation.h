@@ -1,21 +1,22 @@
 // A small CUDA execution model on the CPU, for testing warpnorm's kernels without a GPU.
 //
-// Every CUDA thread of a block is an OS thread; blocks run one after another, except the
-// blocks of a thread-block cluster, which run together (cooperative_groups.h). That makes
-// `__shared__` variables plain statics (one block owns them at a time; cluster kernels use
-// dynamic shared memory only), `__syncthreads` a block-wide barrier and the warp shuffles
-// an exchange through a per-warp buffer between two warp barriers. It models what the kernels rely on: a kernel whose lanes diverge at
-// a shuffle or barrier deadlocks here, as it would be undefined behaviour on a GPU.
-// Shared memory starts as NaN so that a read before a write shows up in the results.
-// Global-memory accesses (WARPNORM_TRAFFIC in common.cuh) are counted per launch: the
-// byte-traffic model of tests/traffic.rs.
+// Every CUDA thread of a launch is a fiber (fibers.h) and blocks run one after another,
+// except the blocks of a thread-block cluster, which run together (cooperative_groups.h).
+// That makes `__shared__` variables statics of the OS thread running the launch (one block
+// owns them at a time; cluster kernels use dynamic shared memory only), `__syncthreads` a
+// block-wide barrier and the warp shuffles an exchange through a per-warp buffer between
+// two warp barriers. It models what the kernels rely on: a kernel whose lanes diverge at a
+// shuffle or barrier deadlocks, which the launch reports, as it would be undefined
+// behaviour on a GPU. Shared memory starts as NaN so that a read before a write shows up
+// in the results. Global-memory accesses (WARPNORM_TRAFFIC in common.cuh) are counted per
+// launch: the byte-traffic model of tests/traffic.rs.
 #pragma once
 
-#include <atomic>
-#include <barrier>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+
+#include "fibers.h"
 
 #define __global__
 #define __device__
@@ -24,7 +25,7 @@
 #define __launch_bounds__(...)
 #define __restrict__ __restrict
 #define __align__(n) alignas(n)
-#define __shared__ static
+#define __shared__ static thread_local
 
 namespace warpnorm_emu {
 
@@ -35,50 +36,53 @@ struct Dim3 {
 // What one emulated thread sees: its coordinates and its block's synchronisation objects.
 struct ThreadContext {
     Dim3 thread, block, block_dim, grid_dim;
-    std::barrier<>* block_barrier;
-    std::barrier<>* warp_barrier;
+    Barrier* block_barrier;
+    Barrier* warp_barrier;
     float* warp_exchange;  // 32 floats of this thread's warp
     float* dynamic_smem;
     unsigned dynamic_smem_bytes;
     // This block's cluster: its size, this block's rank in it, the barrier of all its
     // threads and each block's dynamic shared memory (a lone block is a cluster of one).
     unsigned cluster_size, cluster_rank;
-    std::barrier<>* cluster_barrier;
+    Barrier* cluster_barrier;
     float* const* cluster_smem;
     // Global-memory bytes this thread loaded and stored in the current launch.
     unsigned long long loaded, stored;
 };
 
-inline thread_local ThreadContext ctx;
+inline ThreadContext& ctx() { return *current; }
+
+// The running thread waits until all the threads of `b` have arrived.
+inline void wait_at(Barrier* b) { Scheduler::of_this_os_thread().wait(*b); }
 
 // An access through the kernels' load / store helpers: global memory unless it falls in
 // the block's dynamic shared memory (static __shared__ arrays are never accessed through
 // the helpers).
 inline void count_traffic(const void* address, unsigned long long bytes, bool is_store) {
     const char* a = static_cast<const char*>(address);
-    const char* smem = reinterpret_cast<const char*>(ctx.dynamic_smem);
-    if (a >= smem && a < smem + ctx.dynamic_smem_bytes) return;
-    (is_store ? ctx.stored : ctx.loaded) += bytes;
+    const char* smem = reinterpret_cast<const char*>(ctx().dynamic_smem);
+    if (a >= smem && a < smem + ctx().dynamic_smem_bytes) return;
+    (is_store ? ctx().stored : ctx().loaded) += bytes;
 }
 
-inline unsigned lane() { return ctx.thread.x % 32; }
+inline unsigned lane() { return ctx().thread.x % 32; }
 
 }  // namespace warpnorm_emu
 
-#define threadIdx (::warpnorm_emu::ctx.thread)
-#define blockIdx (::warpnorm_emu::ctx.block)
-#define blockDim (::warpnorm_emu::ctx.block_dim)
-#define gridDim (::warpnorm_emu::ctx.grid_dim)
-#define WARPNORM_DYNAMIC_SMEM(name) float* name = ::warpnorm_emu::ctx.dynamic_smem
+#define threadIdx (::warpnorm_emu::ctx().thread)
+#define blockIdx (::warpnorm_emu::ctx().block)
+#define blockDim (::warpnorm_emu::ctx().block_dim)
+#define gridDim (::warpnorm_emu::ctx().grid_dim)
+#define WARPNORM_DYNAMIC_SMEM(name) float* name = ::warpnorm_emu::ctx().dynamic_smem
 #define WARPNORM_TRAFFIC(address, bytes, is_store) ::warpnorm_emu::count_traffic(address, bytes, is_store)
 
-inline void __syncthreads() { warpnorm_emu::ctx.block_barrier->arrive_and_wait(); }
-inline void __syncwarp(unsigned = 0xffffffffu) { warpnorm_emu::ctx.warp_barrier->arrive_and_wait(); }
+inline void __syncthreads() { warpnorm_emu::wait_at(warpnorm_emu::ctx().block_barrier); }
+inline void __syncwarp(unsigned = 0xffffffffu) { warpnorm_emu::wait_at(warpnorm_emu::ctx().warp_barrier); }
 
 // Every lane publishes its value, then reads its source lane's: the same result as the
 // hardware shuffle when all 32 lanes take part (the only way the kernels use it).
 inline float shuffle_from(float v, unsigned src, bool in_range) {
-    float* ex = warpnorm_emu::ctx.warp_exchange;
+    float* ex = warpnorm_emu::ctx().warp_exchange;
     ex[warpnorm_emu::lane()] = v;
     __syncwarp();
     const float r = in_range ? ex[src] : v;

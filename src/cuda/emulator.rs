@@ -115,7 +115,8 @@ impl Launch for Emulator {
         // SAFETY: `params` is the kernel's parameter struct, built by `norm.rs` from
         // host slices whose lengths the public functions below checked exactly as ops
         // checks device buffers; the harness reads it as that struct for `expr`, and the
-        // pointers stay valid until it returns (it joins every thread). `loaded` and
+        // pointers stay valid until it returns (it runs every thread to completion on
+        // this OS thread, or abandons them all at a deadlock). `loaded` and
         // `stored` are ours to write.
         let rc = unsafe {
             warpnorm_emu_launch(
@@ -149,6 +150,14 @@ impl Launch for Emulator {
             -1 => Err(Error::Unsupported(format!(
                 "kernel `{expr}` is not compiled into the CPU emulation (see tiers::EMULATED_SOURCES)"
             ))),
+            -4 => Err(Error::Unsupported(format!(
+                "the CPU emulation of {expr} deadlocked: its threads did not all reach the same \
+                 barriers (undefined behaviour on a GPU)"
+            ))),
+            -5 => Err(Error::TooLarge {
+                what: "emulated threads",
+                msg: format!("no memory for the stacks of {} threads", cfg.block_dim.0 * cluster),
+            }),
             _ => Err(Error::Unsupported(format!(
                 "the CPU emulation cannot run {expr} with {cfg:?} in clusters of {cluster}"
             ))),
@@ -302,6 +311,28 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn threads_that_skip_a_barrier_are_a_deadlock_error_not_a_hang() {
+        let mut out = vec![0f32; THREADS as usize];
+        let params = ClusterExchange {
+            out: out.as_mut_ptr(),
+        };
+        let err = Emulator
+            .launch(
+                "layernorm_bwd",
+                "warpnorm_emu_selftest::barrier_skipped_by_thread_0",
+                &params,
+                launch_config((1, 1), THREADS, 0),
+            )
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("deadlocked"), "{err}");
+        // The emulation still runs kernels on this OS thread afterwards.
+        let mut out = vec![f32::NAN; (2 * THREADS) as usize];
+        exchange(2, 2, &mut out).unwrap();
+        assert_eq!(out[0], 1000.0);
     }
 
     #[test]
