@@ -112,7 +112,11 @@ __global__ void __launch_bounds__(GroupLayout<GROUP>::kThreads,
 // row cache that follows stays 16-byte aligned), then the cached row (CACHE only).
 constexpr int kCtaScratchFloats = WARPNORM_CTA_SCRATCH_FLOATS;
 
-template <typename T, int VEC, bool CACHE>
+// LOADS: the vectors of x a thread loads before it sums the first (tiers::fwd_cta_loads_v2).
+// Summing each as it arrives (v1's 1) keeps one 16-byte load in flight per thread, 16 KiB
+// per SM at 1024 threads, below the ~25 KiB an SM needs in flight to draw its share of an
+// H100 / H200's memory bandwidth over ~700 ns of latency; v2 keeps 32-64 KiB in flight.
+template <typename T, int VEC, bool CACHE, int LOADS>
 __global__ void __launch_bounds__(WARPNORM_CTA_MAX_THREADS, 1) layer_norm_fwd_cta(const WarpnormFwdParams p) {
     WARPNORM_DYNAMIC_SMEM(smem);
     float* scratch = smem;
@@ -126,16 +130,27 @@ __global__ void __launch_bounds__(WARPNORM_CTA_MAX_THREADS, 1) layer_norm_fwd_ct
     for (long long row = blockIdx.x; row < p.rows; row += gridDim.x) {
         const T* x_row = x_base + row * p.x_stride;
         StreamedStats stats(sum_of_squares);
-        for (long long col = (long long)threadIdx.x * VEC; col < p.cols; col += step) {
-            // One 16-byte load, kept raw in the row cache and widened to f32 for the sums:
-            // the one place x is held in its storage dtype.
-            const Pack<T, VEC> raw = load_pack<T, VEC>(x_row + col);
-            if constexpr (CACHE) store_pack<T, VEC>(cached_row + col, raw);
-            float x[VEC], w[VEC];
+        for (long long first = (long long)threadIdx.x * VEC; first < p.cols; first += LOADS * step) {
+            // A batch of 16-byte loads, kept raw in the row cache and widened to f32 for the
+            // sums: the one place x is held in its storage dtype. Each thread sums its
+            // columns in the same order as one load at a time would.
+            Pack<T, VEC> raw[LOADS];
 #pragma unroll
-            for (int i = 0; i < VEC; ++i) x[i] = to_float(raw.v[i]);
-            mask.load<VEC>(row * p.mask_stride + col, w);
-            stats.add<VEC>(x, w);
+            for (int k = 0; k < LOADS; ++k) {
+                const long long col = first + k * step;
+                if (col < p.cols) raw[k] = load_pack<T, VEC>(x_row + col);
+            }
+#pragma unroll
+            for (int k = 0; k < LOADS; ++k) {
+                const long long col = first + k * step;
+                if (col >= p.cols) break;
+                if constexpr (CACHE) store_pack<T, VEC>(cached_row + col, raw[k]);
+                float x[VEC], w[VEC];
+#pragma unroll
+                for (int i = 0; i < VEC; ++i) x[i] = to_float(raw[k].v[i]);
+                mask.load<VEC>(row * p.mask_stride + col, w);
+                stats.add<VEC>(x, w);
+            }
         }
         const RowStats st = stats.finish(WholeCta{scratch}, p.kind);
         const float rstd = rstd_of(st.var, p.eps);

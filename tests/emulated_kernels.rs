@@ -339,6 +339,27 @@ fn nan_rows_and_rows_with_nothing_selected_are_nan_as_in_flax() {
     }
 }
 
+/// v2's forward CTA kernel keeps several loads in flight, but each thread sums its columns
+/// in v1's order: the same bits (rows past the register tiers, with and without the row
+/// cache, with a mask and the sum-of-squares form).
+#[test]
+fn v2_forward_cta_loads_in_flight_change_no_bit() {
+    let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for d in [dtypes::<f32, f32, f32>(), dtypes::<bf16, f32, bf16>()] {
+        for cols in [12288usize, 40960] {
+            for variant in [Variant::LayerNorm, Variant::Masked, Variant::RmsNorm] {
+                let case = Case::of(variant, d, 3, cols, seed() ^ cols as u64).unwrap();
+                let [v1, v2] =
+                    KernelGeneration::ALL.map(|g| Kernels::Emulator.run(&case, Some(g)).unwrap());
+                let what = format!("{variant:?} x {} cols {cols}", d.x);
+                assert_eq!(bits(&v1.y), bits(&v2.y), "y of {what}");
+                assert_eq!(bits(&v1.mean), bits(&v2.mean), "mean of {what}");
+                assert_eq!(bits(&v1.rstd), bits(&v2.rstd), "rstd of {what}");
+            }
+        }
+    }
+}
+
 #[test]
 fn two_runs_are_bitwise_identical() {
     for cols in [32usize, 1024, 12288] {

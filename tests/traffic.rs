@@ -164,16 +164,20 @@ fn paths() -> Vec<Path> {
         Path {
             name: "fwd CTA, uncached",
             pass: Forward,
-            kernel: "layer_norm_fwd_cta<float, 4, false>",
+            kernel: "layer_norm_fwd_cta<float, 4, false, 1>",
             layout: rows(3, 65536),
             rms: false,
             reasons: &[ParamsEveryRow, SecondReadOfX],
-            v2: None,
+            // Four loads in flight: the same bytes.
+            v2: Some((
+                "layer_norm_fwd_cta<float, 4, false, 4>",
+                &[ParamsEveryRow, SecondReadOfX],
+            )),
         },
         Path {
             name: "fwd scalar (unaligned)",
             pass: Forward,
-            kernel: ", 1, true>",
+            kernel: ", 1, true, 1>",
             layout: rows(16, 1023),
             rms: false,
             reasons: &[ParamsEveryRow],

@@ -14,7 +14,8 @@ pub const KERNELS_ENV: &str = "WARPNORM_KERNELS";
 /// A generation of the kernels. v2 differs from v1 in: dscale and dbias summed by one
 /// finalize launch that spreads the partial rows over 16 warps per 32 columns
 /// (`kernels/finalize_v2.cuh`), a forward grid of whole waves sized from the chosen
-/// kernel's occupancy, and a backward for rows past the register tiers that reads x and
+/// kernel's occupancy, a forward CTA kernel with several loads of x in flight per thread,
+/// and a backward for rows past the register tiers that reads x and
 /// dy once, the row stashed in shared memory by one CTA or, on sm_90, split over a
 /// thread-block cluster (`kernels/bwd_v2_stash.cuh`, `kernels/bwd_v2_cluster.cuh`).
 /// Everything else is shared.

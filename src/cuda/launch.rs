@@ -2,7 +2,7 @@
 //! `sharded.rs` (sharded normalization) are generic over. [`OnStream`] enqueues on a CUDA
 //! stream, the one place a warpnorm kernel is launched on a GPU and the only `unsafe`
 //! CUDA launch of the crate; the CPU emulation (feature `emulator`, `emulator.rs`) runs
-//! the same kernels on host threads, so the selection logic and the parameter structs are
+//! the same kernels on the host, so the selection logic and the parameter structs are
 //! exercised by the same tests either way. Every parameter struct reaching a [`Launch`]
 //! was built in this module's siblings from buffers whose lengths, strides and alignment
 //! their callers checked.

@@ -343,7 +343,10 @@ fn forward_rows<L: Launch>(l: &L, b: &FwdLaunch) -> Result<()> {
             cached,
             smem_bytes,
             ..
-        } => (expr::fwd_cta(x, vec, cached), smem_bytes),
+        } => {
+            let loads = select::fwd_cta_loads(b.generation, vec);
+            (expr::fwd_cta(x, vec, cached, loads), smem_bytes)
+        }
     };
     let grid = match b.generation {
         KernelGeneration::V1 => select::forward_grid(p.rows as u64, plan, l.sm_count()),

@@ -5,7 +5,8 @@ use super::params::{
     WARPNORM_CTA_MAX_THREADS, WARPNORM_CTA_SCRATCH_FLOATS, WARPNORM_FINALIZE_COLS,
     WARPNORM_STASH_SLOT_FLOATS, WARPNORM_STRIDED_THREADS,
 };
-use super::tiers::{pick_row_tier, Pass, RowTier};
+use super::tiers::{self, pick_row_tier, Pass, RowTier};
+use super::KernelGeneration;
 
 /// Shared memory every kernel may use without opting in.
 pub(crate) const DEFAULT_SMEM: u32 = 48 * 1024;
@@ -60,6 +61,15 @@ fn cta_threads(cols: u64, vec: u32) -> u32 {
             .clamp(32, WARPNORM_CTA_MAX_THREADS as u64 / 2) as u32
     } else {
         WARPNORM_CTA_MAX_THREADS / 2
+    }
+}
+
+/// Vectors of x a thread of the forward CTA kernel keeps in flight: one in v1, several in
+/// v2 (T16 in docs/TUNING.md).
+pub(crate) fn fwd_cta_loads(generation: KernelGeneration, vec: u32) -> u32 {
+    match generation {
+        KernelGeneration::V1 => 1,
+        KernelGeneration::V2 => tiers::fwd_cta_loads_v2(vec),
     }
 }
 

@@ -113,6 +113,19 @@ pub const fn max_vec(elem_bytes: u32) -> u32 {
 /// output are each x's dtype or f32, chosen per call (`param_dtype` / `out_dtype`).
 pub const X_DTYPES: [&str; 3] = ["f32", "f16", "bf16"];
 
+/// Vectors of x a thread of the forward CTA kernel loads before it sums the first (`LOADS`
+/// in kernels/layernorm_fwd.cu) in kernels v2, for x in `vec`-element vectors: 4 of f32
+/// (64 bytes), 2 of 16-bit x (32 bytes: widening 4 would spill at the 1024-thread CTA's
+/// 64 registers, tests/kernel_resources.rs). v1, and the scalar path of both, load one at
+/// a time (`select::fwd_cta_loads`).
+pub const fn fwd_cta_loads_v2(vec: u32) -> u32 {
+    match vec {
+        1 => 1,
+        2..=4 => 4,
+        _ => 2,
+    }
+}
+
 /// Every (x, param, out) dtype combination the kernels take: params and output are either
 /// x's dtype or f32 (flax: bf16 x with f32 params gives f32 y).
 pub fn dtype_combos() -> Vec<(&'static str, &'static str, &'static str)> {
@@ -141,9 +154,9 @@ pub mod expr {
             t.group
         )
     }
-    pub fn fwd_cta(x: &str, vec: u32, cache: bool) -> String {
+    pub fn fwd_cta(x: &str, vec: u32, cache: bool, loads: u32) -> String {
         format!(
-            "warpnorm::layer_norm_fwd_cta<{}, {vec}, {cache}>",
+            "warpnorm::layer_norm_fwd_cta<{}, {vec}, {cache}, {loads}>",
             cuda_type(x)
         )
     }
@@ -200,7 +213,9 @@ fn types(names: &[&str]) -> String {
 struct PassKernels {
     pass: Pass,
     rows: fn(&str, RowTier) -> String,
-    cta: fn(&str, u32, bool) -> String,
+    /// The CTA kernels of x's dtype, vector width and shared-memory flag: one per
+    /// generation where they differ.
+    cta: fn(&str, u32, bool) -> Vec<String>,
     strided: fn(&str) -> String,
 }
 
@@ -211,13 +226,20 @@ pub fn instantiations(source: &str) -> Vec<String> {
         "layernorm_fwd.cu" => PassKernels {
             pass: Pass::Forward,
             rows: expr::fwd_rows,
-            cta: expr::fwd_cta,
+            cta: |x, vec, cache| {
+                let mut loads = vec![1, fwd_cta_loads_v2(vec)];
+                loads.dedup();
+                loads
+                    .into_iter()
+                    .map(|n| expr::fwd_cta(x, vec, cache, n))
+                    .collect()
+            },
             strided: expr::fwd_strided,
         },
         "layernorm_bwd.cu" => PassKernels {
             pass: Pass::Backward,
             rows: expr::bwd_rows,
-            cta: expr::bwd_cta,
+            cta: |x, vec, smem_acc| vec![expr::bwd_cta(x, vec, smem_acc)],
             strided: expr::bwd_strided,
         },
         "sharded.cu" => return sharded::instantiations(),
@@ -230,7 +252,11 @@ pub fn instantiations(source: &str) -> Vec<String> {
             .map_or(4, |t| t.2);
         for vec in [max_vec(bytes), 1] {
             out.extend(row_tiers(k.pass, vec).into_iter().map(|t| (k.rows)(x, t)));
-            out.extend([false, true].map(|flag| (k.cta)(x, vec, flag)));
+            out.extend(
+                [false, true]
+                    .into_iter()
+                    .flat_map(|flag| (k.cta)(x, vec, flag)),
+            );
         }
         out.push((k.strided)(x));
         if k.pass == Pass::Backward {

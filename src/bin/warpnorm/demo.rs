@@ -20,7 +20,7 @@ use crate::output::{human_duration, progress, styled, table, Align, FAIL, HEAD, 
 
 /// Batch shapes (rows x cols): a transformer block's activations on a GPU, a small one on
 /// the CPU (the f64 reference takes about a microsecond per element, the emulation runs
-/// every CUDA thread as a host thread: some seconds for this batch).
+/// every CUDA thread, one after another between barriers: some seconds for this batch).
 const GPU_SHAPE: (usize, usize) = (4096, 4096);
 const CPU_SHAPE: (usize, usize) = (256, 1024);
 /// Rows compared with the CPU reference (the outliers are always among them).
@@ -346,7 +346,7 @@ fn print_timing(runner: &Runner, timing: &Timing, elements: usize) {
         Runner::Gpu(_) => {
             "host wall clock around the launches and allocations; `warpnorm bench` for kernel times"
         }
-        Runner::Emulator => "the CPU emulation runs each CUDA thread as a host thread: a correctness tool, not a speed",
+        Runner::Emulator => "the CPU emulation runs each CUDA thread in turn on one core: a correctness tool, not a speed",
         Runner::Reference(_) => "the f64 reference: a correctness oracle, not a fast path",
     };
     let times = match timing {
