@@ -112,10 +112,28 @@ __global__ void __launch_bounds__(GroupLayout<GROUP>::kThreads,
 // row cache that follows stays 16-byte aligned), then the cached row (CACHE only).
 constexpr int kCtaScratchFloats = WARPNORM_CTA_SCRATCH_FLOATS;
 
-// LOADS: the vectors of x a thread loads before it sums the first (tiers::fwd_cta_loads_v2).
-// Summing each as it arrives (v1's 1) keeps one 16-byte load in flight per thread, 16 KiB
-// per SM at 1024 threads, below the ~25 KiB an SM needs in flight to draw its share of an
-// H100 / H200's memory bandwidth over ~700 ns of latency; v2 keeps 32-64 KiB in flight.
+// Visits a thread's columns first, first + step, ... below `cols` in batches of LOADS:
+// load(k, col) for each column of a batch, then use(k, col) for each, so that the batch's
+// loads are in flight together; `use` sees the columns in the same order as LOADS = 1.
+template <int LOADS, typename Load, typename Use>
+__device__ __forceinline__ void in_batches(long long first, long long cols, long long step, Load load, Use use) {
+    for (long long base = first; base < cols; base += LOADS * step) {
+#pragma unroll
+        for (int k = 0; k < LOADS; ++k) {
+            if (base + k * step < cols) load(k, base + k * step);
+        }
+#pragma unroll
+        for (int k = 0; k < LOADS; ++k) {
+            if (base + k * step < cols) use(k, base + k * step);
+        }
+    }
+}
+
+// LOADS: the vectors of x a thread loads in the first pass before it sums the first
+// (tiers::fwd_cta_loads_v2). Summing each as it arrives (v1's 1) keeps one 16-byte load in
+// flight per thread, 16 KiB per SM at 1024 threads, below the ~25 KiB an SM needs in
+// flight to draw its share of an H100 / H200's memory bandwidth over ~700 ns of latency;
+// v2 keeps 32-64 KiB in flight.
 template <typename T, int VEC, bool CACHE, int LOADS>
 __global__ void __launch_bounds__(WARPNORM_CTA_MAX_THREADS, 1) layer_norm_fwd_cta(const WarpnormFwdParams p) {
     WARPNORM_DYNAMIC_SMEM(smem);
@@ -129,29 +147,21 @@ __global__ void __launch_bounds__(WARPNORM_CTA_MAX_THREADS, 1) layer_norm_fwd_ct
 
     for (long long row = blockIdx.x; row < p.rows; row += gridDim.x) {
         const T* x_row = x_base + row * p.x_stride;
+        const long long first = (long long)threadIdx.x * VEC;
         StreamedStats stats(sum_of_squares);
-        for (long long first = (long long)threadIdx.x * VEC; first < p.cols; first += LOADS * step) {
-            // A batch of 16-byte loads, kept raw in the row cache and widened to f32 for the
-            // sums: the one place x is held in its storage dtype. Each thread sums its
-            // columns in the same order as one load at a time would.
-            Pack<T, VEC> raw[LOADS];
-#pragma unroll
-            for (int k = 0; k < LOADS; ++k) {
-                const long long col = first + k * step;
-                if (col < p.cols) raw[k] = load_pack<T, VEC>(x_row + col);
-            }
-#pragma unroll
-            for (int k = 0; k < LOADS; ++k) {
-                const long long col = first + k * step;
-                if (col >= p.cols) break;
+        // x's vectors kept raw in the row cache and widened to f32 for the sums: the one
+        // place x is held in its storage dtype.
+        Pack<T, VEC> raw[LOADS];
+        in_batches<LOADS>(
+            first, p.cols, step, [&](int k, long long col) { raw[k] = load_pack<T, VEC>(x_row + col); },
+            [&](int k, long long col) {
                 if constexpr (CACHE) store_pack<T, VEC>(cached_row + col, raw[k]);
                 float x[VEC], w[VEC];
 #pragma unroll
                 for (int i = 0; i < VEC; ++i) x[i] = to_float(raw[k].v[i]);
                 mask.load<VEC>(row * p.mask_stride + col, w);
                 stats.add<VEC>(x, w);
-            }
-        }
+            });
         const RowStats st = stats.finish(WholeCta{scratch}, p.kind);
         const float rstd = rstd_of(st.var, p.eps);
         if (threadIdx.x == 0) {
@@ -160,8 +170,10 @@ __global__ void __launch_bounds__(WARPNORM_CTA_MAX_THREADS, 1) layer_norm_fwd_ct
         }
         const Normalize normalize{centre_of(p.kind, st.mean), rstd};
         // Each thread re-reads exactly the columns it cached, so no barrier is needed here.
+        // One vector at a time: batching this pass too (x from the cache or L2, and scale
+        // and bias) spilled 16-24 bytes within the 64 registers (T16).
         const TensorIn<T> x_again{CACHE ? cached_row : x_row};
-        for (long long col = (long long)threadIdx.x * VEC; col < p.cols; col += step) {
+        for (long long col = first; col < p.cols; col += step) {
             float x[VEC], xhat[VEC];
             x_again.template load<VEC>(col, x);
             normalize.apply<VEC>(x, xhat);
