@@ -56,6 +56,12 @@ pub enum Error {
     #[error("unsupported: {0}")]
     Unsupported(String),
 
+    /// A kernel failed in the CPU emulation (feature `emulator`): its threads deadlocked at a
+    /// barrier, or one overflowed its stack. A bug in the kernel (undefined behaviour on a
+    /// GPU), never a reason to fall back.
+    #[error("a kernel failed in the CPU emulation: {0}")]
+    Emulation(String),
+
     /// No CUDA driver or no device; the message says which.
     #[error("no CUDA device available: {0}")]
     NoDevice(String),

@@ -20,10 +20,18 @@ namespace warpnorm_emu {
 
 struct ThreadContext;
 
-// One fiber's saved execution state, and the switch from one to another. On x86-64 the
-// switch saves the callee-saved registers on the old stack and returns on the new one: a
-// few nanoseconds. Elsewhere it is ucontext's swapcontext, which also saves the signal
-// mask with a system call at every switch: correct, several times slower.
+// One fiber's saved execution state, and the switch from one to another. On x86-64 ELF
+// platforms (Linux, the BSDs) the switch saves the callee-saved registers on the old stack
+// and returns on the new one: a few nanoseconds. Elsewhere, and where the build enables
+// CET shadow stacks (which a return onto another stack would violate), it is ucontext's
+// swapcontext, which also saves the signal mask with a system call at every switch:
+// correct, several times slower.
+#if defined(__x86_64__) && defined(__ELF__) && !(defined(__CET__) && (__CET__ & 2))
+#define WARPNORM_EMU_OWN_SWITCH 1
+#else
+#define WARPNORM_EMU_OWN_SWITCH 0
+#endif
+
 class Context {
   public:
     // Prepares a fiber that runs `main` on the `bytes` of stack above `bottom`. `main`
@@ -33,21 +41,21 @@ class Context {
     static void swap(Context& from, Context& to);
 
   private:
-#if defined(__x86_64__)
+#if WARPNORM_EMU_OWN_SWITCH
     void* sp_ = nullptr;
 #else
     ucontext_t context_;
 #endif
 };
 
-#if defined(__x86_64__)
+#if WARPNORM_EMU_OWN_SWITCH
 // warpnorm_emu_switch(&from, to): pushes the registers the System V ABI has a callee keep
 // (rbx, rbp, r12-r15), stores the stack pointer in *from, loads `to` as the stack pointer,
 // pops the same registers from it and returns to the address on top of it. The MXCSR and
 // x87 control words are left alone: nothing the kernels run changes them.
 extern "C" void warpnorm_emu_switch(void** from, void* to);
 asm(R"(
-    .text
+    .pushsection .text
     .globl warpnorm_emu_switch
     .hidden warpnorm_emu_switch
     .type warpnorm_emu_switch, @function
@@ -68,6 +76,7 @@ warpnorm_emu_switch:
     popq %rbp
     ret
     .size warpnorm_emu_switch, .-warpnorm_emu_switch
+    .popsection
 )");
 
 inline void Context::start(char* bottom, std::size_t bytes, void (*main)()) {
@@ -104,10 +113,12 @@ struct Barrier {
     unsigned long long phase = 0;
 };
 
-// The fibers' stacks, mapped once per OS thread and reused by every launch it runs, each
-// with an inaccessible guard page below it: an overflow faults instead of writing over the
-// next stack. The kernels keep a few hundred bytes of registers per thread; 64 KiB leaves
-// room for the C++ runtime's frames.
+// The fibers' stacks: one mapping per OS thread, reused by every launch it runs (pages are
+// committed as they are touched). The kernels keep a few hundred bytes of registers per
+// thread; 64 KiB leaves room for the C++ runtime's frames. An overflow is caught after the
+// fact by a canary at the bottom of each stack, rather than by guard pages: a guard page
+// per stack splits the mapping in two, and a few test threads running 8-block clusters
+// (8192 stacks each) would exhaust the process's map count.
 class Stacks {
   public:
     static constexpr std::size_t kBytes = 64 * 1024;
@@ -117,26 +128,30 @@ class Stacks {
     Stacks& operator=(const Stacks&) = delete;
     ~Stacks() { release(); }
 
-    // Makes room for `n` stacks; false when the memory cannot be mapped.
+    // Makes room for `n` stacks, each with its canary set; false when the memory cannot be
+    // mapped.
     bool reserve(std::size_t n) {
-        if (n <= count_) return true;
-        release();
-        const std::size_t bytes = n * stride();
-        void* base = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-        if (base == MAP_FAILED) return false;
-        base_ = static_cast<char*>(base);
-        count_ = n;
-        for (std::size_t i = 0; i < n; ++i) mprotect(base_ + i * stride(), page(), PROT_NONE);
+        if (n > count_) {
+            release();
+            void* base = mmap(nullptr, n * kBytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                              -1, 0);
+            if (base == MAP_FAILED) return false;
+            base_ = static_cast<char*>(base);
+            count_ = n;
+        }
+        for (std::size_t i = 0; i < n; ++i) *canary(i) = kCanary;
         return true;
     }
 
-    char* bottom(std::size_t i) const { return base_ + i * stride() + page(); }
+    char* bottom(std::size_t i) const { return base_ + i * kBytes; }
+    // Whether stack `i`'s canary survived: its thread never ran past the bottom.
+    bool intact(std::size_t i) const { return *canary(i) == kCanary; }
 
   private:
-    static std::size_t page() { return std::size_t(sysconf(_SC_PAGESIZE)); }
-    static std::size_t stride() { return kBytes + page(); }
+    static constexpr std::uint64_t kCanary = 0x574152504e4f524d;  // "WARPNORM"
+    std::uint64_t* canary(std::size_t i) const { return reinterpret_cast<std::uint64_t*>(bottom(i)); }
     void release() {
-        if (base_) munmap(base_, count_ * stride());
+        if (base_) munmap(base_, count_ * kBytes);
         base_ = nullptr;
         count_ = 0;
     }
@@ -150,7 +165,7 @@ class Scheduler {
   public:
     using Body = void (*)(const void*);
 
-    enum class Outcome { Finished, Deadlock, NoStackMemory };
+    enum class Outcome { Finished, Deadlock, NoStackMemory, StackOverflow };
 
     // Runs `body(arg)` as each of the `n` threads `threads[i]` (each fiber's `current`
     // while it runs). A deadlock: some threads wait at a barrier that the others, finished
@@ -219,14 +234,20 @@ inline Scheduler::Outcome Scheduler::run(ThreadContext* const* threads, std::siz
     for (std::size_t i = 0; i < n; ++i) {
         Fiber& f = fibers_[i];
         f.thread = threads[i];
-        f.context.start(stacks_.bottom(i), Stacks::kBytes, &Scheduler::entry);
+        // Above the canary (Stacks): the first 16 bytes stay out of the frame.
+        f.context.start(stacks_.bottom(i) + 16, Stacks::kBytes - 16, &Scheduler::entry);
     }
-    // Round robin: each runnable fiber runs until it waits or finishes. A pass in which
-    // none could run, with some unfinished, is a deadlock.
+    // Round robin: each runnable fiber runs until it waits or finishes, in ascending order
+    // of thread index on one pass and descending on the next, so that a read racing a
+    // write between the same barriers meets both orders (a missing barrier shows up
+    // whichever thread of the two writes). A pass in which none could run, with some
+    // unfinished, is a deadlock.
     std::size_t unfinished = n;
+    bool ascending = true;
     while (unfinished > 0) {
         bool ran = false;
-        for (std::size_t i = 0; i < n; ++i) {
+        for (std::size_t step = 0; step < n; ++step) {
+            const std::size_t i = ascending ? step : n - 1 - step;
             Fiber& f = fibers_[i];
             if (!runnable(f)) continue;
             f.waiting_on = nullptr;
@@ -237,8 +258,12 @@ inline Scheduler::Outcome Scheduler::run(ThreadContext* const* threads, std::siz
             if (f.finished) --unfinished;
         }
         if (!ran) break;
+        ascending = !ascending;
     }
     current = nullptr;
+    for (std::size_t i = 0; i < n; ++i) {
+        if (!stacks_.intact(i)) return Outcome::StackOverflow;
+    }
     return unfinished == 0 ? Outcome::Finished : Outcome::Deadlock;
 }
 

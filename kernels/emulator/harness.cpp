@@ -38,6 +38,17 @@ void barrier_skipped_by_thread_0(const ClusterExchange p) {
     p.out[threadIdx.x] = 1.f;
 }
 
+// Thread 1 fills a local array longer than its stack, past the stack's bottom into the top
+// of thread 0's, which has finished by then (a block's fibers first run in thread order):
+// an overflow the launch must report.
+void stack_overflow_by_thread_1(const ClusterExchange p) {
+    if (threadIdx.x == 1) {
+        volatile char big[warpnorm_emu::Stacks::kBytes + 512];
+        for (std::size_t i = 0; i < sizeof(big); ++i) big[i] = 1;
+        p.out[threadIdx.x] = float(big[0]);
+    }
+}
+
 }  // namespace warpnorm_emu_selftest
 
 namespace {
@@ -59,6 +70,8 @@ const Kernel kKernels[] = {
      [](const void* p) { call(&warpnorm_emu_selftest::cluster_exchange, p); }},
     {"warpnorm_emu_selftest::barrier_skipped_by_thread_0",
      [](const void* p) { call(&warpnorm_emu_selftest::barrier_skipped_by_thread_0, p); }},
+    {"warpnorm_emu_selftest::stack_overflow_by_thread_1",
+     [](const void* p) { call(&warpnorm_emu_selftest::stack_overflow_by_thread_1, p); }},
 };
 
 }  // namespace
@@ -69,7 +82,7 @@ const Kernel kKernels[] = {
 // and wrote. Returns 0, or -1 when `expr` is not emulated, -2 for a block size that is not a
 // whole number of warps, -3 for a cluster size that is not 1-8 or does not divide grid_x,
 // -4 when the kernel's threads deadlock at a barrier, -5 when the fibers' stacks cannot
-// be mapped. Launches on different OS threads run in parallel: each has its own fibers
+// be mapped, -6 when a thread overflows its stack. Launches on different OS threads run in parallel: each has its own fibers
 // and `__shared__` statics.
 extern "C" int warpnorm_emu_launch(const char* expr, const void* params, unsigned grid_x, unsigned grid_y,
                                    unsigned block, unsigned cluster, unsigned smem_bytes,
@@ -128,6 +141,8 @@ extern "C" int warpnorm_emu_launch(const char* expr, const void* params, unsigne
                 return -4;
             case warpnorm_emu::Scheduler::Outcome::NoStackMemory:
                 return -5;
+            case warpnorm_emu::Scheduler::Outcome::StackOverflow:
+                return -6;
         }
         for (auto& m : smem) std::fill(m.begin(), m.end(), nan);
     }

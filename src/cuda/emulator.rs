@@ -150,14 +150,16 @@ impl Launch for Emulator {
             -1 => Err(Error::Unsupported(format!(
                 "kernel `{expr}` is not compiled into the CPU emulation (see tiers::EMULATED_SOURCES)"
             ))),
-            -4 => Err(Error::Unsupported(format!(
-                "the CPU emulation of {expr} deadlocked: its threads did not all reach the same \
-                 barriers (undefined behaviour on a GPU)"
+            -4 => Err(Error::Emulation(format!(
+                "{expr} deadlocked: its threads did not all reach the same barriers"
             ))),
             -5 => Err(Error::TooLarge {
                 what: "emulated threads",
                 msg: format!("no memory for the stacks of {} threads", cfg.block_dim.0 * cluster),
             }),
+            -6 => Err(Error::Emulation(format!(
+                "a thread of {expr} overflowed its stack"
+            ))),
             _ => Err(Error::Unsupported(format!(
                 "the CPU emulation cannot run {expr} with {cfg:?} in clusters of {cluster}"
             ))),
@@ -329,7 +331,29 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("deadlocked"), "{err}");
+        assert!(err.contains("barrier_skipped_by_thread_0"), "{err}");
         // The emulation still runs kernels on this OS thread afterwards.
+        let mut out = vec![f32::NAN; (2 * THREADS) as usize];
+        exchange(2, 2, &mut out).unwrap();
+        assert_eq!(out[0], 1000.0);
+    }
+
+    #[test]
+    fn a_thread_that_overflows_its_stack_is_an_error() {
+        let mut out = vec![0f32; THREADS as usize];
+        let params = ClusterExchange {
+            out: out.as_mut_ptr(),
+        };
+        let err = Emulator
+            .launch(
+                "layernorm_bwd",
+                "warpnorm_emu_selftest::stack_overflow_by_thread_1",
+                &params,
+                launch_config((1, 1), THREADS, 0),
+            )
+            .unwrap_err();
+        assert!(matches!(err, Error::Emulation(_)), "{err}");
+        assert!(err.to_string().contains("overflowed its stack"), "{err}");
         let mut out = vec![f32::NAN; (2 * THREADS) as usize];
         exchange(2, 2, &mut out).unwrap();
         assert_eq!(out[0], 1000.0);
