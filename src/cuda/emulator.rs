@@ -317,46 +317,34 @@ mod tests {
 
     #[test]
     fn threads_that_skip_a_barrier_are_a_deadlock_error_not_a_hang() {
-        let mut out = vec![0f32; THREADS as usize];
-        let params = ClusterExchange {
-            out: out.as_mut_ptr(),
-        };
-        let err = Emulator
-            .launch(
-                "layernorm_bwd",
-                "warpnorm_emu_selftest::barrier_skipped_by_thread_0",
-                &params,
-                launch_config((1, 1), THREADS, 0),
-            )
-            .unwrap_err()
-            .to_string();
+        let err = faulty_block("barrier_skipped_by_thread_0");
         assert!(err.contains("deadlocked"), "{err}");
         assert!(err.contains("barrier_skipped_by_thread_0"), "{err}");
-        // The emulation still runs kernels on this OS thread afterwards.
-        let mut out = vec![f32::NAN; (2 * THREADS) as usize];
-        exchange(2, 2, &mut out).unwrap();
-        assert_eq!(out[0], 1000.0);
     }
 
     #[test]
     fn a_thread_that_overflows_its_stack_is_an_error() {
+        let err = faulty_block("stack_overflow_by_thread_1");
+        assert!(err.contains("overflowed its stack"), "{err}");
+    }
+
+    /// Runs one block of the faulty self-test kernel `name`: its `Error::Emulation`, as
+    /// text, after checking that the next launch on this OS thread runs normally.
+    fn faulty_block(name: &str) -> String {
         let mut out = vec![0f32; THREADS as usize];
         let params = ClusterExchange {
             out: out.as_mut_ptr(),
         };
+        let expr = format!("warpnorm_emu_selftest::{name}");
+        let cfg = launch_config((1, 1), THREADS, 0);
         let err = Emulator
-            .launch(
-                "layernorm_bwd",
-                "warpnorm_emu_selftest::stack_overflow_by_thread_1",
-                &params,
-                launch_config((1, 1), THREADS, 0),
-            )
+            .launch("layernorm_bwd", &expr, &params, cfg)
             .unwrap_err();
         assert!(matches!(err, Error::Emulation(_)), "{err}");
-        assert!(err.to_string().contains("overflowed its stack"), "{err}");
         let mut out = vec![f32::NAN; (2 * THREADS) as usize];
         exchange(2, 2, &mut out).unwrap();
         assert_eq!(out[0], 1000.0);
+        err.to_string()
     }
 
     #[test]
