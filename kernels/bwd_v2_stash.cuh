@@ -191,15 +191,7 @@ __device__ __forceinline__ void stash_rows(const WarpnormBwdParams& p, float* sm
                 dy_stash.put(v, dy[b]);
             }
         }
-        if (p.mask) {
-            row_sums.template reduce<3>(sums);
-        } else {
-            float s2[2] = {sums[0], sums[1]};
-            row_sums.template reduce<2>(s2);
-            sums[0] = s2[0];
-            sums[1] = s2[1];
-            sums[2] = float(p.cols);
-        }
+        complete_row_sums(sums, p.mask != nullptr, float(p.cols), [&](auto& v) { row_sums.reduce(v); });
         const RowGrad g = t.grad(sums[0], sums[1], sums[2]);
 
         // Pass 2: dx from the stash, and this thread's dscale / dbias sums.

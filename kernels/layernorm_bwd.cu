@@ -82,6 +82,22 @@ __device__ __forceinline__ void add_row_sums(const RowTerms& t, const float* x, 
     }
 }
 
+// Completes a row's {S1, S2, n} over the threads that share the row, `reduce(v)` summing
+// an array across them (RowThreads::sum, a stash's row sums). Without a mask every element
+// is selected: n is `cols`, and only S1 and S2 go through the shuffles and barriers.
+template <typename Reduce>
+__device__ __forceinline__ void complete_row_sums(float (&sums)[3], bool masked, float cols, Reduce reduce) {
+    if (masked) {
+        reduce(sums);
+        return;
+    }
+    float s2[2] = {sums[0], sums[1]};
+    reduce(s2);
+    sums[0] = s2[0];
+    sums[1] = s2[1];
+    sums[2] = cols;
+}
+
 // Register tier: the row (x, dy) lives in registers and each thread keeps the dscale/dbias
 // sums of its own columns across all the rows its CTA visits.
 template <typename T, int VEC, int VECS, int GROUP>
@@ -132,15 +148,7 @@ __global__ void __launch_bounds__(GroupLayout<GROUP>::kThreads,
             }
         }
         const RowThreads<GROUP> threads{scratch};
-        if (p.mask) {
-            threads.sum(sums);
-        } else {
-            float s2[2] = {sums[0], sums[1]};
-            threads.sum(s2);
-            sums[0] = s2[0];
-            sums[1] = s2[1];
-            sums[2] = n_all;
-        }
+        complete_row_sums(sums, p.mask != nullptr, n_all, [&](auto& v) { threads.sum(v); });
         const RowGrad g = t.grad(sums[0], sums[1], sums[2]);
 #pragma unroll
         for (int v = 0; v < VECS; ++v) {

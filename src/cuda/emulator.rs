@@ -1,9 +1,10 @@
 //! The kernels on the CPU (feature `emulator`): the CUDA sources in `kernels/` compiled
 //! for the host with a small execution model (`kernels/emulator/`): each CUDA thread a
-//! fiber, a launch's fibers run by the calling OS thread, switching at barriers. Calls go through the same checks, parameter structs, tier selection and
-//! grid sizing as [`crate::ops`] on a GPU (`norm.rs`); only the last step, the launch, differs. It
-//! exists to test the kernels on machines without a GPU; it is far too slow for anything
-//! else. Launches on different OS threads run in parallel.
+//! fiber, a launch's fibers run by the calling OS thread, switching at barriers. Calls go
+//! through the same checks, parameter structs, tier selection and grid sizing as
+//! [`crate::ops`] on a GPU (`norm.rs`); only the last step, the launch, differs. It exists
+//! to test the kernels on machines without a GPU; it is far too slow for anything else.
+//! Launches on different OS threads run in parallel.
 //!
 //! Every dtype combination the kernels take is compiled ([`Dtypes::compiled`]). Every
 //! launch is measured: [`traffic`] returns the global-memory bytes each kernel loaded and

@@ -180,16 +180,7 @@ impl CudaBackend {
     /// backward's CUBIN is for sm_90 or later (its PTX and sm_80 CUBIN trap there).
     pub(crate) fn has_clusters(&self) -> bool {
         let (_, image) = &self.modules["layernorm_bwd"];
-        image.kind == ImageKind::Cubin
-            && image
-                .arch
-                .strip_prefix("sm_")
-                .and_then(|v| {
-                    v.trim_end_matches(|c: char| c.is_alphabetic())
-                        .parse::<u32>()
-                        .ok()
-                })
-                .is_some_and(|v| v >= 90)
+        image.kind == ImageKind::Cubin && capability_of(image.arch).is_some_and(|v| v >= (9, 0))
     }
 
     /// The kernel for a template name expression of `tiers::expr`, loaded once.
@@ -260,23 +251,26 @@ impl CudaBackend {
     }
 }
 
+/// The compute capability (major, minor) an image's arch names: `sm_90a` and `compute_90`
+/// are (9, 0).
+fn capability_of(arch: &str) -> Option<(i32, i32)> {
+    let digits = arch
+        .strip_prefix("sm_")
+        .or_else(|| arch.strip_prefix("compute_"))?;
+    let v: i32 = digits
+        .trim_end_matches(|c: char| c.is_alphabetic())
+        .parse()
+        .ok()?;
+    Some((v / 10, v % 10))
+}
+
 /// The best embedded image for a compute capability: a CUBIN of the same major version and
 /// the highest minor not above the device's (binary compatible), else the PTX (JIT).
 fn pick_image(source: &str, (major, minor): (i32, i32)) -> Result<&'static Image> {
-    let sm = |arch: &str| -> Option<(i32, i32)> {
-        let digits = arch
-            .strip_prefix("sm_")
-            .or_else(|| arch.strip_prefix("compute_"))?;
-        let v: i32 = digits
-            .trim_end_matches(|c: char| c.is_alphabetic())
-            .parse()
-            .ok()?;
-        Some((v / 10, v % 10))
-    };
     let of_source = || IMAGES.iter().filter(move |i| i.source == source);
     let cubin = of_source()
         .filter(|i| i.kind == ImageKind::Cubin)
-        .filter_map(|i| sm(i.arch).map(|v| (v, i)))
+        .filter_map(|i| capability_of(i.arch).map(|v| (v, i)))
         .filter(|((ma, mi), _)| *ma == major && *mi <= minor)
         .max_by_key(|(v, _)| *v)
         .map(|(_, i)| i);
@@ -285,7 +279,7 @@ fn pick_image(source: &str, (major, minor): (i32, i32)) -> Result<&'static Image
     }
     of_source()
         .filter(|i| i.kind == ImageKind::Ptx)
-        .find(|i| sm(i.arch).is_some_and(|v| v <= (major, minor)))
+        .find(|i| capability_of(i.arch).is_some_and(|v| v <= (major, minor)))
         .ok_or_else(|| {
             Error::Unsupported(format!(
                 "compute capability {major}.{minor} is below the oldest supported (8.0), or this build has no kernels \

@@ -431,11 +431,11 @@ fn backward_rows<L: Launch>(l: &L, b: &BwdLaunch) -> Result<()> {
     // Partial rows: one per CTA, or per cluster for a row split over a cluster.
     let (grid, cluster, parts) = match plan {
         BwdPlan::V1(v1) => {
-            let grid = select::backward_grid(rows, v1.rows_per_cta(), sms, resident);
+            let grid = select::backward_grid(rows.div_ceil(v1.rows_per_cta()), 1, sms, resident);
             (grid, 1, grid)
         }
         BwdPlan::Stash { cluster, .. } => {
-            let clusters = select::backward_clusters(rows, cluster, sms, resident);
+            let clusters = select::backward_grid(rows, cluster, sms, resident);
             (clusters * cluster, cluster, clusters)
         }
     };

@@ -189,21 +189,6 @@ pub(crate) fn backward_plan_v2(
         .unwrap_or(BwdPlan::V1(v1))
 }
 
-/// Clusters of `cluster` CTAs in a stash backward's grid (a cluster of one: a CTA): as
-/// many as one wave holds (`resident_per_sm` CTAs per SM, at most `BWD_CTAS_PER_SM`), at
-/// most one per row. Each writes one partial row. (Clusters are placed within a GPC, so on
-/// a GPU a few may wait for a second wave: one more partial row each, no lost parallelism.)
-pub(crate) fn backward_clusters(
-    rows: u64,
-    cluster: u32,
-    sm_count: u32,
-    resident_per_sm: u32,
-) -> u32 {
-    let per_sm = (resident_per_sm.max(1) as u64).min(BWD_CTAS_PER_SM);
-    let wave = (sm_count as u64 * per_sm / cluster.max(1) as u64).max(1);
-    rows.min(wave).max(1) as u32
-}
-
 /// The CTA-per-row plan: the reduction scratch, plus `cache_bytes` of shared memory when
 /// they fit (`cached`).
 fn cta_plan(cols: u64, vec: u32, cache_bytes: u64, max_smem: u32) -> Plan {
@@ -267,19 +252,18 @@ pub(crate) fn max_parts(rows: u64, sm_count: u32) -> u64 {
         .max(STRIDED_WARPS)
 }
 
-/// The backward's persistent grid: one wave, that is no more CTAs than fit on the GPU at
-/// once (`resident_per_sm` from the occupancy of the kernel chosen). CTAs beyond one wave
-/// would only run after others finish, adding partial rows (traffic for the finalize and,
-/// for long rows, L2 space) without adding parallelism.
-pub(crate) fn backward_grid(
-    rows: u64,
-    rows_per_cta: u64,
-    sm_count: u32,
-    resident_per_sm: u32,
-) -> u32 {
-    let needed = rows.div_ceil(rows_per_cta).max(1);
+/// The backward's persistent grid in clusters of `cluster` CTAs (1: plain CTAs), each
+/// writing one partial row: one wave, that is no more CTAs than fit on the GPU at once
+/// (`resident_per_sm` from the occupancy of the kernel chosen, at most `BWD_CTAS_PER_SM`),
+/// and no more clusters than the `needed` row blocks (rows, for a stash: a cluster per
+/// row). CTAs beyond one wave would only run after others finish, adding partial rows
+/// (traffic for the finalize and, for long rows, L2 space) without adding parallelism.
+/// (Clusters are placed within a GPC, so on a GPU a few may wait for a second wave: one
+/// more partial row each, no lost parallelism.)
+pub(crate) fn backward_grid(needed: u64, cluster: u32, sm_count: u32, resident_per_sm: u32) -> u32 {
     let per_sm = (resident_per_sm.max(1) as u64).min(BWD_CTAS_PER_SM);
-    needed.min(sm_count as u64 * per_sm) as u32
+    let wave = (sm_count as u64 * per_sm / cluster.max(1) as u64).max(1);
+    needed.max(1).min(wave) as u32
 }
 
 /// Threads and warps per CTA of the strided kernels.
@@ -339,8 +323,8 @@ mod tests {
                 for vec in [1, 8] {
                     let plan = backward_plan(cols, vec, 227 * 1024);
                     for resident in [0, 1, 2, 4, 32] {
-                        let per_cta = plan.rows_per_cta();
-                        assert!(backward_grid(rows, per_cta, 132, resident) as u64 <= parts);
+                        let needed = rows.div_ceil(plan.rows_per_cta());
+                        assert!(backward_grid(needed, 1, 132, resident) as u64 <= parts);
                     }
                 }
                 assert!(strided_backward_grid(rows, 132) as u64 * STRIDED_WARPS <= parts);
@@ -351,11 +335,12 @@ mod tests {
     #[test]
     fn backward_grid_is_one_wave() {
         let per_cta = backward_plan(16_384, 8, 227 * 1024).rows_per_cta();
+        let needed = |rows: u64| rows.div_ceil(per_cta);
         // One 128 KiB-accumulator CTA per SM: 132 partial rows, not 4 waves' worth.
-        assert_eq!(backward_grid(1 << 14, per_cta, 132, 1), 132);
-        assert_eq!(backward_grid(1 << 14, per_cta, 132, 3), 396);
-        assert_eq!(backward_grid(1 << 14, per_cta, 132, 16), 528);
-        assert_eq!(backward_grid(100, per_cta, 132, 1), 100);
+        assert_eq!(backward_grid(needed(1 << 14), 1, 132, 1), 132);
+        assert_eq!(backward_grid(needed(1 << 14), 1, 132, 3), 396);
+        assert_eq!(backward_grid(needed(1 << 14), 1, 132, 16), 528);
+        assert_eq!(backward_grid(needed(100), 1, 132, 1), 100);
     }
 
     /// Opt-in shared memory per CTA of sm_90 and sm_80.
@@ -424,15 +409,15 @@ mod tests {
 
     #[test]
     fn stash_grids_are_one_wave_of_clusters_and_fit_the_workspace() {
-        assert_eq!(backward_clusters(1 << 14, 1, 132, 1), 132);
-        assert_eq!(backward_clusters(1 << 14, 1, 132, 2), 264);
-        assert_eq!(backward_clusters(1 << 14, 2, 132, 1), 66);
-        assert_eq!(backward_clusters(1 << 14, 6, 132, 1), 22);
-        assert_eq!(backward_clusters(5, 2, 132, 1), 5);
-        assert_eq!(backward_clusters(1 << 14, 8, 1, 1), 1);
+        assert_eq!(backward_grid(1 << 14, 1, 132, 1), 132);
+        assert_eq!(backward_grid(1 << 14, 1, 132, 2), 264);
+        assert_eq!(backward_grid(1 << 14, 2, 132, 1), 66);
+        assert_eq!(backward_grid(1 << 14, 6, 132, 1), 22);
+        assert_eq!(backward_grid(5, 2, 132, 1), 5);
+        assert_eq!(backward_grid(1 << 14, 8, 1, 1), 1);
         for rows in [1u64, 3, 100, 1 << 20] {
             for cluster in 1..=MAX_CLUSTER {
-                let clusters = backward_clusters(rows, cluster, 132, 4) as u64;
+                let clusters = backward_grid(rows, cluster, 132, 4) as u64;
                 assert!(clusters >= 1 && clusters <= max_parts(rows, 132));
             }
         }
