@@ -12,7 +12,9 @@
 //
 // Rows too long for one CTA's stash are split over the CTAs of a thread-block cluster on
 // sm_90 (bwd_v2_cluster.cuh): each CTA stashes a slice of every row, and the row sums meet
-// through distributed shared memory. Both kernels run stash_rows below.
+// through distributed shared memory; without clusters, or past a cluster's 8 CTAs, over a
+// group of CTAs whose row sums meet in global memory (bwd_v2_split.cuh). All three kernels
+// run stash_rows below.
 //
 // Dynamic shared memory, in this order (the host sizes it the same way:
 // select::StashColumn): the CTA reduction scratch, the row-sum slots
@@ -108,6 +110,18 @@ struct CtaRowSums {
     float* scratch;
     template <int K> __device__ __forceinline__ void reduce(float (&v)[K]) { cta_sum<K>(v, scratch); }
 };
+
+// A CTA's part of a row split over `ctas` CTAs (a cluster, or a group meeting in global
+// memory): rank r stashes ceil(vectors / ctas) vectors from r times that, the last ranks
+// fewer, or none when the row runs out first.
+struct RowSlice {
+    long long first, count;
+};
+__device__ __forceinline__ RowSlice row_slice(long long vectors, long long rank, long long ctas) {
+    const long long slice = (vectors + ctas - 1) / ctas;
+    const long long first = rank * slice < vectors ? rank * slice : vectors;
+    return {first, vectors - first < slice ? vectors - first : slice};
+}
 
 // Backward of the rows first_row, first_row + row_step, ... over this CTA's part of each
 // row, the vectors [first_vector, first_vector + vectors) (what the stash holds), with

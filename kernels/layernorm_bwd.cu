@@ -358,3 +358,4 @@ __global__ void __launch_bounds__(WARPNORM_STRIDED_THREADS) layer_norm_bwd_strid
 
 #include "finalize_v2.cuh"
 #include "bwd_v2_cluster.cuh"
+#include "bwd_v2_split.cuh"

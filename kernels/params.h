@@ -23,6 +23,11 @@
 /* Floats after that scratch in kernels v2's long-row backward (kernels/bwd_v2_stash.cuh):
  * the CTA's row sums, in two slots of four that the other CTAs of its cluster read. */
 #define WARPNORM_STASH_SLOT_FLOATS 8
+/* Kernels v2's long-row backward split over a group of CTAs that meet in global memory
+ * (kernels/bwd_v2_split.cuh): the most CTAs of a group, and the floats of a CTA's slot for
+ * its row sums. */
+#define WARPNORM_SPLIT_MAX_CTAS 16
+#define WARPNORM_SPLIT_SLOT_FLOATS 4
 /* Threads of a CTA of the channels-first (strided) kernels, and of the finalize kernel. */
 #define WARPNORM_STRIDED_THREADS 256
 #define WARPNORM_FINALIZE_THREADS 256
@@ -98,6 +103,19 @@ typedef struct {
     int param_dtype; /* enum WarpnormDtype of scale */
     int out_dtype;   /* enum WarpnormDtype of dy */
 } WarpnormBwdParams;
+
+/*
+ * The backward split over groups of `ctas` CTAs (kernels/bwd_v2_split.cuh), launched
+ * cooperatively with gridDim.x a multiple of `ctas`: `bwd` as above, one partial row per
+ * group. Per group, an arrival counter that must be zero when the kernel starts, and
+ * 2 x ctas slots of WARPNORM_SPLIT_SLOT_FLOATS floats.
+ */
+typedef struct {
+    WarpnormBwdParams bwd;
+    unsigned* arrivals; /* [groups] */
+    float* slots;       /* [groups][2][ctas][WARPNORM_SPLIT_SLOT_FLOATS] */
+    int ctas;
+} WarpnormBwdSplitParams;
 
 /* out[c] = sum over p in 0..parts of partial[p * cols + c], in that order. */
 typedef struct {

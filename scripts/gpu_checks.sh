@@ -210,21 +210,26 @@ stage_smoke() {
     local quick=(--quick)
     ((dry)) && quick=(--cols 7)
     step check-quick 15 "$wn" check "${quick[@]}"
-    step tests-gpu_kernels 15 env WARPNORM_QUICK=1 "$(bin test-gpu_kernels)" \
+    step tests-gpu_kernels 12 env WARPNORM_QUICK=1 "$(bin test-gpu_kernels)" \
         --test-threads=1 --skip over_2_pow_31
-    step tests-layer 10 env WARPNORM_QUICK=1 "$(bin test-layer)" --test-threads=1
-    step tests-sharded 10 env WARPNORM_QUICK=1 "$(bin test-sharded)" --test-threads=1
+    # Kernels v2 (the row stash, the sm_90 cluster and the cooperative group splits).
+    step tests-gpu_kernels-v2 12 env WARPNORM_QUICK=1 WARPNORM_KERNELS=v2 \
+        "$(bin test-gpu_kernels)" --test-threads=1 --skip over_2_pow_31
+    step tests-layer 8 env WARPNORM_QUICK=1 "$(bin test-layer)" --test-threads=1
+    step tests-sharded 8 env WARPNORM_QUICK=1 "$(bin test-sharded)" --test-threads=1
     step verify 10 "$wn" verify tests/fixtures
-    compare bench-short 35 --dtypes bf16 --cols 1024,4096,32768 --impls warpnorm,torch,copy
+    compare bench-short 30 --dtypes bf16 --cols 1024,4096,32768 --impls warpnorm,torch,copy
 }
 
 stage_full() {
-    step tests-gpu_kernels 20 "$(bin test-gpu_kernels)" --test-threads=1 --skip over_2_pow_31
-    step tests-over_2_pow_31 12 "$(bin test-gpu_kernels)" --test-threads=1 over_2_pow_31
-    step tests-layer 8 "$(bin test-layer)" --test-threads=1
-    step tests-sharded 8 "$(bin test-sharded)" --test-threads=1
+    step tests-gpu_kernels 22 "$(bin test-gpu_kernels)" --test-threads=1 --skip over_2_pow_31
+    step tests-gpu_kernels-v2 12 env WARPNORM_KERNELS=v2 "$(bin test-gpu_kernels)" \
+        --test-threads=1 --skip over_2_pow_31
+    step tests-over_2_pow_31 10 "$(bin test-gpu_kernels)" --test-threads=1 over_2_pow_31
+    step tests-layer 6 "$(bin test-layer)" --test-threads=1
+    step tests-sharded 6 "$(bin test-sharded)" --test-threads=1
     for tool in memcheck racecheck synccheck initcheck; do
-        step "sanitize-$tool" 13 --gpu-tool bash scripts/sanitize.sh --tool "$tool" \
+        step "sanitize-$tool" 11 --gpu-tool bash scripts/sanitize.sh --tool "$tool" \
             "$(bin test-gpu_kernels)" "$(files_of "sanitize-$tool")"
     done
 }

@@ -9,7 +9,7 @@ mod common;
 
 use common::{assert_no_failures, assert_none, seed};
 use half::bf16;
-use warpnorm::cuda::emulator::{self, HostForward};
+use warpnorm::cuda::emulator::{self, EmulatedDevice, HostForward};
 use warpnorm::ops::{KernelGeneration, Layout, NormSpec};
 use warpnorm::tooling::kernel_matrix::tolerance::{error_ratio, max_abs, tolerance};
 use warpnorm::tooling::kernel_matrix::{self, Case, Dtypes, Findings, Kernels, Outputs, Variant};
@@ -138,6 +138,70 @@ fn v2_long_row_backward_every_variant() {
         );
     }
     assert_no_failures(findings);
+}
+
+/// Kernels v2's long-row backward on a device without thread-block clusters (an A100's
+/// limits): rows past one CTA's stash split over a group of CTAs whose row sums meet in
+/// global memory, launched cooperatively (f32: groups of 2 and 5; 16-bit: 3 and 4), never
+/// clusters. Every variant; the launches prove the path, and a second run gives the same
+/// bits.
+#[test]
+fn v2_long_row_backward_over_groups_without_clusters() {
+    use half::{bf16 as B, f16 as H};
+    const F32_LENGTHS: [usize; 2] = [12288, 40960];
+    const HALF_LENGTHS: [usize; 2] = [24576, 40960];
+    let v2 = KernelGeneration::V2;
+    let ampere = |run: &dyn Fn() -> Findings| {
+        emulator::on_device(EmulatedDevice::Ampere, || emulator::traffic(run))
+    };
+    let every_dtype = || {
+        let mut findings = matrix(dtypes::<f32, f32, f32>(), &F32_LENGTHS, v2);
+        findings.extend(matrix(dtypes::<B, f32, B>(), &HALF_LENGTHS, v2));
+        findings.extend(matrix(dtypes::<H, H, f32>(), &HALF_LENGTHS, v2));
+        findings
+    };
+    let (findings, launches) = ampere(&every_dtype);
+    for x in ["float", "__nv_bfloat16", "__half"] {
+        let ran = |kernel: &str| {
+            let name = format!("{kernel}<{x}, ");
+            launches.iter().filter(|l| l.kernel.contains(&name)).count()
+        };
+        let backwards = launches
+            .iter()
+            .filter(|l| l.kernel.contains("_bwd") && l.kernel.contains(&format!("<{x}, ")))
+            .count();
+        // Variants without parameter gradients stash less per column: one CTA holds
+        // their rows.
+        let (split, stash) = (ran("layer_norm_bwd_split"), ran("layer_norm_bwd_stash"));
+        assert!(
+            split > stash && split + stash == backwards,
+            "{x}: of {backwards} backwards, {split} split over groups, {stash} stashed"
+        );
+        let groups: Vec<u32> = launches.iter().map(|l| l.group).collect();
+        assert!(
+            groups.iter().all(|&g| g == 1 || (2..=5).contains(&g)),
+            "{groups:?}"
+        );
+    }
+    assert_no_failures(findings);
+    // Deterministic: the same case, run twice, gives the same bits.
+    let case = f32_case(NormConfig::flax(), 3, 40960, true, 40960);
+    let run = || {
+        emulator::on_device(EmulatedDevice::Ampere, || {
+            Kernels::Emulator.run(&case, Some(v2)).unwrap()
+        })
+    };
+    let (a, b) = (run(), run());
+    let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&a.dx), bits(&b.dx));
+    assert_eq!(
+        bits(a.dscale.as_ref().unwrap()),
+        bits(b.dscale.as_ref().unwrap())
+    );
+    assert_eq!(
+        bits(a.dbias.as_ref().unwrap()),
+        bits(b.dbias.as_ref().unwrap())
+    );
 }
 
 #[test]

@@ -17,7 +17,7 @@ use warpnorm::tooling::kernel_matrix::tolerance::{error_ratio, max_abs, toleranc
 use warpnorm::tooling::kernel_matrix::{self, Case, Findings, Kernels, Variant};
 use warpnorm::{DType, Element, Error, NormConfig, Tensor};
 
-const LENGTHS: [usize; 23] = [
+const LENGTHS: [usize; 24] = [
     1,
     2,
     7,
@@ -40,6 +40,7 @@ const LENGTHS: [usize; 23] = [
     16384,
     32768,
     65536,
+    131_072,
     1 << 20,
 ];
 
@@ -56,8 +57,10 @@ fn every_dtype_variant_and_length_matches_the_reference() {
         return;
     };
     // WARPNORM_QUICK (set by scripts/sanitize.sh and the smoke stage of
-    // scripts/gpu_checks.sh) keeps one length per tier.
-    let quick = [1, 33, 1000, 1025, 8192, 70_000];
+    // scripts/gpu_checks.sh) keeps one length per tier: with WARPNORM_KERNELS=v2 on an
+    // sm_90 device, 8192 takes the row stash, 70000 a cluster and 131072 a cooperative
+    // group of CTAs.
+    let quick = [1, 33, 1000, 1025, 8192, 70_000, 131_072];
     let lengths: &[usize] = if std::env::var_os("WARPNORM_QUICK").is_some() {
         &quick
     } else {

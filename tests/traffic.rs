@@ -13,7 +13,7 @@
 #![cfg(feature = "emulator")]
 
 use half::bf16;
-use warpnorm::cuda::emulator::{self, HostBackward, HostForward, LaunchTraffic};
+use warpnorm::cuda::emulator::{self, EmulatedDevice, HostBackward, HostForward, LaunchTraffic};
 use warpnorm::ops::{KernelGeneration, Layout, NormSpec};
 use warpnorm::{Element, NormConfig};
 
@@ -44,8 +44,9 @@ enum Reason {
     /// The channels-first backward adds each warp's 32-row column sums into its partial
     /// rows: an f32 load and store per 32 elements and gradient.
     StridedWarpPartials,
-    /// The v2 long-row kernels load scale once per CTA (each CTA of a cluster its slice),
-    /// as they write a partial row per CTA (per cluster), where the ideal counts one load.
+    /// The v2 long-row kernels load scale once per CTA (each CTA of a cluster or group its
+    /// slice), as they write a partial row per CTA (per cluster or group), where the ideal
+    /// counts one load.
     ScaleOncePerCta,
 }
 
@@ -94,6 +95,8 @@ enum Pass {
 struct Path {
     name: &'static str,
     pass: Pass,
+    /// The limits of the emulated device: which kernels the selection may take.
+    device: EmulatedDevice,
     /// A substring of the main kernel's name expression: the case must reach this path.
     kernel: &'static str,
     layout: Layout,
@@ -128,6 +131,7 @@ fn paths() -> Vec<Path> {
         Path {
             name: "fwd rows, sub-warp group",
             pass: Forward,
+            device: EmulatedDevice::Hopper,
             kernel: "layer_norm_fwd<",
             layout: rows(64, 64),
             rms: false,
@@ -137,6 +141,7 @@ fn paths() -> Vec<Path> {
         Path {
             name: "fwd rows, warp",
             pass: Forward,
+            device: EmulatedDevice::Hopper,
             kernel: "layer_norm_fwd<",
             layout: rows(16, 1024),
             rms: false,
@@ -146,6 +151,7 @@ fn paths() -> Vec<Path> {
         Path {
             name: "fwd rows, CTA",
             pass: Forward,
+            device: EmulatedDevice::Hopper,
             kernel: "layer_norm_fwd<",
             layout: rows(8, 4096),
             rms: false,
@@ -155,6 +161,7 @@ fn paths() -> Vec<Path> {
         Path {
             name: "fwd CTA, row cached",
             pass: Forward,
+            device: EmulatedDevice::Hopper,
             kernel: "layer_norm_fwd_cta<",
             layout: rows(3, 32768),
             rms: false,
@@ -164,6 +171,7 @@ fn paths() -> Vec<Path> {
         Path {
             name: "fwd CTA, uncached",
             pass: Forward,
+            device: EmulatedDevice::Hopper,
             kernel: "layer_norm_fwd_cta<float, 4, false, 1>",
             layout: rows(3, 65536),
             rms: false,
@@ -177,6 +185,7 @@ fn paths() -> Vec<Path> {
         Path {
             name: "fwd scalar (unaligned)",
             pass: Forward,
+            device: EmulatedDevice::Hopper,
             kernel: ", 1, true, 1>",
             layout: rows(16, 1023),
             rms: false,
@@ -186,6 +195,7 @@ fn paths() -> Vec<Path> {
         Path {
             name: "fwd channels-first",
             pass: Forward,
+            device: EmulatedDevice::Hopper,
             kernel: "layer_norm_fwd_strided<",
             layout: channels_first,
             rms: false,
@@ -195,6 +205,7 @@ fn paths() -> Vec<Path> {
         Path {
             name: "bwd rows, sub-warp group",
             pass: Backward,
+            device: EmulatedDevice::Hopper,
             kernel: "layer_norm_bwd<",
             layout: rows(64, 64),
             rms: false,
@@ -204,6 +215,7 @@ fn paths() -> Vec<Path> {
         Path {
             name: "bwd rows, warp",
             pass: Backward,
+            device: EmulatedDevice::Hopper,
             kernel: "layer_norm_bwd<",
             layout: rows(32, 1024),
             rms: false,
@@ -213,6 +225,7 @@ fn paths() -> Vec<Path> {
         Path {
             name: "bwd rows, CTA",
             pass: Backward,
+            device: EmulatedDevice::Hopper,
             kernel: "layer_norm_bwd<",
             layout: rows(16, 4096),
             rms: false,
@@ -222,6 +235,7 @@ fn paths() -> Vec<Path> {
         Path {
             name: "bwd rows, RMSNorm (no dbias)",
             pass: Backward,
+            device: EmulatedDevice::Hopper,
             kernel: "layer_norm_bwd<",
             layout: rows(32, 1024),
             rms: true,
@@ -231,6 +245,7 @@ fn paths() -> Vec<Path> {
         Path {
             name: "bwd CTA, shared accumulators",
             pass: Backward,
+            device: EmulatedDevice::Hopper,
             kernel: "layer_norm_bwd_cta<",
             layout: rows(8, 16384),
             rms: false,
@@ -240,6 +255,7 @@ fn paths() -> Vec<Path> {
         Path {
             name: "bwd CTA, global accumulators",
             pass: Backward,
+            device: EmulatedDevice::Hopper,
             kernel: "layer_norm_bwd_cta<float, 4, false>",
             layout: rows(5, 32768),
             rms: false,
@@ -249,6 +265,7 @@ fn paths() -> Vec<Path> {
         Path {
             name: "bwd scalar (unaligned)",
             pass: Backward,
+            device: EmulatedDevice::Hopper,
             kernel: ", 1, true>",
             layout: rows(16, 1023),
             rms: false,
@@ -258,6 +275,7 @@ fn paths() -> Vec<Path> {
         Path {
             name: "bwd channels-first",
             pass: Backward,
+            device: EmulatedDevice::Hopper,
             kernel: "layer_norm_bwd_strided<",
             layout: channels_first,
             rms: false,
@@ -271,6 +289,7 @@ fn paths() -> Vec<Path> {
         Path {
             name: "bwd long row, f32",
             pass: Backward,
+            device: EmulatedDevice::Hopper,
             kernel: "layer_norm_bwd_cta<float, 4, true>",
             layout: rows(16, 8192),
             rms: false,
@@ -280,6 +299,7 @@ fn paths() -> Vec<Path> {
         Path {
             name: "bwd long row, f32 RMSNorm",
             pass: Backward,
+            device: EmulatedDevice::Hopper,
             kernel: "layer_norm_bwd_cta<float, 4, true>",
             layout: rows(16, 8192),
             rms: true,
@@ -289,11 +309,24 @@ fn paths() -> Vec<Path> {
         Path {
             name: "bwd long row, 16-bit",
             pass: Backward,
+            device: EmulatedDevice::Hopper,
             kernel: "layer_norm_bwd_cta<__nv_bfloat16, 8, true>",
             layout: rows(16, 12288),
             rms: false,
             reasons: &[ScaleTwiceEveryRow, SecondReadOfXAndDy],
             v2: Some(("layer_norm_bwd_stash<__nv_bfloat16, 8>", &[ScaleOncePerCta])),
+        },
+        Path {
+            name: "bwd long row, no clusters",
+            pass: Backward,
+            // An A100's limits: a row past one CTA's stash (163 KiB) is split over a group
+            // of 4 CTAs meeting in global memory.
+            device: EmulatedDevice::Ampere,
+            kernel: "layer_norm_bwd_cta<",
+            layout: rows(5, 32768),
+            rms: false,
+            reasons: &[ScaleTwiceEveryRow, SecondReadOfXAndDy, GlobalAccumulators],
+            v2: Some(("layer_norm_bwd_split<", &[ScaleOncePerCta])),
         },
     ]
 }
@@ -313,6 +346,13 @@ struct Measured {
 }
 
 fn run<T: Element, P: Element, O: Element>(path: &Path, generation: KernelGeneration) -> Measured {
+    emulator::on_device(path.device, || run_on_device::<T, P, O>(path, generation))
+}
+
+fn run_on_device<T: Element, P: Element, O: Element>(
+    path: &Path,
+    generation: KernelGeneration,
+) -> Measured {
     let cfg = if path.rms {
         NormConfig::flax_rms()
     } else {
@@ -387,12 +427,12 @@ fn run<T: Element, P: Element, O: Element>(path: &Path, generation: KernelGenera
         .unwrap()
     });
     // One partial row per CTA of the backward kernel (per warp for channels-first, per
-    // cluster for a row split over a cluster).
+    // cluster or group for a row split over several CTAs).
     let main = &launches[0];
     let parts = if main.kernel.contains("strided") {
         main.grid as f64 * (main.block / 32) as f64
     } else {
-        (main.grid / main.cluster) as f64
+        (main.grid / main.group) as f64
     };
     let grads = 1.0 + bias.is_some() as u8 as f64;
     let ideal = elems * (2.0 * x_b + o_b)
@@ -491,6 +531,7 @@ fn v2_finalizes_both_gradients_in_one_launch_and_rmsnorm_writes_no_dbias_partial
         let path = Path {
             name: "finalize",
             pass: Pass::Backward,
+            device: EmulatedDevice::Hopper,
             kernel: "layer_norm_bwd<",
             layout,
             rms,

@@ -1,7 +1,8 @@
 // A small CUDA execution model on the CPU, for testing warpnorm's kernels without a GPU.
 //
 // Every CUDA thread of a launch is a fiber (fibers.h) and blocks run one after another,
-// except the blocks of a thread-block cluster, which run together (cooperative_groups.h).
+// except the blocks of a thread-block cluster, which run together (cooperative_groups.h),
+// and those of a cooperative launch, which all run together.
 // That makes `__shared__` variables statics of the OS thread running the launch (one block
 // owns them at a time; cluster kernels use dynamic shared memory only), `__syncthreads` a
 // block-wide barrier and the warp shuffles an exchange through a per-warp buffer between
@@ -97,6 +98,20 @@ inline float __shfl_down_sync(unsigned, float v, unsigned delta) {
     const unsigned src = warpnorm_emu::lane() + delta;
     return shuffle_from(v, src, src < 32);
 }
+
+// Global memory shared between the blocks of a launch (bwd_v2_split.cuh's group barrier).
+// The fibers of a launch run on one OS thread and switch only at barriers and in
+// __nanosleep, so a plain read-modify-write is atomic, every write is seen by the next
+// read, and a fence has nothing to order. __nanosleep is where a thread spinning on such
+// memory lets the others run.
+inline unsigned atomicAdd(unsigned* address, unsigned v) {
+    const unsigned old = *address;
+    *address = old + v;
+    return old;
+}
+inline void __threadfence() {}
+inline void __nanosleep(unsigned) { warpnorm_emu::Scheduler::of_this_os_thread().yield(); }
+inline float __ldcg(const float* address) { return *address; }
 
 struct float2 {
     float x, y;

@@ -186,6 +186,14 @@ class Scheduler {
         Context::swap(f.context, scheduler_);
     }
 
+    // The running thread lets the others run: it spins on memory that another thread
+    // writes (a barrier in global memory), and runs again on the next pass.
+    void yield() {
+        Fiber& f = fibers_[running_];
+        f.spinning = true;
+        Context::swap(f.context, scheduler_);
+    }
+
     static Scheduler& of_this_os_thread() {
         static thread_local Scheduler scheduler;
         return scheduler;
@@ -197,6 +205,7 @@ class Scheduler {
         ThreadContext* thread;
         Barrier* waiting_on;
         unsigned long long released_at;  // the phase of `waiting_on` that lets it go on
+        bool spinning;                   // it last stopped in yield()
         bool finished;
     };
 
@@ -237,27 +246,30 @@ inline Scheduler::Outcome Scheduler::run(ThreadContext* const* threads, std::siz
         // Above the canary (Stacks): the first 16 bytes stay out of the frame.
         f.context.start(stacks_.bottom(i) + 16, Stacks::kBytes - 16, &Scheduler::entry);
     }
-    // Round robin: each runnable fiber runs until it waits or finishes, in ascending order
-    // of thread index on one pass and descending on the next, so that a read racing a
-    // write between the same barriers meets both orders (a missing barrier shows up
-    // whichever thread of the two writes). A pass in which none could run, with some
-    // unfinished, is a deadlock.
+    // Round robin: each runnable fiber runs until it waits, yields or finishes, in
+    // ascending order of thread index on one pass and descending on the next, so that a
+    // read racing a write between the same barriers meets both orders (a missing barrier
+    // shows up whichever thread of the two writes). A pass with some fibers unfinished in
+    // which none made progress is a deadlock: none could run, or those that ran only
+    // spun again (a spinning thread only reads, so another pass would change nothing).
     std::size_t unfinished = n;
     bool ascending = true;
     while (unfinished > 0) {
-        bool ran = false;
+        bool progressed = false;
         for (std::size_t step = 0; step < n; ++step) {
             const std::size_t i = ascending ? step : n - 1 - step;
             Fiber& f = fibers_[i];
             if (!runnable(f)) continue;
+            const bool was_spinning = f.spinning;
             f.waiting_on = nullptr;
+            f.spinning = false;
             running_ = i;
             current = f.thread;
             Context::swap(scheduler_, f.context);
-            ran = true;
+            if (!(was_spinning && f.spinning)) progressed = true;
             if (f.finished) --unfinished;
         }
-        if (!ran) break;
+        if (!progressed) break;
         ascending = !ascending;
     }
     current = nullptr;

@@ -31,6 +31,23 @@ void cluster_exchange(const ClusterExchange p) {
     cluster.sync();
 }
 
+// grid_count: thread 0 of every block counts its block on `counter` and waits until every
+// block of the grid has: only a launch that runs them all at once (cooperative) finishes.
+// Then it writes the count it saw to out[blockIdx.x].
+struct GridCount {
+    unsigned* counter;
+    float* out;
+};
+
+void grid_count(const GridCount p) {
+    if (threadIdx.x == 0) {
+        atomicAdd(p.counter, 1u);
+        while (*static_cast<volatile unsigned*>(p.counter) < gridDim.x) __nanosleep(64);
+        p.out[blockIdx.x] = float(*p.counter);
+    }
+    __syncthreads();
+}
+
 // Thread 0 skips the block's barrier that the others wait at: a deadlock, which the
 // launch must report instead of hanging.
 void barrier_skipped_by_thread_0(const ClusterExchange p) {
@@ -68,6 +85,7 @@ const Kernel kKernels[] = {
 #include "kernel_table.inc"
     {"warpnorm_emu_selftest::cluster_exchange",
      [](const void* p) { call(&warpnorm_emu_selftest::cluster_exchange, p); }},
+    {"warpnorm_emu_selftest::grid_count", [](const void* p) { call(&warpnorm_emu_selftest::grid_count, p); }},
     {"warpnorm_emu_selftest::barrier_skipped_by_thread_0",
      [](const void* p) { call(&warpnorm_emu_selftest::barrier_skipped_by_thread_0, p); }},
     {"warpnorm_emu_selftest::stack_overflow_by_thread_1",
@@ -78,14 +96,15 @@ const Kernel kKernels[] = {
 
 // Launches kernel `expr` with `params` on a `grid_x` x `grid_y` grid of blocks of `block`
 // threads with `smem_bytes` of dynamic shared memory, in clusters of `cluster` blocks along
-// x (1: no clusters), and sets `*loaded` / `*stored` to the bytes of global memory it read
-// and wrote. Returns 0, or -1 when `expr` is not emulated, -2 for a block size that is not a
-// whole number of warps, -3 for a cluster size that is not 1-8 or does not divide grid_x,
-// -4 when the kernel's threads deadlock at a barrier, -5 when the fibers' stacks cannot
-// be mapped, -6 when a thread overflows its stack. Launches on different OS threads run in parallel: each has its own fibers
-// and `__shared__` statics.
+// x (1: no clusters), all blocks at once when `cooperative` (else a cluster at a time), and
+// sets `*loaded` / `*stored` to the bytes of global memory it read and wrote. Returns 0, or
+// -1 when `expr` is not emulated, -2 for a block size that is not a whole number of warps,
+// -3 for a cluster size that is not 1-8 or does not divide grid_x, -4 when the kernel's
+// threads deadlock (at a barrier, or spinning on global memory), -5 when the fibers'
+// stacks cannot be mapped, -6 when a thread overflows its stack. Launches on different OS
+// threads run in parallel: each has its own fibers and `__shared__` statics.
 extern "C" int warpnorm_emu_launch(const char* expr, const void* params, unsigned grid_x, unsigned grid_y,
-                                   unsigned block, unsigned cluster, unsigned smem_bytes,
+                                   unsigned block, unsigned cluster, int cooperative, unsigned smem_bytes,
                                    unsigned long long* loaded, unsigned long long* stored) {
     Entry run = nullptr;
     for (const Kernel& k : kKernels) {
@@ -95,44 +114,48 @@ extern "C" int warpnorm_emu_launch(const char* expr, const void* params, unsigne
     if (block == 0 || block % 32 != 0) return -2;
     if (cluster == 0 || cluster > 8 || grid_x % cluster != 0) return -3;
     using warpnorm_emu::Barrier;
-    const unsigned threads = cluster * block;
+    // The blocks that run at the same time: a cluster, or the whole grid.
+    const unsigned together = cooperative ? grid_x * grid_y : cluster;
+    const unsigned threads = together * block;
     const float nan = std::numeric_limits<float>::quiet_NaN();
-    // Per block of a cluster: shared memory and a barrier; per warp: a barrier and the
-    // shuffles' exchange buffer.
-    std::vector<std::vector<float>> smem(cluster, std::vector<float>(smem_bytes / sizeof(float) + 1, nan));
-    std::vector<float*> smem_of(cluster);
-    for (unsigned r = 0; r < cluster; ++r) smem_of[r] = smem[r].data();
+    // Per block: shared memory and a barrier; per cluster: a barrier; per warp: a barrier
+    // and the shuffles' exchange buffer.
+    std::vector<std::vector<float>> smem(together, std::vector<float>(smem_bytes / sizeof(float) + 1, nan));
+    std::vector<float*> smem_of(together);
+    for (unsigned b = 0; b < together; ++b) smem_of[b] = smem[b].data();
     std::vector<float> exchange(threads, 0.f);
-    std::vector<Barrier> block_barriers(cluster, Barrier{block});
+    std::vector<Barrier> block_barriers(together, Barrier{block});
     std::vector<Barrier> warp_barriers(threads / 32, Barrier{32});
-    Barrier cluster_barrier{threads};
+    std::vector<Barrier> cluster_barriers(together / cluster, Barrier{cluster * block});
     std::vector<warpnorm_emu::ThreadContext> contexts(threads);
     std::vector<warpnorm_emu::ThreadContext*> context_of(threads);
+    std::vector<unsigned> member_of(threads);  // the thread's block among those running together
     for (unsigned t = 0; t < threads; ++t) {
         auto& c = contexts[t];
-        const unsigned rank = t / block;
+        const unsigned member = t / block;
+        member_of[t] = member;
         c.thread = {t % block, 0, 0};
         c.block_dim = {block, 1, 1};
         c.grid_dim = {grid_x, grid_y, 1};
-        c.block_barrier = &block_barriers[rank];
+        c.block_barrier = &block_barriers[member];
         c.warp_barrier = &warp_barriers[t / 32];
         c.warp_exchange = &exchange[(t / 32) * 32];
-        c.dynamic_smem = smem_of[rank];
+        c.dynamic_smem = smem_of[member];
         c.dynamic_smem_bytes = smem_bytes;
         c.cluster_size = cluster;
-        c.cluster_rank = rank;
-        c.cluster_barrier = &cluster_barrier;
-        c.cluster_smem = smem_of.data();
+        c.cluster_rank = member % cluster;
+        c.cluster_barrier = &cluster_barriers[member / cluster];
+        c.cluster_smem = &smem_of[member - member % cluster];
         c.loaded = c.stored = 0;
         context_of[t] = &c;
     }
-    // One cluster (a lone block: a cluster of one) after another, each block's shared
-    // memory poisoned again before the next.
+    // One cluster (a lone block: a cluster of one), or the whole grid, after another, each
+    // block's shared memory poisoned again before the next.
     auto& scheduler = warpnorm_emu::Scheduler::of_this_os_thread();
-    for (unsigned first = 0; first < grid_x * grid_y; first += cluster) {
-        for (auto& c : contexts) {
-            const unsigned b = first + c.cluster_rank;
-            c.block = {b % grid_x, b / grid_x, 0};
+    for (unsigned first = 0; first < grid_x * grid_y; first += together) {
+        for (unsigned t = 0; t < threads; ++t) {
+            const unsigned b = first + member_of[t];
+            contexts[t].block = {b % grid_x, b / grid_x, 0};
         }
         switch (scheduler.run(context_of.data(), threads, run, params)) {
             case warpnorm_emu::Scheduler::Outcome::Finished:

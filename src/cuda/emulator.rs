@@ -12,12 +12,12 @@
 
 pub mod sharded;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::ffi::{c_char, c_int, c_ulonglong, c_void, CString};
 
 use cudarc::driver::{DeviceRepr, LaunchConfig};
 
-use super::launch::Launch;
+use super::launch::{Grouping, Launch};
 use super::norm::{self, check_call, BwdAddrs, FwdAddrs, NormSpec};
 use super::select;
 use super::Dtypes;
@@ -32,6 +32,7 @@ extern "C" {
         grid_y: u32,
         block: u32,
         cluster: u32,
+        cooperative: c_int,
         smem_bytes: u32,
         loaded: *mut c_ulonglong,
         stored: *mut c_ulonglong,
@@ -43,10 +44,11 @@ extern "C" {
 pub struct LaunchTraffic {
     /// The kernel's name expression (`tiers::expr`).
     pub kernel: String,
-    /// CTAs, threads per CTA and CTAs per thread-block cluster (1: none) it ran with.
+    /// CTAs, threads per CTA and CTAs per thread-block cluster or cooperative group (1:
+    /// none) it ran with.
     pub grid: u32,
     pub block: u32,
-    pub cluster: u32,
+    pub group: u32,
     pub loaded: u64,
     pub stored: u64,
 }
@@ -67,8 +69,56 @@ pub fn traffic<R>(f: impl FnOnce() -> R) -> (R, Vec<LaunchTraffic>) {
 /// SMs of the emulated device: few, so that grids are small (every CUDA thread is a host
 /// thread) and the persistent loops visit several rows per CTA.
 pub const EMULATED_SMS: u32 = 1;
-/// Opt-in shared memory of the emulated device (an H100's).
-pub const EMULATED_SMEM: u32 = 227 * 1024;
+
+/// The limits of the device the emulation presents to kernel selection (its SM count is
+/// [`EMULATED_SMS`] either way).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum EmulatedDevice {
+    /// An H100's: thread-block clusters, 227 KiB of shared memory per CTA.
+    #[default]
+    Hopper,
+    /// An A100's: no clusters, 163 KiB of shared memory per CTA, so that the rows past one
+    /// CTA's stash are split over groups of CTAs meeting in global memory.
+    Ampere,
+}
+
+impl EmulatedDevice {
+    /// Opt-in shared memory per CTA.
+    pub fn max_smem_per_cta(self) -> u32 {
+        match self {
+            EmulatedDevice::Hopper => 227 * 1024,
+            EmulatedDevice::Ampere => 163 * 1024,
+        }
+    }
+    fn max_cluster(self) -> u32 {
+        match self {
+            EmulatedDevice::Hopper => select::MAX_CLUSTER,
+            EmulatedDevice::Ampere => 1,
+        }
+    }
+}
+
+thread_local! {
+    static DEVICE: Cell<EmulatedDevice> = const { Cell::new(EmulatedDevice::Hopper) };
+}
+
+/// Runs `f` with the emulated launches it makes on this thread presenting `device`.
+pub fn on_device<R>(device: EmulatedDevice, f: impl FnOnce() -> R) -> R {
+    let outer = DEVICE.with(|d| d.replace(device));
+    // Restored even if `f` panics (a failing assertion in a test).
+    struct Restore(EmulatedDevice);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            DEVICE.with(|d| d.set(self.0));
+        }
+    }
+    let _restore = Restore(outer);
+    f()
+}
+
+fn device() -> EmulatedDevice {
+    DEVICE.with(Cell::get)
+}
 
 struct Emulator;
 
@@ -78,7 +128,7 @@ impl Launch for Emulator {
     }
 
     fn max_smem_per_cta(&self) -> u32 {
-        EMULATED_SMEM
+        device().max_smem_per_cta()
     }
 
     fn resident_ctas(&self, _: &'static str, _: &str, _: u32, _: u32) -> Result<u32> {
@@ -94,24 +144,39 @@ impl Launch for Emulator {
         params: &P,
         cfg: LaunchConfig,
     ) -> Result<()> {
-        self.launch_cluster(source, expr, params, cfg, 1)
+        self.launch_grouped(source, expr, params, cfg, Grouping::Clusters(1))
     }
 
     fn max_cluster(&self) -> u32 {
-        select::MAX_CLUSTER
+        device().max_cluster()
+    }
+
+    fn max_group(&self) -> u32 {
+        select::MAX_GROUP
     }
 
     /// The blocks of a cluster run at the same time, each with its own dynamic shared
-    /// memory, which the others reach through `cooperative_groups::cluster_group`.
-    fn launch_cluster<P: DeviceRepr>(
+    /// memory, which the others reach through `cooperative_groups::cluster_group`; those
+    /// of a cooperative launch all run at the same time.
+    fn launch_grouped<P: DeviceRepr>(
         &self,
         _source: &'static str,
         expr: &str,
         params: &P,
         cfg: LaunchConfig,
-        cluster: u32,
+        grouping: Grouping,
     ) -> Result<()> {
         let name = CString::new(expr).map_err(|_| Error::Unsupported(expr.to_string()))?;
+        let (cluster, cooperative, group) = match grouping {
+            Grouping::Clusters(n) => (n, 0, n),
+            Grouping::Groups(n) if n == 0 || !cfg.grid_dim.0.is_multiple_of(n) => {
+                return Err(Error::Unsupported(format!(
+                    "{expr}: cooperative groups of {n} CTAs with a grid of {:?}",
+                    cfg.grid_dim
+                )))
+            }
+            Grouping::Groups(n) => (1, 1, n),
+        };
         let (mut loaded, mut stored): (c_ulonglong, c_ulonglong) = (0, 0);
         // SAFETY: `params` is the kernel's parameter struct, built by `norm.rs` from
         // host slices whose lengths the public functions below checked exactly as ops
@@ -127,6 +192,7 @@ impl Launch for Emulator {
                 cfg.grid_dim.1,
                 cfg.block_dim.0,
                 cluster,
+                cooperative,
                 cfg.shared_mem_bytes,
                 &mut loaded,
                 &mut stored,
@@ -139,24 +205,33 @@ impl Launch for Emulator {
                         kernel: expr.to_string(),
                         grid: cfg.grid_dim.0,
                         block: cfg.block_dim.0,
-                        cluster,
+                        group,
                         loaded,
                         stored,
                     });
                 }
             });
         }
+        let blocks_at_once = if cooperative != 0 {
+            cfg.grid_dim.0 * cfg.grid_dim.1
+        } else {
+            cluster
+        };
         match rc {
             0 => Ok(()),
             -1 => Err(Error::Unsupported(format!(
                 "kernel `{expr}` is not compiled into the CPU emulation (see tiers::EMULATED_SOURCES)"
             ))),
             -4 => Err(Error::Emulation(format!(
-                "{expr} deadlocked: its threads did not all reach the same barriers"
+                "{expr} deadlocked: its threads did not all reach the same barriers, or spun \
+                 on memory no thread would write"
             ))),
             -5 => Err(Error::TooLarge {
                 what: "emulated threads",
-                msg: format!("no memory for the stacks of {} threads", cfg.block_dim.0 * cluster),
+                msg: format!(
+                    "no memory for the stacks of {} threads",
+                    cfg.block_dim.0 as u64 * blocks_at_once as u64
+                ),
             }),
             -6 => Err(Error::Emulation(format!(
                 "a thread of {expr} overflowed its stack"
@@ -165,6 +240,16 @@ impl Launch for Emulator {
                 "the CPU emulation cannot run {expr} with {cfg:?} in clusters of {cluster}"
             ))),
         }
+    }
+
+    fn zero_words(&self, at: u64, words: u64) -> Result<()> {
+        let words = usize::try_from(words)
+            .map_err(|_| Error::Unsupported(format!("zeroing {words} words")))?;
+        // SAFETY: as for `Launch::zero_words`: `words` u32 at `at` lie in a host slice
+        // (the workspace) whose length a public function below checked and which the call
+        // borrows uniquely; f32 slices are 4-byte aligned.
+        unsafe { std::ptr::write_bytes(at as *mut u32, 0, words) };
+        Ok(())
     }
 }
 
@@ -288,12 +373,12 @@ mod tests {
         let params = ClusterExchange {
             out: out.as_mut_ptr(),
         };
-        Emulator.launch_cluster(
+        Emulator.launch_grouped(
             "layernorm_bwd",
             "warpnorm_emu_selftest::cluster_exchange",
             &params,
             launch_config((grid, 1), THREADS, THREADS * 4),
-            cluster,
+            Grouping::Clusters(cluster),
         )
     }
 
@@ -314,6 +399,54 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The parameters of the emulator's cooperative test kernel.
+    #[repr(C)]
+    struct GridCount {
+        counter: *mut u32,
+        out: *mut f32,
+    }
+
+    // SAFETY: a plain C struct of two pointers, passed by value as the kernel declares it.
+    unsafe impl DeviceRepr for GridCount {}
+
+    /// Runs the cooperative self-test kernel on `grid` blocks, grouped as `grouping`: the
+    /// count each block saw once all had arrived.
+    fn grid_count(grid: u32, grouping: Grouping) -> Result<Vec<f32>> {
+        let mut counter = 0u32;
+        let mut out = vec![f32::NAN; grid as usize];
+        let params = GridCount {
+            counter: &mut counter,
+            out: out.as_mut_ptr(),
+        };
+        let cfg = launch_config((grid, 1), THREADS, 0);
+        Emulator.launch_grouped(
+            "layernorm_bwd",
+            "warpnorm_emu_selftest::grid_count",
+            &params,
+            cfg,
+            grouping,
+        )?;
+        Ok(out)
+    }
+
+    #[test]
+    fn a_cooperative_launch_runs_every_block_at_once() {
+        for grid in [1, 2, 5] {
+            let out = grid_count(grid, Grouping::Groups(1)).unwrap();
+            assert_eq!(out, vec![grid as f32; grid as usize]);
+        }
+    }
+
+    /// Blocks spinning on memory that no running block will write: a deadlock the launch
+    /// reports, as it would hang a GPU.
+    #[test]
+    fn blocks_that_wait_for_blocks_not_resident_are_a_deadlock_error_not_a_hang() {
+        let err = grid_count(2, Grouping::Clusters(1)).unwrap_err();
+        assert!(matches!(err, Error::Emulation(_)), "{err}");
+        assert!(err.to_string().contains("grid_count deadlocked"), "{err}");
+        assert_eq!(grid_count(1, Grouping::Clusters(1)).unwrap(), vec![1.0]);
     }
 
     #[test]

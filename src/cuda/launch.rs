@@ -38,16 +38,35 @@ pub(crate) trait Launch {
     /// The most CTAs of a thread-block cluster the kernels can be launched in: 1 where the
     /// device (or the code loaded for it) has no clusters.
     fn max_cluster(&self) -> u32;
-    /// Like [`Launch::launch`], in thread-block clusters of `cluster` CTAs along x
-    /// (`cluster` divides the grid's x and is at most [`Launch::max_cluster`]).
-    fn launch_cluster<P: DeviceRepr>(
+    /// The most CTAs of a group that meets in global memory: 1 where the device cannot
+    /// launch cooperatively (which the group's barrier needs).
+    fn max_group(&self) -> u32;
+    /// Like [`Launch::launch`], with the CTAs grouped as `grouping` says.
+    fn launch_grouped<P: DeviceRepr>(
         &self,
         source: &'static str,
         expr: &str,
         params: &P,
         cfg: LaunchConfig,
-        cluster: u32,
+        grouping: Grouping,
     ) -> Result<()>;
+    /// Sets `words` u32 at device address `at` (inside a buffer a call checked) to zero,
+    /// in stream order before the next launch.
+    fn zero_words(&self, at: u64, words: u64) -> Result<()>;
+}
+
+/// Which CTAs of a launch run at the same time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Grouping {
+    /// Thread-block clusters of this many CTAs along x (1: none), dividing the grid and at
+    /// most [`Launch::max_cluster`]: a cluster's CTAs are co-scheduled and reach each
+    /// other's shared memory.
+    Clusters(u32),
+    /// Groups of this many CTAs along x that wait for each other through global memory,
+    /// dividing the grid and at most [`Launch::max_group`]: a cooperative launch, every
+    /// CTA of the grid resident at once (the launch fails where the grid does not fit on
+    /// the device at once).
+    Groups(u32),
 }
 
 /// Launches on a CUDA stream of the backend's context.
@@ -112,36 +131,70 @@ impl Launch for OnStream<'_> {
         }
     }
 
-    fn launch_cluster<P: DeviceRepr>(
+    fn max_group(&self) -> u32 {
+        if self.be.info.cooperative_launch {
+            select::MAX_GROUP.min(self.be.info.sm_count).max(1)
+        } else {
+            1
+        }
+    }
+
+    fn launch_grouped<P: DeviceRepr>(
         &self,
         source: &'static str,
         expr: &str,
         params: &P,
         cfg: LaunchConfig,
-        cluster: u32,
+        grouping: Grouping,
     ) -> Result<()> {
-        if cluster <= 1 {
-            return self.launch(source, expr, params, cfg);
-        }
-        if cluster > self.max_cluster() || !cfg.grid_dim.0.is_multiple_of(cluster) {
-            return Err(Error::Unsupported(format!(
-                "{expr}: clusters of {cluster} CTAs with a grid of {:?} on this device",
-                cfg.grid_dim
-            )));
-        }
+        let value = match grouping {
+            Grouping::Clusters(1) => return self.launch(source, expr, params, cfg),
+            Grouping::Clusters(cluster) => {
+                if cluster == 0
+                    || cluster > self.max_cluster()
+                    || !cfg.grid_dim.0.is_multiple_of(cluster)
+                {
+                    return Err(Error::Unsupported(format!(
+                        "{expr}: clusters of {cluster} CTAs with a grid of {:?} on this device",
+                        cfg.grid_dim
+                    )));
+                }
+                (
+                    sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION,
+                    sys::CUlaunchAttributeValue {
+                        clusterDim: sys::CUlaunchAttributeValue_union__bindgen_ty_1 {
+                            x: cluster,
+                            y: 1,
+                            z: 1,
+                        },
+                    },
+                )
+            }
+            Grouping::Groups(group) => {
+                if !self.be.info.cooperative_launch
+                    || group == 0
+                    || group > self.max_group()
+                    || !cfg.grid_dim.0.is_multiple_of(group)
+                {
+                    return Err(Error::Unsupported(format!(
+                        "{expr}: cooperative groups of {group} CTAs with a grid of {:?} on this \
+                         device",
+                        cfg.grid_dim
+                    )));
+                }
+                (
+                    sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_COOPERATIVE,
+                    sys::CUlaunchAttributeValue { cooperative: 1 },
+                )
+            }
+        };
         let f = self.be.function(source, expr)?;
         // cuLaunchKernelEx acts on the current context.
         self.stream.context().bind_to_thread()?;
         let mut attribute = sys::CUlaunchAttribute {
-            id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION,
+            id: value.0,
             pad: [0; 4],
-            value: sys::CUlaunchAttributeValue {
-                clusterDim: sys::CUlaunchAttributeValue_union__bindgen_ty_1 {
-                    x: cluster,
-                    y: 1,
-                    z: 1,
-                },
-            },
+            value: value.1,
         };
         let config = sys::CUlaunchConfig {
             gridDimX: cfg.grid_dim.0,
@@ -159,8 +212,11 @@ impl Launch for OnStream<'_> {
         // SAFETY: as in `launch` for `params`, `expr` and `cfg`; the kernel takes that one
         // struct, whose address `args` holds and which outlives the call (the driver copies
         // kernel arguments when the launch is enqueued). `config` and `attribute` are
-        // valid for the call, `cluster` divides the grid and is within the portable
-        // cluster size of an sm_90 device whose CUBIN was loaded (`max_cluster`).
+        // valid for the call. A cluster divides the grid and is within the portable
+        // cluster size of an sm_90 device whose CUBIN was loaded (`max_cluster`); a
+        // cooperative launch is made only on a device that supports it, and the driver
+        // refuses it (an error, no launch) when the grid does not fit at once, so the CTAs
+        // of a group never wait for one that cannot run.
         unsafe {
             sys::cuLaunchKernelEx(
                 &config,
@@ -170,6 +226,18 @@ impl Launch for OnStream<'_> {
             )
         }
         .result()?;
+        Ok(())
+    }
+
+    fn zero_words(&self, at: u64, words: u64) -> Result<()> {
+        let words = usize::try_from(words)
+            .map_err(|_| Error::Unsupported(format!("zeroing {words} words")))?;
+        // cuMemsetD32Async acts on the current context.
+        self.stream.context().bind_to_thread()?;
+        // SAFETY: the caller's contract (`Launch::zero_words`): `words` u32 at `at` lie in
+        // a device buffer of this stream's context that a call checked, 4-byte aligned
+        // (f32 workspace); the memset is enqueued on the stream, ordered with the launches.
+        unsafe { sys::cuMemsetD32Async(at, 0, words, self.stream.cu_stream()) }.result()?;
         Ok(())
     }
 }

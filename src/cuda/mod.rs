@@ -83,6 +83,9 @@ pub struct DeviceInfo {
     pub total_mem: usize,
     /// Opt-in shared memory per CTA (bytes), the ceiling for the row caches.
     pub max_smem_per_cta: u32,
+    /// Whether kernels can be launched cooperatively (all CTAs resident at once): what
+    /// the backward of rows split over groups of CTAs needs.
+    pub cooperative_launch: bool,
 }
 
 /// One GPU: its context, a stream, and the warpnorm kernels loaded into it.
@@ -131,6 +134,8 @@ impl CudaBackend {
             max_smem_per_cta: attr(
                 CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
             )? as u32,
+            cooperative_launch: attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_COOPERATIVE_LAUNCH)?
+                != 0,
         };
         let driver = driver::driver_version()?;
         let mut modules = HashMap::new();

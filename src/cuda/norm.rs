@@ -9,13 +9,14 @@
 use cudarc::driver::LaunchConfig;
 
 use super::generation::KernelGeneration;
-use super::launch::{launch_config, Launch};
+use super::launch::{launch_config, Grouping, Launch};
 use super::params::{
-    dtype_code, kind_code, WarpnormBwdParams, WarpnormDtype, WarpnormFinalizePairParams,
-    WarpnormFinalizeParams, WarpnormFwdParams, WarpnormStridedBwdParams, WarpnormStridedFwdParams,
-    WARPNORM_FINALIZE_PAIR_THREADS, WARPNORM_FINALIZE_THREADS,
+    dtype_code, kind_code, WarpnormBwdParams, WarpnormBwdSplitParams, WarpnormDtype,
+    WarpnormFinalizePairParams, WarpnormFinalizeParams, WarpnormFwdParams,
+    WarpnormStridedBwdParams, WarpnormStridedFwdParams, WARPNORM_FINALIZE_PAIR_THREADS,
+    WARPNORM_FINALIZE_THREADS,
 };
-use super::select::{self, BwdPlan, Plan, StashColumn, STRIDED_THREADS};
+use super::select::{self, BwdPlan, Plan, Split, StashColumn, STRIDED_THREADS};
 use super::tiers::expr;
 use super::Dtypes;
 pub(crate) use crate::layout::{check_len, Layout};
@@ -227,8 +228,15 @@ pub(crate) fn backward<L: Launch, T: Element>(
 ) -> Result<()> {
     let (rows, cols) = (layout.num_rows(), layout.cols());
     let (x_stride, y_stride) = strides(&layout);
-    let half = (a.workspace_len / 2) as u64 * 4;
-    let (partial_dscale, partial_dbias) = (a.workspace, a.workspace + half);
+    // The workspace as select::Workspace lays it out (addresses: 4 bytes an element).
+    let ws = select::Workspace::of(rows as u64, cols as u64, l.sm_count());
+    check_len(
+        "workspace",
+        a.workspace_len,
+        usize::try_from(ws.len()).unwrap_or(usize::MAX),
+    )?;
+    let at = |offset: u64| a.workspace + 4 * offset;
+    let (partial_dscale, partial_dbias) = (a.workspace, at(ws.partial_dbias()));
     let kind = kind_code(spec.kind);
     let (param_dtype, out_dtype) = (dtype_code(d.param), out_dtype_code(spec, d));
     let generation = spec.kernel_generation()?;
@@ -238,6 +246,7 @@ pub(crate) fn backward<L: Launch, T: Element>(
         vec,
         dscale: a.dscale,
         dbias: a.dbias,
+        group_scratch: (at(ws.arrivals()), at(ws.slots())),
         generation,
     };
     match layout {
@@ -325,6 +334,8 @@ struct BwdLaunch {
     /// Where the finalize kernel writes dscale / dbias (param dtype), if wanted.
     pub dscale: Option<u64>,
     pub dbias: Option<u64>,
+    /// The arrival counters and row-sum slots of rows split over groups of CTAs.
+    pub group_scratch: (u64, u64),
     pub generation: KernelGeneration,
 }
 
@@ -405,7 +416,8 @@ fn backward_rows<L: Launch>(l: &L, b: &BwdLaunch) -> Result<()> {
                 },
                 grads: b.dscale.is_some() as u32 + b.dbias.is_some() as u32,
             };
-            select::backward_plan_v2(cols, b.vec, column, max_smem, l.max_cluster())
+            let (clusters, groups) = (l.max_cluster(), l.max_group());
+            select::backward_plan_v2(cols, b.vec, column, max_smem, clusters, groups)
         }
     };
     let (name, smem) = match plan {
@@ -418,34 +430,51 @@ fn backward_rows<L: Launch>(l: &L, b: &BwdLaunch) -> Result<()> {
         }) => (expr::bwd_cta(x, vec, cached), smem_bytes),
         BwdPlan::Stash {
             vec,
-            cluster: 1,
+            split,
             smem_bytes,
-        } => (expr::bwd_stash(x, vec), smem_bytes),
-        BwdPlan::Stash {
-            vec, smem_bytes, ..
-        } => (expr::bwd_cluster(x, vec), smem_bytes),
+        } => match split {
+            Split::Cta => (expr::bwd_stash(x, vec), smem_bytes),
+            Split::Cluster(_) => (expr::bwd_cluster(x, vec), smem_bytes),
+            Split::Group(_) => (expr::bwd_split(x, vec), smem_bytes),
+        },
     };
     let threads = plan.threads();
     let resident = l.resident_ctas("layernorm_bwd", &name, threads, smem)?;
     let (rows, sms) = (p.rows as u64, l.sm_count());
-    // Partial rows: one per CTA, or per cluster for a row split over a cluster.
-    let (grid, cluster, parts) = match plan {
+    // Partial rows: one per CTA, or per cluster or group for a split row.
+    let (grid, split) = match plan {
         BwdPlan::V1(v1) => {
-            let grid = select::backward_grid(rows.div_ceil(v1.rows_per_cta()), 1, sms, resident);
-            (grid, 1, grid)
+            let needed = rows.div_ceil(v1.rows_per_cta());
+            (select::backward_grid(needed, 1, sms, resident), Split::Cta)
         }
-        BwdPlan::Stash { cluster, .. } => {
-            let clusters = select::backward_grid(rows, cluster, sms, resident);
-            (clusters * cluster, cluster, clusters)
+        BwdPlan::Stash { split, .. } => {
+            let ctas = split.ctas();
+            (
+                select::backward_grid(rows, ctas, sms, resident) * ctas,
+                split,
+            )
         }
     };
-    l.launch_cluster(
-        "layernorm_bwd",
-        &name,
-        p,
-        config(grid, threads, smem),
-        cluster,
-    )?;
+    let cfg = config(grid, threads, smem);
+    let parts = grid / split.ctas();
+    match split {
+        Split::Cta => l.launch("layernorm_bwd", &name, p, cfg)?,
+        Split::Cluster(n) => {
+            l.launch_grouped("layernorm_bwd", &name, p, cfg, Grouping::Clusters(n))?
+        }
+        Split::Group(n) => {
+            let (arrivals, slots) = b.group_scratch;
+            // The groups' barriers count from zero.
+            l.zero_words(arrivals, parts as u64)?;
+            let split = WarpnormBwdSplitParams {
+                bwd: *p,
+                arrivals: arrivals as *mut u32,
+                slots: slots as *mut f32,
+                ctas: n as i32,
+            };
+            l.launch_grouped("layernorm_bwd", &name, &split, cfg, Grouping::Groups(n))?
+        }
+    }
     finalize_both(
         l,
         b,

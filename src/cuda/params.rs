@@ -36,6 +36,8 @@ unsafe impl cudarc::driver::DeviceRepr for WarpnormFwdParams {}
 // SAFETY: as above.
 unsafe impl cudarc::driver::DeviceRepr for WarpnormBwdParams {}
 // SAFETY: as above.
+unsafe impl cudarc::driver::DeviceRepr for WarpnormBwdSplitParams {}
+// SAFETY: as above.
 unsafe impl cudarc::driver::DeviceRepr for WarpnormFinalizeParams {}
 // SAFETY: as above.
 unsafe impl cudarc::driver::DeviceRepr for WarpnormFinalizePairParams {}

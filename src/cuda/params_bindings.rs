@@ -5,6 +5,8 @@ pub const WARPNORM_ROWS_CTA_THREADS: u32 = 128;
 pub const WARPNORM_CTA_MAX_THREADS: u32 = 1024;
 pub const WARPNORM_CTA_SCRATCH_FLOATS: u32 = 96;
 pub const WARPNORM_STASH_SLOT_FLOATS: u32 = 8;
+pub const WARPNORM_SPLIT_MAX_CTAS: u32 = 16;
+pub const WARPNORM_SPLIT_SLOT_FLOATS: u32 = 4;
 pub const WARPNORM_STRIDED_THREADS: u32 = 256;
 pub const WARPNORM_FINALIZE_THREADS: u32 = 256;
 pub const WARPNORM_SHARD_ROW_THREADS: u32 = 128;
@@ -159,6 +161,37 @@ const _: () = {
         [::std::mem::offset_of!(WarpnormBwdParams, out_dtype) - 128usize];
 };
 impl Default for WarpnormBwdParams {
+    fn default() -> Self {
+        let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
+        unsafe {
+            ::std::ptr::write_bytes(s.as_mut_ptr(), 0, 1);
+            s.assume_init()
+        }
+    }
+}
+#[repr(C)]
+#[derive(Debug, Copy, Clone)]
+pub struct WarpnormBwdSplitParams {
+    pub bwd: WarpnormBwdParams,
+    pub arrivals: *mut ::std::os::raw::c_uint,
+    pub slots: *mut f32,
+    pub ctas: ::std::os::raw::c_int,
+}
+#[allow(clippy::unnecessary_operation, clippy::identity_op)]
+const _: () = {
+    ["Size of WarpnormBwdSplitParams"][::std::mem::size_of::<WarpnormBwdSplitParams>() - 160usize];
+    ["Alignment of WarpnormBwdSplitParams"]
+        [::std::mem::align_of::<WarpnormBwdSplitParams>() - 8usize];
+    ["Offset of field: WarpnormBwdSplitParams::bwd"]
+        [::std::mem::offset_of!(WarpnormBwdSplitParams, bwd) - 0usize];
+    ["Offset of field: WarpnormBwdSplitParams::arrivals"]
+        [::std::mem::offset_of!(WarpnormBwdSplitParams, arrivals) - 136usize];
+    ["Offset of field: WarpnormBwdSplitParams::slots"]
+        [::std::mem::offset_of!(WarpnormBwdSplitParams, slots) - 144usize];
+    ["Offset of field: WarpnormBwdSplitParams::ctas"]
+        [::std::mem::offset_of!(WarpnormBwdSplitParams, ctas) - 152usize];
+};
+impl Default for WarpnormBwdSplitParams {
     fn default() -> Self {
         let mut s = ::std::mem::MaybeUninit::<Self>::uninit();
         unsafe {

@@ -3,7 +3,8 @@
 
 use super::params::{
     WARPNORM_CTA_MAX_THREADS, WARPNORM_CTA_SCRATCH_FLOATS, WARPNORM_FINALIZE_COLS,
-    WARPNORM_STASH_SLOT_FLOATS, WARPNORM_STRIDED_THREADS,
+    WARPNORM_SPLIT_MAX_CTAS, WARPNORM_SPLIT_SLOT_FLOATS, WARPNORM_STASH_SLOT_FLOATS,
+    WARPNORM_STRIDED_THREADS,
 };
 use super::tiers::{self, pick_row_tier, Pass, RowTier};
 use super::KernelGeneration;
@@ -129,22 +130,46 @@ const STASH_HEADER_BYTES: u64 =
 
 /// The most CTAs of a thread-block cluster that is portable on sm_90.
 pub(crate) const MAX_CLUSTER: u32 = 8;
+/// The most CTAs of a group that meets in global memory (`kernels/bwd_v2_split.cuh`).
+pub(crate) const MAX_GROUP: u32 = WARPNORM_SPLIT_MAX_CTAS;
 
 /// Threads of a stash CTA: the most a CTA has. One CTA fits on an SM (its 1024 threads'
 /// registers fill the register file, its stash most of the shared memory), so the CTA's own
 /// threads are what keeps loads in flight.
 pub(crate) const STASH_THREADS: u32 = WARPNORM_CTA_MAX_THREADS;
 
+/// How a stashed row is split over CTAs, and where their row sums meet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Split {
+    /// One CTA holds the row (`layer_norm_bwd_stash`).
+    Cta,
+    /// A thread-block cluster of this many CTAs, through distributed shared memory
+    /// (`layer_norm_bwd_cluster`, sm_90).
+    Cluster(u32),
+    /// A group of this many CTAs, through global memory (`layer_norm_bwd_split`, launched
+    /// cooperatively).
+    Group(u32),
+}
+
+impl Split {
+    /// CTAs per row.
+    pub(crate) fn ctas(self) -> u32 {
+        match self {
+            Split::Cta => 1,
+            Split::Cluster(n) | Split::Group(n) => n,
+        }
+    }
+}
+
 /// A backward plan of kernels v2: v1's, or the row stash.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum BwdPlan {
     V1(Plan),
-    /// x and dy read once: a row stashed by one CTA (`cluster` 1,
-    /// `layer_norm_bwd_stash<.., vec>`) or split over a thread-block cluster of `cluster`
-    /// CTAs (`layer_norm_bwd_cluster<.., vec>`); `smem_bytes` per CTA.
+    /// x and dy read once: each row stashed in the shared memory of the CTAs of `split`,
+    /// `smem_bytes` each.
     Stash {
         vec: u32,
-        cluster: u32,
+        split: Split,
         smem_bytes: u32,
     },
 }
@@ -160,29 +185,35 @@ impl BwdPlan {
 
 /// Kernels v2's backward plan, one rule: rows a register tier holds stay there (they read
 /// x and dy once already); longer rows of 16-byte vectors (`vec > 1`) are stashed, x and
-/// dy read once, by the fewest CTAs whose slices fit in their shared memory: one CTA, or
-/// on devices with thread-block clusters (`max_cluster` > 1, sm_90) a cluster of up to
-/// `max_cluster`; the rest (rows longer than that, and the scalar path) take v1's CTA
-/// kernels, which read x and dy twice.
+/// dy read once, by the fewest CTAs whose slices fit in their shared memory: one CTA; up
+/// to `max_cluster` in a thread-block cluster (devices with clusters, sm_90; 1 elsewhere);
+/// up to `max_group` in a group meeting in global memory (1: none); the rest (rows longer
+/// than that, and the scalar path) take v1's CTA kernels, which read x and dy twice.
 pub(crate) fn backward_plan_v2(
     cols: u64,
     vec: u32,
     column: StashColumn,
     max_smem: u32,
     max_cluster: u32,
+    max_group: u32,
 ) -> BwdPlan {
     let v1 = backward_plan(cols, vec, max_smem);
     if vec <= 1 || !matches!(v1, Plan::Cta { .. }) {
         return BwdPlan::V1(v1);
     }
     let vectors = cols / vec as u64;
-    (1..=max_cluster.max(1))
-        .find_map(|cluster| {
-            let slice = vectors.div_ceil(cluster as u64) * vec as u64;
+    (1..=max_cluster.max(max_group).max(1))
+        .find_map(|ctas| {
+            let slice = vectors.div_ceil(ctas as u64) * vec as u64;
             let bytes = column.smem_bytes(slice)?;
+            let split = match ctas {
+                1 => Split::Cta,
+                n if n <= max_cluster => Split::Cluster(n),
+                n => Split::Group(n),
+            };
             (bytes <= max_smem as u64).then_some(BwdPlan::Stash {
                 vec,
-                cluster,
+                split,
                 smem_bytes: bytes as u32,
             })
         })
@@ -282,13 +313,51 @@ pub(crate) fn strided_backward_grid(rows: u64, sm_count: u32) -> u32 {
     rows.div_ceil(STRIDED_THREADS as u64).clamp(1, cap) as u32
 }
 
+/// The backward's workspace, in f32 elements from its start, for `rows` x `cols` on a
+/// device with `sm_count` SMs: a partial row of dscale and one of dbias per CTA (or per
+/// cluster or group of a split row), `parts` x `cols` each, summed in a fixed order by a
+/// finalize kernel (what makes the gradients bitwise reproducible); then, for rows split
+/// over groups of CTAs (`layer_norm_bwd_split`), an arrival counter (a u32) and
+/// 2 x `MAX_GROUP` row-sum slots per group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Workspace {
+    pub parts: u64,
+    pub cols: u64,
+}
+
+impl Workspace {
+    pub(crate) fn of(rows: u64, cols: u64, sm_count: u32) -> Self {
+        Workspace {
+            parts: max_parts(rows, sm_count),
+            cols,
+        }
+    }
+    /// Where the partial rows of dbias start (those of dscale start at 0).
+    pub(crate) fn partial_dbias(&self) -> u64 {
+        self.parts.saturating_mul(self.cols)
+    }
+    /// Where the groups' arrival counters start.
+    pub(crate) fn arrivals(&self) -> u64 {
+        self.partial_dbias().saturating_mul(2)
+    }
+    /// Where the groups' row-sum slots start.
+    pub(crate) fn slots(&self) -> u64 {
+        self.arrivals().saturating_add(self.parts)
+    }
+    /// Its length; saturates for absurd sizes (which every call rejects), so it never
+    /// overflows.
+    pub(crate) fn len(&self) -> u64 {
+        let slots = 2 * (MAX_GROUP * WARPNORM_SPLIT_SLOT_FLOATS) as u64;
+        self.slots()
+            .saturating_add(self.parts.saturating_mul(slots))
+    }
+}
+
 /// f32 elements of the workspace the backward needs for `rows` x `cols` on a device with
-/// `sm_count` SMs: per-CTA partial sums of dscale and dbias, summed in a fixed order by a
-/// finalize kernel (what makes the gradients bitwise reproducible).
-/// Saturates for absurd sizes (which every call rejects), so it never overflows.
+/// `sm_count` SMs ([`Workspace`]).
 pub fn backward_workspace_len(rows: usize, cols: usize, sm_count: u32) -> usize {
-    let parts = usize::try_from(max_parts(rows as u64, sm_count)).unwrap_or(usize::MAX);
-    cols.saturating_mul(2).saturating_mul(parts)
+    let len = Workspace::of(rows as u64, cols as u64, sm_count).len();
+    usize::try_from(len).unwrap_or(usize::MAX)
 }
 
 #[cfg(test)]
@@ -361,18 +430,19 @@ mod tests {
         let f32_layer_norm = column(4, 4, 4, 2);
         let cap = f32_layer_norm.capacity(4, SM90_SMEM);
         assert_eq!(cap, 11_600);
-        let plan = |cols, vec, smem, max_cluster| {
-            backward_plan_v2(cols, vec, f32_layer_norm, smem, max_cluster)
+        // sm_90: clusters of 8, groups of 16; sm_80: groups only.
+        let plan = |cols, smem, max_cluster, max_group| {
+            backward_plan_v2(cols, 4, f32_layer_norm, smem, max_cluster, max_group)
         };
         assert!(matches!(
-            plan(4096, 4, SM90_SMEM, 8),
+            plan(4096, SM90_SMEM, 8, 16),
             BwdPlan::V1(Plan::Rows(_))
         ));
         for cols in [4100, 8192, cap] {
-            let stash = plan(cols, 4, SM90_SMEM, 8);
+            let stash = plan(cols, SM90_SMEM, 8, 16);
             let BwdPlan::Stash {
                 vec: 4,
-                cluster: 1,
+                split: Split::Cta,
                 smem_bytes,
             } = stash
             else {
@@ -380,31 +450,59 @@ mod tests {
             };
             assert_eq!(smem_bytes as u64, 416 + 20 * cols);
         }
-        // Past one CTA: the fewest CTAs of a cluster whose slices fit, where there are
-        // clusters; v1's CTA kernels where there are none, past 8 CTAs, and for the
-        // scalar path.
-        let cluster_of = |cols, max_cluster| match plan(cols, 4, SM90_SMEM, max_cluster) {
-            BwdPlan::Stash { cluster, .. } => Some(cluster),
-            BwdPlan::V1(Plan::Cta { .. }) => None,
-            other => panic!("{cols}: {other:?}"),
-        };
-        assert_eq!(cluster_of(cap + 4, 8), Some(2));
-        assert_eq!(cluster_of(2 * cap, 8), Some(2));
-        assert_eq!(cluster_of(2 * cap + 4, 8), Some(3));
-        assert_eq!(cluster_of(65_536, 8), Some(6));
-        assert_eq!(cluster_of(8 * cap, 8), Some(8));
-        assert_eq!(cluster_of(8 * cap + 4, 8), None);
-        assert_eq!(cluster_of(cap + 4, 1), None);
+        // Past one CTA: the fewest CTAs whose slices fit, in a cluster where there are
+        // clusters and the row needs no more than one holds, else in a group meeting in
+        // global memory; v1's CTA kernels past both, and for the scalar path.
+        let split_of =
+            |cols, smem, max_cluster, max_group| match plan(cols, smem, max_cluster, max_group) {
+                BwdPlan::Stash { split, .. } => Some(split),
+                BwdPlan::V1(Plan::Cta { .. }) => None,
+                other => panic!("{cols}: {other:?}"),
+            };
+        let hopper = |cols| split_of(cols, SM90_SMEM, 8, 16);
+        assert_eq!(hopper(cap + 4), Some(Split::Cluster(2)));
+        assert_eq!(hopper(2 * cap), Some(Split::Cluster(2)));
+        assert_eq!(hopper(2 * cap + 4), Some(Split::Cluster(3)));
+        assert_eq!(hopper(65_536), Some(Split::Cluster(6)));
+        assert_eq!(hopper(8 * cap), Some(Split::Cluster(8)));
+        assert_eq!(hopper(8 * cap + 4), Some(Split::Group(9)));
+        assert_eq!(hopper(16 * cap), Some(Split::Group(16)));
+        assert_eq!(hopper(16 * cap + 4), None);
+        assert_eq!(split_of(8 * cap + 4, SM90_SMEM, 8, 1), None);
+        assert_eq!(split_of(cap + 4, SM90_SMEM, 1, 1), None);
+        let sm80_cap = f32_layer_norm.capacity(4, SM80_SMEM);
+        assert_eq!(sm80_cap, 8324);
+        let ampere = |cols| split_of(cols, SM80_SMEM, 1, 16);
+        assert_eq!(ampere(8192), Some(Split::Cta));
+        assert_eq!(ampere(sm80_cap + 4), Some(Split::Group(2)));
+        assert_eq!(ampere(65_536), Some(Split::Group(8)));
+        assert_eq!(ampere(16 * sm80_cap + 4), None);
         assert!(matches!(
-            backward_plan_v2(8192, 1, f32_layer_norm, SM90_SMEM, 8),
+            backward_plan_v2(8192, 1, f32_layer_norm, SM90_SMEM, 8, 16),
             BwdPlan::V1(Plan::Cta { .. })
         ));
-        assert!(matches!(
-            plan(8192, 4, SM80_SMEM, 1),
-            BwdPlan::Stash { cluster: 1, .. }
-        ));
-        assert!(matches!(plan(cap, 4, SM80_SMEM, 1), BwdPlan::V1(_)));
         assert_eq!(f32_layer_norm.smem_bytes(u64::MAX), None);
+    }
+
+    #[test]
+    fn the_workspace_holds_the_partial_rows_then_the_groups_scratch() {
+        for (rows, cols) in [(0u64, 0u64), (1, 8), (100, 4096), (1 << 20, 65_536)] {
+            let ws = Workspace::of(rows, cols, 132);
+            let parts = max_parts(rows, 132);
+            assert_eq!(ws.partial_dbias(), parts * cols);
+            assert_eq!(ws.arrivals(), 2 * parts * cols);
+            assert_eq!(ws.slots(), ws.arrivals() + parts);
+            // 2 x MAX_GROUP slots of 4 floats per group, at most one group per part.
+            assert_eq!(ws.len(), ws.slots() + parts * 2 * 16 * 4);
+            assert_eq!(
+                backward_workspace_len(rows as usize, cols as usize, 132) as u64,
+                ws.len()
+            );
+        }
+        assert_eq!(
+            backward_workspace_len(usize::MAX, usize::MAX, 132),
+            usize::MAX
+        );
     }
 
     #[test]
@@ -415,10 +513,17 @@ mod tests {
         assert_eq!(backward_grid(1 << 14, 6, 132, 1), 22);
         assert_eq!(backward_grid(5, 2, 132, 1), 5);
         assert_eq!(backward_grid(1 << 14, 8, 1, 1), 1);
+        // A100: groups of 8 CTAs, one per SM: 13 groups, 104 CTAs, all resident at once
+        // (what a cooperative launch needs).
+        assert_eq!(backward_grid(1 << 14, 8, 108, 1), 13);
         for rows in [1u64, 3, 100, 1 << 20] {
-            for cluster in 1..=MAX_CLUSTER {
-                let clusters = backward_grid(rows, cluster, 132, 4) as u64;
-                assert!(clusters >= 1 && clusters <= max_parts(rows, 132));
+            for ctas in 1..=MAX_GROUP {
+                let groups = backward_grid(rows, ctas, 132, 4) as u64;
+                assert!(groups >= 1 && groups <= max_parts(rows, 132));
+                for resident in [1, 2, 4] {
+                    let groups = backward_grid(rows, ctas, 132, resident) as u64;
+                    assert!(groups * ctas as u64 <= 132 * resident as u64);
+                }
             }
         }
     }

@@ -188,6 +188,12 @@ pub mod expr {
     pub fn bwd_cluster(x: &str, vec: u32) -> String {
         format!("warpnorm::layer_norm_bwd_cluster<{}, {vec}>", cuda_type(x))
     }
+    /// Kernels v2: a row too long for one CTA's stash split over a group of CTAs that
+    /// meet in global memory (`kernels/bwd_v2_split.cuh`; devices without clusters, and
+    /// rows past a cluster's CTAs).
+    pub fn bwd_split(x: &str, vec: u32) -> String {
+        format!("warpnorm::layer_norm_bwd_split<{}, {vec}>", cuda_type(x))
+    }
     pub fn bwd_strided(x: &str) -> String {
         format!("warpnorm::layer_norm_bwd_strided<{}>", cuda_type(x))
     }
@@ -261,7 +267,11 @@ pub fn instantiations(source: &str) -> Vec<String> {
         out.push((k.strided)(x));
         if k.pass == Pass::Backward {
             let vec = max_vec(bytes);
-            out.extend([expr::bwd_stash(x, vec), expr::bwd_cluster(x, vec)]);
+            out.extend([
+                expr::bwd_stash(x, vec),
+                expr::bwd_cluster(x, vec),
+                expr::bwd_split(x, vec),
+            ]);
         }
     }
     if k.pass == Pass::Backward {
