@@ -4,8 +4,9 @@
 // 2-8 CTAs (the launch's cluster dimension): CTA rank r stashes the r-th slice of each
 // row (row_slice), and the slices' row sums meet through distributed shared memory: each
 // CTA writes its sums into a slot of its own shared memory, the cluster barrier publishes
-// them, and every CTA adds all the slots in rank order, so that all get the same bits. Clusters stride over the rows; the CTAs of a
-// cluster write the columns of their slices of one partial row, the cluster's.
+// them, and every CTA adds all the slots in rank order, so that all get the same bits.
+// Clusters stride over the rows; the CTAs of a cluster write the columns of their slices
+// of one partial row, the cluster's.
 //
 // sm_80 has no clusters: there the kernel is compiled as a trap, and the host never
 // launches it (select::backward_plan_v2 splits rows over clusters only on devices that
@@ -63,7 +64,7 @@ __global__ void __launch_bounds__(WARPNORM_CTA_MAX_THREADS, 1) layer_norm_bwd_cl
     const long long clusters = gridDim.x / ctas;
     const RowSlice slice = row_slice(p.cols / VEC, rank, ctas);
     ClusterRowSums row_sums{smem, smem + WARPNORM_CTA_SCRATCH_FLOATS, 0};
-    stash_rows<T, VEC>(p, smem, slice.first, slice.count, id, clusters, id, row_sums);
+    stash_rows<T, VEC, false>(p, smem, slice.first, slice.count, id, clusters, id, row_sums);
     // The other CTAs may still be reading this one's slots: its shared memory must
     // outlive their reads.
     cluster.sync();

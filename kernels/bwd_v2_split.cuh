@@ -23,13 +23,14 @@ namespace warpnorm {
 
 // A barrier of the CTAs of a group: each CTA adds one to the group's arrival counter (zero
 // when the kernel starts) and waits until it reaches `ctas` times the barriers passed.
-// Thread 0 of each CTA arrives for the CTA, between two CTA barriers.
+// Thread 0 of each CTA arrives for the CTA, between two CTA barriers, and runs `then`
+// once the group has arrived, before the CTA goes on.
 struct GroupBarrier {
     unsigned* arrivals;
     unsigned ctas;
     unsigned passed;  // the count at which the last barrier passed (thread 0's)
 
-    __device__ __forceinline__ void sync() {
+    template <typename Then> __device__ __forceinline__ void sync(Then then) {
         __syncthreads();
         if (threadIdx.x == 0) {
             passed += ctas;
@@ -41,19 +42,23 @@ struct GroupBarrier {
             while (int(*static_cast<volatile unsigned*>(arrivals) - passed) < 0) __nanosleep(64);
             // What the others wrote before they arrived is read after.
             __threadfence();
+            then();
         }
         __syncthreads();
     }
 };
 
 // A CTA's row sums combined with the other CTAs' of its group, through the group's slots in
-// global memory: [2][ctas][WARPNORM_SPLIT_SLOT_FLOATS]. The two halves alternate between
-// rows, as a cluster's shared-memory slots do: a CTA writes row r + 2's sums over row r's
-// only after the barrier of row r + 1, which no CTA passes before every CTA has read row
-// r's. Slots are read with __ldcg (from L2): a CTA's L1 may hold the line of a slot from
-// two rows before.
+// global memory: [2][ctas][WARPNORM_SPLIT_SLOT_FLOATS]. Thread 0 adds the slots in rank
+// order into the CTA's `totals` (its shared-memory row-sum slots, two of
+// WARPNORM_SPLIT_SLOT_FLOATS), which every thread then reads: one L2 read of each slot per
+// CTA rather than per thread. Both pairs alternate between rows, as a cluster's slots do:
+// a CTA writes row r + 2's sums over row r's only after the barrier of row r + 1, which no
+// CTA passes before every CTA (and every thread of each) has read row r's. Slots are read
+// with __ldcg (from L2): a CTA's L1 may hold the line of a slot from two rows before.
 struct GroupRowSums {
     float* scratch;
+    float* totals;
     float* slots;
     unsigned rank;
     int parity;
@@ -61,21 +66,25 @@ struct GroupRowSums {
 
     template <int K> __device__ __forceinline__ void reduce(float (&v)[K]) {
         constexpr int kSlot = WARPNORM_SPLIT_SLOT_FLOATS;
-        static_assert(K <= kSlot, "a slot holds a row's sums");
+        static_assert(K <= kSlot && 2 * kSlot <= WARPNORM_STASH_SLOT_FLOATS, "a slot holds a row's sums");
         cta_sum<K>(v, scratch);
         float* row_slots = slots + parity * barrier.ctas * kSlot;
+        float* total = totals + parity * kSlot;
         parity ^= 1;
         if (threadIdx.x == 0) {
 #pragma unroll
             for (int k = 0; k < K; ++k) row_slots[rank * kSlot + k] = v[k];
         }
-        barrier.sync();
+        barrier.sync([&] {
 #pragma unroll
-        for (int k = 0; k < K; ++k) {
-            float total = 0.f;
-            for (unsigned r = 0; r < barrier.ctas; ++r) total += __ldcg(&row_slots[r * kSlot + k]);
-            v[k] = total;
-        }
+            for (int k = 0; k < K; ++k) {
+                float sum = 0.f;
+                for (unsigned r = 0; r < barrier.ctas; ++r) sum += __ldcg(&row_slots[r * kSlot + k]);
+                total[k] = sum;
+            }
+        });
+#pragma unroll
+        for (int k = 0; k < K; ++k) v[k] = total[k];
     }
 };
 
@@ -89,8 +98,9 @@ __global__ void __launch_bounds__(WARPNORM_CTA_MAX_THREADS, 1) layer_norm_bwd_sp
     const unsigned rank = blockIdx.x % ctas;
     const RowSlice slice = row_slice(p.bwd.cols / VEC, rank, ctas);
     float* slots = p.slots + group * 2 * ctas * WARPNORM_SPLIT_SLOT_FLOATS;
-    GroupRowSums row_sums{smem, slots, rank, 0, GroupBarrier{p.arrivals + group, unsigned(ctas), 0}};
-    stash_rows<T, VEC>(p.bwd, smem, slice.first, slice.count, group, groups, group, row_sums);
+    GroupRowSums row_sums{smem, smem + WARPNORM_CTA_SCRATCH_FLOATS, slots, rank, 0,
+                          GroupBarrier{p.arrivals + group, unsigned(ctas), 0}};
+    stash_rows<T, VEC, false>(p.bwd, smem, slice.first, slice.count, group, groups, group, row_sums);
 }
 
 }  // namespace warpnorm

@@ -126,8 +126,11 @@ __device__ __forceinline__ RowSlice row_slice(long long vectors, long long rank,
 // Backward of the rows first_row, first_row + row_step, ... over this CTA's part of each
 // row, the vectors [first_vector, first_vector + vectors) (what the stash holds), with
 // `row_sums` completing each row's sums over the whole row. Writes the part's columns of
-// partial row `part`.
-template <typename T, int VEC, typename RowSums>
+// partial row `part`. With PREFETCH, x and dy have two stashes: while a row is reduced
+// from one, the next row's x and dy are copied into the other asynchronously (cp.async),
+// so the loads of a CTA that holds a short row are in flight while it computes. Each
+// thread copies the vectors it later reads, so its own wait is the only synchronisation.
+template <typename T, int VEC, bool PREFETCH, typename RowSums>
 __device__ __forceinline__ void stash_rows(const WarpnormBwdParams& p, float* smem, long long first_vector,
                                            long long vectors, long long first_row, long long row_step,
                                            long long part, RowSums& row_sums) {
@@ -146,9 +149,18 @@ __device__ __forceinline__ void stash_rows(const WarpnormBwdParams& p, float* sm
         next += bytes;
         return StashRow<VEC>{at, vectors};
     };
-    const StashRow<VEC> x_stash = take(StashRow<VEC>::template bytes<T>(vectors));
     const bool dy_f32 = stored_as_f32(p.out_dtype);
-    const MixedStash<T, VEC> dy_stash{take(MixedStash<T, VEC>::bytes(vectors, dy_f32)), dy_f32};
+    const StashRow<VEC> x_first = take(StashRow<VEC>::template bytes<T>(vectors));
+    take(MixedStash<T, VEC>::bytes(vectors, dy_f32));
+    // With PREFETCH a second x and dy stash follows the first: stash b lies b * `buffer`
+    // bytes on (an offset, not an array of stashes, which would be indexed at run time).
+    const long long buffer = next - x_first.base;
+    if (PREFETCH) next += buffer;
+    const auto x_stash = [&](int b) { return StashRow<VEC>{x_first.base + b * buffer, vectors}; };
+    const auto dy_stash = [&](int b) {
+        const StashRow<VEC> row{x_first.base + b * buffer + StashRow<VEC>::template bytes<T>(vectors), vectors};
+        return MixedStash<T, VEC>{row, dy_f32};
+    };
     const bool scale_f32 = stored_as_f32(p.param_dtype);
     const MixedStash<T, VEC> scale_stash{take(p.scale ? MixedStash<T, VEC>::bytes(vectors, scale_f32) : 0), scale_f32};
     const StashRow<VEC> acc_scale = take(want_scale ? StashRow<VEC>::template bytes<float>(vectors) : 0);
@@ -174,45 +186,88 @@ __device__ __forceinline__ void stash_rows(const WarpnormBwdParams& p, float* sm
             for (int i = 0; i < VEC; ++i) scale[i] = 1.f;
         }
     };
-
-    for (long long row = first_row; row < p.rows; row += row_step) {
-        const RowTerms t = row_terms_per_warp(p, row);
+    // Row `row`'s x and dy into stash `b`, as stored (16-byte copies), as one group.
+    const auto prefetch = [&](long long row, int b) {
         const T* x_row = static_cast<const T*>(p.x) + row * p.x_stride + first_col;
         const long long dy_row = row * p.dy_stride + first_col;
-
-        // Pass 1: load x and dy (kBatch vectors in flight), add them to the row sums and
-        // stash them.
-        float sums[3] = {0.f, 0.f, 0.f};  // S1, S2, n (the mask's count)
-        for (long long first = threadIdx.x; first < vectors; first += kBatch * threads) {
-            float x[kBatch][VEC], dy[kBatch][VEC];
+        for (long long v = threadIdx.x; v < vectors; v += threads) {
+            copy_async_16(x_stash(b).template chunk<T>(v, 0), x_row + v * VEC);
+            if (dy_f32) {
+                const float* dy = static_cast<const float*>(p.dy) + dy_row + v * VEC;
 #pragma unroll
-            for (int b = 0; b < kBatch; ++b) {
-                const long long v = first + b * threads;
-                if (v < vectors) {
-                    load_vec<T, VEC>(x_row + v * VEC, x[b]);
-                    in.dy.template load<VEC>(dy_row + v * VEC, dy[b]);
-                }
+                for (int c = 0; c < VEC / 4; ++c) copy_async_16(dy_stash(b).row.template chunk<float>(v, c), dy + 4 * c);
+            } else {
+                copy_async_16(dy_stash(b).row.template chunk<T>(v, 0), static_cast<const T*>(p.dy) + dy_row + v * VEC);
             }
-#pragma unroll
-            for (int b = 0; b < kBatch; ++b) {
-                const long long v = first + b * threads;
-                if (v >= vectors) continue;
-                float scale[VEC], m[VEC];
+        }
+        copy_async_commit();
+    };
+    // dy from stash `b`. A prefetched stash holds dy as stored, so keras' rounding of an f32
+    // dy to x's dtype applies here (on values pass 1 stored rounded it changes nothing).
+    const auto stashed_dy = [&](int b, long long v, float* dy) {
+        dy_stash(b).get(v, dy);
+        if (PREFETCH && in.dy.rounded) round_to<T, VEC>(dy, dy);
+    };
+
+    int b = 0;  // the stash of the current row
+    if (PREFETCH && first_row < p.rows) prefetch(first_row, b);
+    for (long long row = first_row; row < p.rows; row += row_step) {
+        const RowTerms t = row_terms_per_warp(p, row);
+
+        // Pass 1: x and dy into the row sums and the stash.
+        float sums[3] = {0.f, 0.f, 0.f};  // S1, S2, n (the mask's count)
+        if constexpr (PREFETCH) {
+            // The next row's copies go out (an empty group after the last row, so that
+            // waiting for all but the latest group always means this row's).
+            if (row + row_step < p.rows) {
+                prefetch(row + row_step, b ^ 1);
+            } else {
+                copy_async_commit();
+            }
+            copy_async_wait<1>();
+            for (long long v = threadIdx.x; v < vectors; v += threads) {
+                float x[VEC], dy[VEC], scale[VEC], m[VEC];
+                x_stash(b).template get<T>(v, x);
+                stashed_dy(b, v, dy);
                 scale_of(v, scale);
                 in.mask.template load<VEC>(row * p.mask_stride + first_col + v * VEC, m);
-                add_row_sums<VEC>(t, x[b], dy[b], scale, m, sums);
-                x_stash.template put<T>(v, x[b]);
-                dy_stash.put(v, dy[b]);
+                add_row_sums<VEC>(t, x, dy, scale, m, sums);
+            }
+        } else {
+            // Loads from global memory (kBatch vectors in flight), stashed as they arrive.
+            const T* x_row = static_cast<const T*>(p.x) + row * p.x_stride + first_col;
+            const long long dy_row = row * p.dy_stride + first_col;
+            for (long long first = threadIdx.x; first < vectors; first += kBatch * threads) {
+                float x[kBatch][VEC], dy[kBatch][VEC];
+#pragma unroll
+                for (int k = 0; k < kBatch; ++k) {
+                    const long long v = first + k * threads;
+                    if (v < vectors) {
+                        load_vec<T, VEC>(x_row + v * VEC, x[k]);
+                        in.dy.template load<VEC>(dy_row + v * VEC, dy[k]);
+                    }
+                }
+#pragma unroll
+                for (int k = 0; k < kBatch; ++k) {
+                    const long long v = first + k * threads;
+                    if (v >= vectors) continue;
+                    float scale[VEC], m[VEC];
+                    scale_of(v, scale);
+                    in.mask.template load<VEC>(row * p.mask_stride + first_col + v * VEC, m);
+                    add_row_sums<VEC>(t, x[k], dy[k], scale, m, sums);
+                    x_stash(b).template put<T>(v, x[k]);
+                    dy_stash(b).put(v, dy[k]);
+                }
             }
         }
         complete_row_sums(sums, p.mask != nullptr, float(p.cols), [&](auto& v) { row_sums.reduce(v); });
         const RowGrad g = t.grad(sums[0], sums[1], sums[2]);
 
-        // Pass 2: dx from the stash, and this thread's dscale / dbias sums.
+    // Pass 2: dx from the stash, and this thread's dscale / dbias sums.
         for (long long v = threadIdx.x; v < vectors; v += threads) {
             float x[VEC], dy[VEC], scale[VEC], m[VEC], dx[VEC];
-            x_stash.template get<T>(v, x);
-            dy_stash.get(v, dy);
+            x_stash(b).template get<T>(v, x);
+            stashed_dy(b, v, dy);
             scale_of(v, scale);
             in.mask.template load<VEC>(row * p.mask_stride + first_col + v * VEC, m);
 #pragma unroll
@@ -232,6 +287,7 @@ __device__ __forceinline__ void stash_rows(const WarpnormBwdParams& p, float* sm
                 acc_bias.template put<float>(v, acc);
             }
         }
+        if constexpr (PREFETCH) b ^= 1;
     }
 
     // The part's columns of the partial rows, each written once (element by element: the
@@ -253,13 +309,15 @@ __device__ __forceinline__ void stash_rows(const WarpnormBwdParams& p, float* sm
 }
 
 // The stash kernel: a CTA per row, the whole row stashed. VEC is x's 16-byte vector (the
-// host only picks it for aligned rows longer than the register tiers hold, when the stash
-// fits: select::backward_plan_v2).
-template <typename T, int VEC>
+// host picks it for aligned rows: select::backward_plan_v2): without PREFETCH, rows longer
+// than the register tiers hold, by CTAs of 1024 threads; with PREFETCH, the rows of the
+// CTA register tiers, by a CTA sized to the row, the next row copied in while one is
+// reduced.
+template <typename T, int VEC, bool PREFETCH>
 __global__ void __launch_bounds__(WARPNORM_CTA_MAX_THREADS, 1) layer_norm_bwd_stash(const WarpnormBwdParams p) {
     WARPNORM_DYNAMIC_SMEM(smem);
     CtaRowSums row_sums{smem};
-    stash_rows<T, VEC>(p, smem, 0, p.cols / VEC, blockIdx.x, gridDim.x, blockIdx.x, row_sums);
+    stash_rows<T, VEC, PREFETCH>(p, smem, 0, p.cols / VEC, blockIdx.x, gridDim.x, blockIdx.x, row_sums);
 }
 
 }  // namespace warpnorm

@@ -98,6 +98,25 @@ __device__ __forceinline__ void store_vec(T* __restrict__ dst, const float* src)
 }
 
 // ---------------------------------------------------------------------------------------
+// Asynchronous copies, global -> shared memory (sm_80's cp.async): a thread issues 16-byte
+// copies, closes them into a group, and later waits until all but its N latest groups have
+// landed. Only the issuing thread may rely on the data after its wait (others need a
+// barrier too). The CPU emulation defines its own, which copy at the wait, so that a read
+// before it finds the shared memory's poison.
+// ---------------------------------------------------------------------------------------
+#ifdef __CUDA_ARCH__
+__device__ __forceinline__ void copy_async_16(void* shared_dst, const void* global_src) {
+    const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(shared_dst));
+    // .cg: cached in L2 only, as the data is read once from shared memory.
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(global_src) : "memory");
+}
+__device__ __forceinline__ void copy_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N> __device__ __forceinline__ void copy_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+#endif
+
+// ---------------------------------------------------------------------------------------
 // Tensors stored either in x's dtype T or in f32, as each call chooses (flax's param_dtype
 // for scale and bias, dtype for y and dy): a branch that is uniform across the grid, where
 // a template argument per tensor would triple the kernels compiled.

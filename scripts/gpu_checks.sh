@@ -222,16 +222,19 @@ stage_smoke() {
 }
 
 stage_full() {
-    step tests-gpu_kernels 22 "$(bin test-gpu_kernels)" --test-threads=1 --skip over_2_pow_31
+    step tests-gpu_kernels 18 "$(bin test-gpu_kernels)" --test-threads=1 --skip over_2_pow_31
     step tests-gpu_kernels-v2 12 env WARPNORM_KERNELS=v2 "$(bin test-gpu_kernels)" \
         --test-threads=1 --skip over_2_pow_31
-    step tests-over_2_pow_31 10 "$(bin test-gpu_kernels)" --test-threads=1 over_2_pow_31
+    step tests-over_2_pow_31 8 "$(bin test-gpu_kernels)" --test-threads=1 over_2_pow_31
     step tests-layer 6 "$(bin test-layer)" --test-threads=1
     step tests-sharded 6 "$(bin test-sharded)" --test-threads=1
     for tool in memcheck racecheck synccheck initcheck; do
         step "sanitize-$tool" 11 --gpu-tool bash scripts/sanitize.sh --tool "$tool" \
             "$(bin test-gpu_kernels)" "$(files_of "sanitize-$tool")"
     done
+    # Kernels v2's shared memory (the stashes, cp.async, distributed shared memory).
+    step sanitize-racecheck-v2 6 --gpu-tool env WARPNORM_KERNELS=v2 bash scripts/sanitize.sh \
+        --tool racecheck "$(bin test-gpu_kernels)" "$(files_of sanitize-racecheck-v2)"
 }
 
 stage_bench() {

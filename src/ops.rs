@@ -63,7 +63,8 @@ pub struct Backward<'a, T, P, O> {
     pub dx: &'a mut dyn DevicePtrMut<T>,
     pub dscale: Option<&'a mut dyn DevicePtrMut<P>>,
     pub dbias: Option<&'a mut dyn DevicePtrMut<P>>,
-    /// At least [`backward_workspace_len`] f32: per-CTA partial sums of dscale / dbias.
+    /// At least [`backward_workspace_len`] f32: per-CTA partial sums of dscale / dbias,
+    /// and the barrier counters and row-sum slots of rows split over groups of CTAs.
     pub workspace: &'a mut dyn DevicePtrMut<f32>,
 }
 
@@ -141,7 +142,6 @@ pub fn backward<T: Element, P: Element, O: Element>(
         dscale,
         dbias,
         workspace,
-        workspace_len: need,
     };
     norm::backward::<_, T>(&bufs.launcher(), spec, layout, d, addrs)
 }

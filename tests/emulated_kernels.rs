@@ -140,6 +140,52 @@ fn v2_long_row_backward_every_variant() {
     assert_no_failures(findings);
 }
 
+/// Kernels v2 on the rows of v1's CTA register tiers: stashed twice over by a CTA of the
+/// tier's threads, the next row copied in asynchronously while one is reduced. Nine rows
+/// on the emulated grid of four CTAs, so that every CTA prefetches; every variant in three
+/// dtype combinations, and the launches prove the path. (The emulation lands an
+/// asynchronous copy only at the wait that covers it: a read before would find NaN.)
+#[test]
+fn v2_register_tier_rows_take_the_prefetching_stash() {
+    use half::f16;
+    let cases: [(Dtypes, &[usize]); 3] = [
+        (dtypes::<f32, f32, f32>(), &[1000, 4096]),
+        (dtypes::<bf16, f32, bf16>(), &[2048, 8192]),
+        (dtypes::<f16, f16, f32>(), &[4096]),
+    ];
+    let mut failures = Vec::new();
+    let ((), launches) = emulator::traffic(|| {
+        for (d, lengths) in cases {
+            for &cols in lengths {
+                for variant in Variant::ALL {
+                    if variant.config(d.param, d.out).validate().is_err() {
+                        continue;
+                    }
+                    let case = Case::of(variant, d, 9, cols, seed() ^ cols as u64).unwrap();
+                    let v2 = Some(KernelGeneration::V2);
+                    let found = kernel_matrix::failures(&Kernels::Emulator, &case, v2).unwrap();
+                    let label = format!("{variant:?} x {} cols {cols}", d.x);
+                    failures.extend(found.iter().map(|f| format!("{label}: {f}")));
+                }
+            }
+        }
+    });
+    let backwards: Vec<&str> = launches
+        .iter()
+        .map(|l| l.kernel.as_str())
+        // (The channels-first variant's rows are strided: its own kernel.)
+        .filter(|k| k.contains("_bwd") && !k.contains("strided"))
+        .collect();
+    assert!(
+        !backwards.is_empty()
+            && backwards
+                .iter()
+                .all(|k| k.contains("layer_norm_bwd_stash<") && k.ends_with(", true>")),
+        "{backwards:?}"
+    );
+    assert_none(failures);
+}
+
 /// Kernels v2's long-row backward on a device without thread-block clusters (an A100's
 /// limits): rows past one CTA's stash split over a group of CTAs whose row sums meet in
 /// global memory, launched cooperatively (f32: groups of 2 and 5; 16-bit: 3 and 4), never

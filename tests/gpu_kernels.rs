@@ -57,9 +57,10 @@ fn every_dtype_variant_and_length_matches_the_reference() {
         return;
     };
     // WARPNORM_QUICK (set by scripts/sanitize.sh and the smoke stage of
-    // scripts/gpu_checks.sh) keeps one length per tier: with WARPNORM_KERNELS=v2 on an
-    // sm_90 device, 8192 takes the row stash, 70000 a cluster and 131072 a cooperative
-    // group of CTAs.
+    // scripts/gpu_checks.sh) keeps one length per tier. With WARPNORM_KERNELS=v2 on an
+    // sm_90 device: 1000 (f32) and 8192 (16-bit) take the prefetching stash, 8192 (f32)
+    // the stash, 70000 a cluster, 131072 a cooperative group of CTAs (f32, and 16-bit x
+    // with f32 parameters or dy; all-16-bit rows fit a cluster of 8).
     let quick = [1, 33, 1000, 1025, 8192, 70_000, 131_072];
     let lengths: &[usize] = if std::env::var_os("WARPNORM_QUICK").is_some() {
         &quick

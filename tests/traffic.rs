@@ -217,7 +217,7 @@ fn paths() -> Vec<Path> {
             pass: Backward,
             device: EmulatedDevice::Hopper,
             kernel: "layer_norm_bwd<",
-            layout: rows(32, 1024),
+            layout: rows(32, 512),
             rms: false,
             reasons: &[ScaleTwiceEveryRow],
             v2: None,
@@ -230,14 +230,15 @@ fn paths() -> Vec<Path> {
             layout: rows(16, 4096),
             rms: false,
             reasons: &[ScaleTwiceEveryRow],
-            v2: None,
+            // The row stashed twice over, the next one prefetched.
+            v2: Some(("layer_norm_bwd_stash<", &[ScaleOncePerCta])),
         },
         Path {
             name: "bwd rows, RMSNorm (no dbias)",
             pass: Backward,
             device: EmulatedDevice::Hopper,
             kernel: "layer_norm_bwd<",
-            layout: rows(32, 1024),
+            layout: rows(32, 512),
             rms: true,
             reasons: &[ScaleTwiceEveryRow],
             v2: None,
@@ -294,7 +295,7 @@ fn paths() -> Vec<Path> {
             layout: rows(16, 8192),
             rms: false,
             reasons: &[ScaleTwiceEveryRow, SecondReadOfXAndDy],
-            v2: Some(("layer_norm_bwd_stash<float, 4>", &[ScaleOncePerCta])),
+            v2: Some(("layer_norm_bwd_stash<float, 4, false>", &[ScaleOncePerCta])),
         },
         Path {
             name: "bwd long row, f32 RMSNorm",
@@ -304,7 +305,7 @@ fn paths() -> Vec<Path> {
             layout: rows(16, 8192),
             rms: true,
             reasons: &[ScaleTwiceEveryRow, SecondReadOfXAndDy],
-            v2: Some(("layer_norm_bwd_stash<float, 4>", &[ScaleOncePerCta])),
+            v2: Some(("layer_norm_bwd_stash<float, 4, false>", &[ScaleOncePerCta])),
         },
         Path {
             name: "bwd long row, 16-bit",
@@ -314,7 +315,10 @@ fn paths() -> Vec<Path> {
             layout: rows(16, 12288),
             rms: false,
             reasons: &[ScaleTwiceEveryRow, SecondReadOfXAndDy],
-            v2: Some(("layer_norm_bwd_stash<__nv_bfloat16, 8>", &[ScaleOncePerCta])),
+            v2: Some((
+                "layer_norm_bwd_stash<__nv_bfloat16, 8, false>",
+                &[ScaleOncePerCta],
+            )),
         },
         Path {
             name: "bwd long row, no clusters",

@@ -2,11 +2,11 @@
 //
 // Every CUDA thread of a launch is a fiber (fibers.h) and blocks run one after another,
 // except the blocks of a thread-block cluster, which run together (cooperative_groups.h),
-// and those of a cooperative launch, which all run together.
-// That makes `__shared__` variables statics of the OS thread running the launch (one block
-// owns them at a time; cluster kernels use dynamic shared memory only), `__syncthreads` a
-// block-wide barrier and the warp shuffles an exchange through a per-warp buffer between
-// two warp barriers. It models what the kernels rely on: a kernel whose lanes diverge at a
+// and those of a cooperative launch, which all run together. That makes `__shared__`
+// variables statics of the OS thread running the launch (one block owns them at a time;
+// cluster and cooperative kernels, whose blocks run together, use dynamic shared memory
+// only), `__syncthreads` a block-wide barrier and the warp shuffles an exchange through a
+// per-warp buffer between two warp barriers. It models what the kernels rely on: a kernel whose lanes diverge at a
 // shuffle or barrier deadlocks, which the launch reports, as it would be undefined
 // behaviour on a GPU. Shared memory starts as NaN so that a read before a write shows up
 // in the results. Global-memory accesses (WARPNORM_TRAFFIC in common.cuh) are counted per
@@ -16,6 +16,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <vector>
 
 #include "fibers.h"
 
@@ -49,6 +50,15 @@ struct ThreadContext {
     float* const* cluster_smem;
     // Global-memory bytes this thread loaded and stored in the current launch.
     unsigned long long loaded, stored;
+    // Its asynchronous copies not landed yet, each with the group it belongs to (the
+    // number of groups committed before it), and the groups committed.
+    struct AsyncCopy {
+        void* dst;
+        const void* src;
+        unsigned group;
+    };
+    std::vector<AsyncCopy> async_copies;
+    unsigned async_groups;
 };
 
 inline ThreadContext& ctx() { return *current; }
@@ -107,11 +117,31 @@ inline float __shfl_down_sync(unsigned, float v, unsigned delta) {
 inline unsigned atomicAdd(unsigned* address, unsigned v) {
     const unsigned old = *address;
     *address = old + v;
+    warpnorm_emu::Scheduler::of_this_os_thread().note_write();
     return old;
 }
 inline void __threadfence() {}
 inline void __nanosleep(unsigned) { warpnorm_emu::Scheduler::of_this_os_thread().yield(); }
 inline float __ldcg(const float* address) { return *address; }
+
+// Asynchronous copies (common.cuh): issued copies wait in the thread's list and land at
+// the wait that covers their group, not before, so that a kernel reading a copy's target
+// without waiting for it reads the shared memory's NaN poison (or the previous row).
+// Their global-memory bytes count when they are issued.
+inline void copy_async_16(void* shared_dst, const void* global_src) {
+    auto& c = warpnorm_emu::ctx();
+    warpnorm_emu::count_traffic(global_src, 16, false);
+    c.async_copies.push_back({shared_dst, global_src, c.async_groups});
+}
+inline void copy_async_commit() { ++warpnorm_emu::ctx().async_groups; }
+template <int N> inline void copy_async_wait() {
+    auto& c = warpnorm_emu::ctx();
+    std::erase_if(c.async_copies, [&](const warpnorm_emu::ThreadContext::AsyncCopy& copy) {
+        if (copy.group + N >= c.async_groups) return false;
+        std::memcpy(copy.dst, copy.src, 16);
+        return true;
+    });
+}
 
 struct float2 {
     float x, y;

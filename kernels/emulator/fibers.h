@@ -175,6 +175,7 @@ class Scheduler {
 
     // The running thread waits at `b` until all `b.count` threads have arrived.
     void wait(Barrier& b) {
+        ++events_;
         if (++b.arrived == b.count) {
             b.arrived = 0;
             ++b.phase;
@@ -185,6 +186,9 @@ class Scheduler {
         f.released_at = b.phase + 1;
         Context::swap(f.context, scheduler_);
     }
+
+    // Something another thread may be spinning on changed (an atomic update).
+    void note_write() { ++events_; }
 
     // The running thread lets the others run: it spins on memory that another thread
     // writes (a barrier in global memory), and runs again on the next pass.
@@ -219,6 +223,9 @@ class Scheduler {
     std::vector<Fiber> fibers_;
     Stacks stacks_;
     std::size_t running_ = 0;
+    // Barrier arrivals and atomic updates so far: a fiber's run that changed nothing of
+    // them, between two spins, made no progress.
+    unsigned long long events_ = 0;
     Body body_ = nullptr;
     const void* arg_ = nullptr;
 };
@@ -250,8 +257,10 @@ inline Scheduler::Outcome Scheduler::run(ThreadContext* const* threads, std::siz
     // ascending order of thread index on one pass and descending on the next, so that a
     // read racing a write between the same barriers meets both orders (a missing barrier
     // shows up whichever thread of the two writes). A pass with some fibers unfinished in
-    // which none made progress is a deadlock: none could run, or those that ran only
-    // spun again (a spinning thread only reads, so another pass would change nothing).
+    // which none made progress is a deadlock: none could run, or those that ran went from
+    // one spin to the next without arriving at a barrier or updating memory atomically (a
+    // spin loop only reads, and what it waits for is published by an atomic update, so
+    // another pass would change nothing).
     std::size_t unfinished = n;
     bool ascending = true;
     while (unfinished > 0) {
@@ -261,12 +270,13 @@ inline Scheduler::Outcome Scheduler::run(ThreadContext* const* threads, std::siz
             Fiber& f = fibers_[i];
             if (!runnable(f)) continue;
             const bool was_spinning = f.spinning;
+            const unsigned long long events = events_;
             f.waiting_on = nullptr;
             f.spinning = false;
             running_ = i;
             current = f.thread;
             Context::swap(scheduler_, f.context);
-            if (!(was_spinning && f.spinning)) progressed = true;
+            if (!(was_spinning && f.spinning && events_ == events)) progressed = true;
             if (f.finished) --unfinished;
         }
         if (!progressed) break;

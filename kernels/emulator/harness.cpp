@@ -156,6 +156,8 @@ extern "C" int warpnorm_emu_launch(const char* expr, const void* params, unsigne
         for (unsigned t = 0; t < threads; ++t) {
             const unsigned b = first + member_of[t];
             contexts[t].block = {b % grid_x, b / grid_x, 0};
+            contexts[t].async_copies.clear();
+            contexts[t].async_groups = 0;
         }
         switch (scheduler.run(context_of.data(), threads, run, params)) {
             case warpnorm_emu::Scheduler::Outcome::Finished:

@@ -151,6 +151,8 @@ impl Launch for Emulator {
         device().max_cluster()
     }
 
+    /// Groups of every size: the emulation runs a cooperative launch's blocks together
+    /// however many there are (it does not model how many fit on its one SM).
     fn max_group(&self) -> u32 {
         select::MAX_GROUP
     }
@@ -167,14 +169,9 @@ impl Launch for Emulator {
         grouping: Grouping,
     ) -> Result<()> {
         let name = CString::new(expr).map_err(|_| Error::Unsupported(expr.to_string()))?;
+        grouping.check(expr, cfg.grid_dim.0, self.max_cluster(), self.max_group())?;
         let (cluster, cooperative, group) = match grouping {
             Grouping::Clusters(n) => (n, 0, n),
-            Grouping::Groups(n) if n == 0 || !cfg.grid_dim.0.is_multiple_of(n) => {
-                return Err(Error::Unsupported(format!(
-                    "{expr}: cooperative groups of {n} CTAs with a grid of {:?}",
-                    cfg.grid_dim
-                )))
-            }
             Grouping::Groups(n) => (1, 1, n),
         };
         let (mut loaded, mut stored): (c_ulonglong, c_ulonglong) = (0, 0);
@@ -242,12 +239,11 @@ impl Launch for Emulator {
         }
     }
 
-    fn zero_words(&self, at: u64, words: u64) -> Result<()> {
+    unsafe fn zero_words(&self, at: u64, words: u64) -> Result<()> {
         let words = usize::try_from(words)
             .map_err(|_| Error::Unsupported(format!("zeroing {words} words")))?;
-        // SAFETY: as for `Launch::zero_words`: `words` u32 at `at` lie in a host slice
-        // (the workspace) whose length a public function below checked and which the call
-        // borrows uniquely; f32 slices are 4-byte aligned.
+        // SAFETY: the caller's contract (`Launch::zero_words`): `words` u32 at `at` lie in
+        // host memory it may write, 4-byte aligned.
         unsafe { std::ptr::write_bytes(at as *mut u32, 0, words) };
         Ok(())
     }
@@ -348,7 +344,6 @@ pub fn backward<T: Element, P: Element, O: Element>(
             .transpose()?,
         dbias: a.dbias.map(|s| addr_mut("dbias", s, n.cols)).transpose()?,
         workspace: addr_mut("workspace", a.workspace, need)?,
-        workspace_len: need,
     };
     norm::backward::<_, T>(&Emulator, spec, layout, d, addrs)
 }

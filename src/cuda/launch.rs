@@ -50,9 +50,14 @@ pub(crate) trait Launch {
         cfg: LaunchConfig,
         grouping: Grouping,
     ) -> Result<()>;
-    /// Sets `words` u32 at device address `at` (inside a buffer a call checked) to zero,
-    /// in stream order before the next launch.
-    fn zero_words(&self, at: u64, words: u64) -> Result<()>;
+    /// Sets `words` u32 at device address `at` to zero, in stream order before the next
+    /// launch.
+    ///
+    /// # Safety
+    ///
+    /// `words` u32 from `at` must lie in a buffer of this launcher's device (host memory
+    /// for the emulator) that the caller may write, 4-byte aligned.
+    unsafe fn zero_words(&self, at: u64, words: u64) -> Result<()>;
 }
 
 /// Which CTAs of a launch run at the same time.
@@ -115,9 +120,10 @@ impl Launch for OnStream<'_> {
         // and crate::dist): x / y / dx / dy / mask cover every
         // row at their strides, scale / bias / dscale / dbias hold `cols` elements, mean /
         // rstd / dvar `rows`, the statistics and sums their documented layouts, the
-        // workspace at least as many partial rows as the grid writes, and every pointer and
-        // stride is aligned for the vector width chosen; all buffers belong to this
-        // stream's context. The kernels touch nothing else, and `cfg` comes from the same
+        // workspace (`select::Workspace`) at least as many partial rows as the grid writes
+        // and, for the split backward, a counter (zeroed before the launch) and the slots
+        // of every group, and every pointer and stride is aligned for the vector width
+        // chosen; all buffers belong to this stream's context. The kernels touch nothing else, and `cfg` comes from the same
         // plan that sized the shared memory.
         unsafe { self.stream.launch_builder(&f).arg(params).launch(cfg) }?;
         Ok(())
@@ -147,46 +153,28 @@ impl Launch for OnStream<'_> {
         cfg: LaunchConfig,
         grouping: Grouping,
     ) -> Result<()> {
+        grouping.check(expr, cfg.grid_dim.0, self.max_cluster(), self.max_group())?;
         let value = match grouping {
             Grouping::Clusters(1) => return self.launch(source, expr, params, cfg),
-            Grouping::Clusters(cluster) => {
-                if cluster == 0
-                    || cluster > self.max_cluster()
-                    || !cfg.grid_dim.0.is_multiple_of(cluster)
-                {
-                    return Err(Error::Unsupported(format!(
-                        "{expr}: clusters of {cluster} CTAs with a grid of {:?} on this device",
-                        cfg.grid_dim
-                    )));
-                }
-                (
-                    sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION,
-                    sys::CUlaunchAttributeValue {
-                        clusterDim: sys::CUlaunchAttributeValue_union__bindgen_ty_1 {
-                            x: cluster,
-                            y: 1,
-                            z: 1,
-                        },
+            Grouping::Clusters(cluster) => (
+                sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION,
+                sys::CUlaunchAttributeValue {
+                    clusterDim: sys::CUlaunchAttributeValue_union__bindgen_ty_1 {
+                        x: cluster,
+                        y: 1,
+                        z: 1,
                     },
-                )
+                },
+            ),
+            Grouping::Groups(_) if !self.be.info.cooperative_launch => {
+                return Err(Error::Unsupported(format!(
+                    "{expr}: this device cannot launch kernels cooperatively"
+                )))
             }
-            Grouping::Groups(group) => {
-                if !self.be.info.cooperative_launch
-                    || group == 0
-                    || group > self.max_group()
-                    || !cfg.grid_dim.0.is_multiple_of(group)
-                {
-                    return Err(Error::Unsupported(format!(
-                        "{expr}: cooperative groups of {group} CTAs with a grid of {:?} on this \
-                         device",
-                        cfg.grid_dim
-                    )));
-                }
-                (
-                    sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_COOPERATIVE,
-                    sys::CUlaunchAttributeValue { cooperative: 1 },
-                )
-            }
+            Grouping::Groups(_) => (
+                sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_COOPERATIVE,
+                sys::CUlaunchAttributeValue { cooperative: 1 },
+            ),
         };
         let f = self.be.function(source, expr)?;
         // cuLaunchKernelEx acts on the current context.
@@ -229,15 +217,39 @@ impl Launch for OnStream<'_> {
         Ok(())
     }
 
-    fn zero_words(&self, at: u64, words: u64) -> Result<()> {
+    unsafe fn zero_words(&self, at: u64, words: u64) -> Result<()> {
         let words = usize::try_from(words)
             .map_err(|_| Error::Unsupported(format!("zeroing {words} words")))?;
         // cuMemsetD32Async acts on the current context.
         self.stream.context().bind_to_thread()?;
-        // SAFETY: the caller's contract (`Launch::zero_words`): `words` u32 at `at` lie in
-        // a device buffer of this stream's context that a call checked, 4-byte aligned
-        // (f32 workspace); the memset is enqueued on the stream, ordered with the launches.
+        // SAFETY: the caller's contract (`# Safety`): `words` u32 at `at` lie in a device
+        // buffer of this stream's context that it may write, 4-byte aligned; the memset
+        // is enqueued on the stream, ordered with the launches.
         unsafe { sys::cuMemsetD32Async(at, 0, words, self.stream.cu_stream()) }.result()?;
+        Ok(())
+    }
+}
+
+impl Grouping {
+    /// Errors unless the grouping divides a grid of `grid_x` CTAs along x and is within
+    /// `max_cluster` (clusters) or `max_group` (cooperative groups): the one check of both
+    /// launchers.
+    pub(crate) fn check(
+        self,
+        expr: &str,
+        grid_x: u32,
+        max_cluster: u32,
+        max_group: u32,
+    ) -> Result<()> {
+        let (what, n, max) = match self {
+            Grouping::Clusters(n) => ("clusters", n, max_cluster),
+            Grouping::Groups(n) => ("cooperative groups", n, max_group),
+        };
+        if n == 0 || n > max.max(1) || !grid_x.is_multiple_of(n) {
+            return Err(Error::Unsupported(format!(
+                "{expr}: {what} of {n} CTAs with a grid of {grid_x} on this device"
+            )));
+        }
         Ok(())
     }
 }

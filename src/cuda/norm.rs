@@ -116,8 +116,8 @@ pub(crate) struct BwdAddrs {
     pub dx: u64,
     pub dscale: Option<u64>,
     pub dbias: Option<u64>,
+    /// At least `backward_workspace_len` f32 (`select::Workspace`).
     pub workspace: u64,
-    pub workspace_len: usize,
 }
 
 fn check_mask_layout(has_mask: bool, layout: &Layout) -> Result<()> {
@@ -228,13 +228,9 @@ pub(crate) fn backward<L: Launch, T: Element>(
 ) -> Result<()> {
     let (rows, cols) = (layout.num_rows(), layout.cols());
     let (x_stride, y_stride) = strides(&layout);
-    // The workspace as select::Workspace lays it out (addresses: 4 bytes an element).
+    // The workspace as select::Workspace lays it out (addresses: 4 bytes an element); its
+    // caller checked its length, `backward_workspace_len` of the same sizes.
     let ws = select::Workspace::of(rows as u64, cols as u64, l.sm_count());
-    check_len(
-        "workspace",
-        a.workspace_len,
-        usize::try_from(ws.len()).unwrap_or(usize::MAX),
-    )?;
     let at = |offset: u64| a.workspace + 4 * offset;
     let (partial_dscale, partial_dbias) = (a.workspace, at(ws.partial_dbias()));
     let kind = kind_code(spec.kind);
@@ -431,9 +427,11 @@ fn backward_rows<L: Launch>(l: &L, b: &BwdLaunch) -> Result<()> {
         BwdPlan::Stash {
             vec,
             split,
+            prefetch,
             smem_bytes,
+            ..
         } => match split {
-            Split::Cta => (expr::bwd_stash(x, vec), smem_bytes),
+            Split::Cta => (expr::bwd_stash(x, vec, prefetch), smem_bytes),
             Split::Cluster(_) => (expr::bwd_cluster(x, vec), smem_bytes),
             Split::Group(_) => (expr::bwd_split(x, vec), smem_bytes),
         },
@@ -465,7 +463,11 @@ fn backward_rows<L: Launch>(l: &L, b: &BwdLaunch) -> Result<()> {
         Split::Group(n) => {
             let (arrivals, slots) = b.group_scratch;
             // The groups' barriers count from zero.
-            l.zero_words(arrivals, parts as u64)?;
+            // SAFETY: `arrivals` is the counters' place in the workspace, which its caller
+            // checked holds `select::Workspace::len` f32 (4-byte aligned, writable): a
+            // counter per partial row, and `parts` (the groups) is at most that many
+            // (`select::backward_grid`, bounded by `max_parts`).
+            unsafe { l.zero_words(arrivals, parts as u64) }?;
             let split = WarpnormBwdSplitParams {
                 bwd: *p,
                 arrivals: arrivals as *mut u32,

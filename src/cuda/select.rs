@@ -93,8 +93,9 @@ pub(crate) fn backward_plan(cols: u64, vec: u32, max_smem: u32) -> Plan {
 }
 
 /// Bytes per column of kernels v2's row stash (`kernels/bwd_v2_stash.cuh`, in that
-/// file's order): x and dy in their dtypes, scale in the parameter dtype when the call has
-/// one, and an f32 sum per parameter gradient wanted.
+/// file's order): x and dy in their dtypes (twice when the next row is prefetched), scale
+/// in the parameter dtype when the call has one, and an f32 sum per parameter gradient
+/// wanted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct StashColumn {
     pub x: u32,
@@ -106,6 +107,15 @@ pub(crate) struct StashColumn {
 impl StashColumn {
     pub(crate) fn bytes(&self) -> u64 {
         (self.x + self.dy + self.scale + 4 * self.grads) as u64
+    }
+
+    /// With a second stash of x and dy, for the next row's prefetch.
+    fn prefetched(self) -> StashColumn {
+        StashColumn {
+            x: 2 * self.x,
+            dy: 2 * self.dy,
+            ..self
+        }
     }
 
     /// Dynamic shared memory of a stash CTA holding `cols` columns of each row: the
@@ -166,10 +176,13 @@ impl Split {
 pub(crate) enum BwdPlan {
     V1(Plan),
     /// x and dy read once: each row stashed in the shared memory of the CTAs of `split`,
-    /// `smem_bytes` each.
+    /// `threads` and `smem_bytes` each; with `prefetch` (one CTA per row), two stashes, the
+    /// next row copied into one while a row is reduced from the other.
     Stash {
         vec: u32,
         split: Split,
+        prefetch: bool,
+        threads: u32,
         smem_bytes: u32,
     },
 }
@@ -178,17 +191,20 @@ impl BwdPlan {
     pub(crate) fn threads(&self) -> u32 {
         match self {
             BwdPlan::V1(p) => p.threads(),
-            BwdPlan::Stash { .. } => STASH_THREADS,
+            BwdPlan::Stash { threads, .. } => *threads,
         }
     }
 }
 
-/// Kernels v2's backward plan, one rule: rows a register tier holds stay there (they read
-/// x and dy once already); longer rows of 16-byte vectors (`vec > 1`) are stashed, x and
-/// dy read once, by the fewest CTAs whose slices fit in their shared memory: one CTA; up
-/// to `max_cluster` in a thread-block cluster (devices with clusters, sm_90; 1 elsewhere);
-/// up to `max_group` in a group meeting in global memory (1: none); the rest (rows longer
-/// than that, and the scalar path) take v1's CTA kernels, which read x and dy twice.
+/// Kernels v2's backward plan, one rule for rows of 16-byte vectors (`vec > 1`; the scalar
+/// path keeps v1's): rows a warp (or less) holds in registers stay in v1's register tiers;
+/// the rows of v1's CTA register tiers, which hold the row in 64-168 registers a thread and
+/// load, reduce and store in sequence, are stashed by a CTA of the same threads with the
+/// next row prefetched, when two stashes fit; longer rows are stashed, x and dy read once,
+/// by the fewest CTAs whose slices fit in their shared memory: one CTA; up to
+/// `max_cluster` in a thread-block cluster (devices with clusters, sm_90; 1 elsewhere); up
+/// to `max_group` in a group meeting in global memory (1: none); the rest (rows longer
+/// than that) take v1's CTA kernels, which read x and dy twice.
 pub(crate) fn backward_plan_v2(
     cols: u64,
     vec: u32,
@@ -198,8 +214,21 @@ pub(crate) fn backward_plan_v2(
     max_group: u32,
 ) -> BwdPlan {
     let v1 = backward_plan(cols, vec, max_smem);
-    if vec <= 1 || !matches!(v1, Plan::Cta { .. }) {
+    if vec <= 1 {
         return BwdPlan::V1(v1);
+    }
+    if let Plan::Rows(tier) = v1 {
+        let bytes = column.prefetched().smem_bytes(cols);
+        return match bytes.filter(|&b| b <= max_smem as u64) {
+            Some(bytes) if tier.group > 32 => BwdPlan::Stash {
+                vec,
+                split: Split::Cta,
+                prefetch: true,
+                threads: tier.threads(),
+                smem_bytes: bytes as u32,
+            },
+            _ => BwdPlan::V1(v1),
+        };
     }
     let vectors = cols / vec as u64;
     (1..=max_cluster.max(max_group).max(1))
@@ -214,6 +243,8 @@ pub(crate) fn backward_plan_v2(
             (bytes <= max_smem as u64).then_some(BwdPlan::Stash {
                 vec,
                 split,
+                prefetch: false,
+                threads: STASH_THREADS,
                 smem_bytes: bytes as u32,
             })
         })
@@ -283,17 +314,19 @@ pub(crate) fn max_parts(rows: u64, sm_count: u32) -> u64 {
         .max(STRIDED_WARPS)
 }
 
-/// The backward's persistent grid in clusters of `cluster` CTAs (1: plain CTAs), each
-/// writing one partial row: one wave, that is no more CTAs than fit on the GPU at once
-/// (`resident_per_sm` from the occupancy of the kernel chosen, at most `BWD_CTAS_PER_SM`),
-/// and no more clusters than the `needed` row blocks (rows, for a stash: a cluster per
-/// row). CTAs beyond one wave would only run after others finish, adding partial rows
-/// (traffic for the finalize and, for long rows, L2 space) without adding parallelism.
-/// (Clusters are placed within a GPC, so on a GPU a few may wait for a second wave: one
-/// more partial row each, no lost parallelism.)
-pub(crate) fn backward_grid(needed: u64, cluster: u32, sm_count: u32, resident_per_sm: u32) -> u32 {
+/// The backward's persistent grid in units of `ctas` CTAs (1: plain CTAs; else a cluster
+/// or a cooperative group per split row), each unit writing one partial row: one wave,
+/// that is no more CTAs than fit on the GPU at once (`resident_per_sm` from the occupancy
+/// of the kernel chosen, at most `BWD_CTAS_PER_SM`), and no more units than the `needed`
+/// row blocks (rows, for a stash). CTAs beyond one wave would only run after others
+/// finish, adding partial rows (traffic for the finalize and, for long rows, L2 space)
+/// without adding parallelism; a cooperative launch of more would be refused. At least
+/// one unit (a group is never larger than the SMs, `Launch::max_group`). (Clusters are
+/// placed within a GPC, so on a GPU a few may wait for a second wave: one more partial
+/// row each, no lost parallelism.)
+pub(crate) fn backward_grid(needed: u64, ctas: u32, sm_count: u32, resident_per_sm: u32) -> u32 {
     let per_sm = (resident_per_sm.max(1) as u64).min(BWD_CTAS_PER_SM);
-    let wave = (sm_count as u64 * per_sm / cluster.max(1) as u64).max(1);
+    let wave = (sm_count as u64 * per_sm / ctas.max(1) as u64).max(1);
     needed.max(1).min(wave) as u32
 }
 
@@ -354,7 +387,10 @@ impl Workspace {
 }
 
 /// f32 elements of the workspace the backward needs for `rows` x `cols` on a device with
-/// `sm_count` SMs ([`Workspace`]).
+/// `sm_count` SMs: a partial row of dscale and one of dbias per CTA of the backward grid
+/// (summed in a fixed order by a finalize kernel, which makes the gradients bitwise
+/// reproducible), and per group of CTAs that splits a row a barrier counter and its row
+/// sums' slots.
 pub fn backward_workspace_len(rows: usize, cols: usize, sm_count: u32) -> usize {
     let len = Workspace::of(rows as u64, cols as u64, sm_count).len();
     usize::try_from(len).unwrap_or(usize::MAX)
@@ -434,21 +470,50 @@ mod tests {
         let plan = |cols, smem, max_cluster, max_group| {
             backward_plan_v2(cols, 4, f32_layer_norm, smem, max_cluster, max_group)
         };
+        // A warp's rows stay in its registers; the CTA register tiers' rows are stashed
+        // twice over by a CTA of the tier's threads, the next row prefetched.
         assert!(matches!(
-            plan(4096, SM90_SMEM, 8, 16),
+            plan(512, SM90_SMEM, 8, 16),
             BwdPlan::V1(Plan::Rows(_))
         ));
+        for (cols, threads) in [(516, 128), (2048, 256), (4096, 512)] {
+            let stash = plan(cols, SM90_SMEM, 8, 16);
+            let BwdPlan::Stash {
+                vec: 4,
+                split: Split::Cta,
+                prefetch: true,
+                threads: t,
+                smem_bytes,
+            } = stash
+            else {
+                panic!("{cols}: {stash:?}");
+            };
+            assert_eq!((t, smem_bytes as u64), (threads, 416 + 28 * cols));
+        }
         for cols in [4100, 8192, cap] {
             let stash = plan(cols, SM90_SMEM, 8, 16);
             let BwdPlan::Stash {
                 vec: 4,
                 split: Split::Cta,
+                prefetch: false,
+                threads: 1024,
                 smem_bytes,
             } = stash
             else {
                 panic!("{cols}: {stash:?}");
             };
             assert_eq!(smem_bytes as u64, 416 + 20 * cols);
+        }
+        // Two 16-bit stashes of an 8192-long row with f32 dy outgrow sm_80's shared memory:
+        // v1's register tier.
+        let bf16_f32_dy = column(2, 4, 4, 2);
+        for (smem, prefetched) in [(SM90_SMEM, true), (SM80_SMEM, false)] {
+            let plan = backward_plan_v2(8192, 8, bf16_f32_dy, smem, 1, 16);
+            assert_eq!(
+                matches!(plan, BwdPlan::Stash { prefetch: true, .. }),
+                prefetched,
+                "{plan:?}"
+            );
         }
         // Past one CTA: the fewest CTAs whose slices fit, in a cluster where there are
         // clusters and the row needs no more than one holds, else in a group meeting in
@@ -514,8 +579,18 @@ mod tests {
         assert_eq!(backward_grid(5, 2, 132, 1), 5);
         assert_eq!(backward_grid(1 << 14, 8, 1, 1), 1);
         // A100: groups of 8 CTAs, one per SM: 13 groups, 104 CTAs, all resident at once
-        // (what a cooperative launch needs).
+        // (what a cooperative launch needs), on any device whose groups are at most its
+        // SMs.
         assert_eq!(backward_grid(1 << 14, 8, 108, 1), 13);
+        for sms in 1..=20 {
+            for ctas in 2..=MAX_GROUP.min(sms) {
+                for resident in 1..=6 {
+                    let groups = backward_grid(1 << 20, ctas, sms, resident);
+                    let per_sm = resident.min(BWD_CTAS_PER_SM as u32);
+                    assert!(groups >= 1 && groups * ctas <= sms * per_sm);
+                }
+            }
+        }
         for rows in [1u64, 3, 100, 1 << 20] {
             for ctas in 1..=MAX_GROUP {
                 let groups = backward_grid(rows, ctas, 132, 4) as u64;

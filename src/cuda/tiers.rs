@@ -178,10 +178,14 @@ pub mod expr {
             cuda_type(x)
         )
     }
-    /// Kernels v2: the long-row backward that stashes the row in shared memory
-    /// (`kernels/bwd_v2_stash.cuh`), x's 16-byte vectors only.
-    pub fn bwd_stash(x: &str, vec: u32) -> String {
-        format!("warpnorm::layer_norm_bwd_stash<{}, {vec}>", cuda_type(x))
+    /// Kernels v2: the backward that stashes the row in shared memory
+    /// (`kernels/bwd_v2_stash.cuh`), x's 16-byte vectors only; `prefetch`: the next row
+    /// copied in asynchronously while one is reduced (the rows of the CTA register tiers).
+    pub fn bwd_stash(x: &str, vec: u32, prefetch: bool) -> String {
+        format!(
+            "warpnorm::layer_norm_bwd_stash<{}, {vec}, {prefetch}>",
+            cuda_type(x)
+        )
     }
     /// Kernels v2 on sm_90: the long-row backward split over a thread-block cluster
     /// (`kernels/bwd_v2_cluster.cuh`).
@@ -268,7 +272,8 @@ pub fn instantiations(source: &str) -> Vec<String> {
         if k.pass == Pass::Backward {
             let vec = max_vec(bytes);
             out.extend([
-                expr::bwd_stash(x, vec),
+                expr::bwd_stash(x, vec, false),
+                expr::bwd_stash(x, vec, true),
                 expr::bwd_cluster(x, vec),
                 expr::bwd_split(x, vec),
             ]);
