@@ -75,10 +75,20 @@ fn main() {
     let mut archs: Vec<String> = DEFAULT_CUBIN_ARCHS.iter().map(|s| s.to_string()).collect();
     if let Ok(extra) = env::var("WARPNORM_CUDA_ARCHS") {
         for arch in extra.split(',').map(str::trim).filter(|a| !a.is_empty()) {
-            if !arch.starts_with("sm_") {
-                fail(&format!(
+            // sm_80 is the oldest the kernels are written for (cp.async, __nanosleep).
+            let generation = arch.strip_prefix("sm_").and_then(|v| {
+                v.trim_end_matches(|c: char| c.is_ascii_alphabetic())
+                    .parse::<u32>()
+                    .ok()
+            });
+            match generation {
+                None => fail(&format!(
                     "WARPNORM_CUDA_ARCHS: `{arch}` is not a real architecture like sm_100"
-                ));
+                )),
+                Some(v) if v < 80 => fail(&format!(
+                    "WARPNORM_CUDA_ARCHS: `{arch}` is older than sm_80, the oldest the kernels support"
+                )),
+                Some(_) => {}
             }
             if !archs.iter().any(|a| a == arch) {
                 archs.push(arch.to_string());

@@ -49,16 +49,17 @@ struct GroupBarrier {
 };
 
 // A CTA's row sums combined with the other CTAs' of its group, through the group's slots in
-// global memory: [2][ctas][WARPNORM_SPLIT_SLOT_FLOATS]. Thread 0 adds the slots in rank
-// order into the CTA's `totals` (its shared-memory row-sum slots, two of
-// WARPNORM_SPLIT_SLOT_FLOATS), which every thread then reads: one L2 read of each slot per
-// CTA rather than per thread. Both pairs alternate between rows, as a cluster's slots do:
-// a CTA writes row r + 2's sums over row r's only after the barrier of row r + 1, which no
-// CTA passes before every CTA (and every thread of each) has read row r's. Slots are read
-// with __ldcg (from L2): a CTA's L1 may hold the line of a slot from two rows before.
+// global memory: [2][ctas][WARPNORM_SPLIT_SLOT_FLOATS]. The two halves alternate between
+// rows, as a cluster's slots do: a CTA writes row r + 2's sums over row r's only after the
+// barrier of row r + 1, which no CTA passes before every CTA has read row r's. Thread 0
+// adds the slots in rank order into the CTA's `total` (in its shared memory), which every
+// thread then reads: one L2 read of each slot per CTA rather than per thread. One `total`
+// serves every row: each thread reads it before it reaches the next row's barrier, after
+// whose first __syncthreads thread 0 writes it again. Slots are read with __ldcg (from
+// L2): a CTA's L1 may hold the line of a slot from two rows before.
 struct GroupRowSums {
     float* scratch;
-    float* totals;
+    float* total;
     float* slots;
     unsigned rank;
     int parity;
@@ -66,10 +67,10 @@ struct GroupRowSums {
 
     template <int K> __device__ __forceinline__ void reduce(float (&v)[K]) {
         constexpr int kSlot = WARPNORM_SPLIT_SLOT_FLOATS;
-        static_assert(K <= kSlot && 2 * kSlot <= WARPNORM_STASH_SLOT_FLOATS, "a slot holds a row's sums");
+        static_assert(K <= kSlot, "a slot holds a row's sums");
+        static_assert(K <= WARPNORM_STASH_SLOT_FLOATS, "the CTA's shared memory holds a row's total");
         cta_sum<K>(v, scratch);
         float* row_slots = slots + parity * barrier.ctas * kSlot;
-        float* total = totals + parity * kSlot;
         parity ^= 1;
         if (threadIdx.x == 0) {
 #pragma unroll

@@ -1,4 +1,4 @@
-// Kernels v2: the long-row backward that reads x and dy once.
+// Kernels v2: the backward that reads x and dy once from a stash in shared memory.
 //
 // v1's CTA kernel walks a row twice and loads x and dy from global memory in both passes
 // (the second mostly from L2), and where its dscale / dbias sums do not fit in shared
@@ -8,19 +8,21 @@
 // the same columns of every row, so the stash, the CTA's copy of scale and its dscale /
 // dbias sums are per-thread storage: a thread only ever reads back what it wrote itself,
 // and no barrier guards them. The sums are written once per CTA, as its partial rows
-// (finalize_pair reduces them).
+// (finalize_pair reduces them). Rows short enough for two stashes (v1's CTA register
+// tiers) are stashed twice over, the next row copied in asynchronously while one is
+// reduced (PREFETCH).
 //
 // Rows too long for one CTA's stash are split over the CTAs of a thread-block cluster on
 // sm_90 (bwd_v2_cluster.cuh): each CTA stashes a slice of every row, and the row sums meet
 // through distributed shared memory; without clusters, or past a cluster's 8 CTAs, over a
-// group of CTAs whose row sums meet in global memory (bwd_v2_split.cuh). All three kernels
+// group of CTAs whose row sums meet in global memory (bwd_v2_split.cuh). All these kernels
 // run stash_rows below.
 //
 // Dynamic shared memory, in this order (the host sizes it the same way:
 // select::StashColumn): the CTA reduction scratch, the row-sum slots
 // (WARPNORM_STASH_SLOT_FLOATS), then one array as long as the CTA's part of the row each
-// of x (its dtype), dy (its dtype), scale (the parameter dtype; only with a scale), dscale
-// and dbias (f32; only those wanted).
+// of x (its dtype) and dy (its dtype), again for a second stash with PREFETCH, then scale
+// (the parameter dtype; only with a scale), dscale and dbias (f32; only those wanted).
 #pragma once
 
 #include "common.cuh"
@@ -203,10 +205,11 @@ __device__ __forceinline__ void stash_rows(const WarpnormBwdParams& p, float* sm
         copy_async_commit();
     };
     // dy from stash `b`. A prefetched stash holds dy as stored, so keras' rounding of an f32
-    // dy to x's dtype applies here (on values pass 1 stored rounded it changes nothing).
+    // dy to x's dtype applies as it is read (on the values pass 1 stashed, already rounded
+    // as they were loaded, it changes nothing).
     const auto stashed_dy = [&](int b, long long v, float* dy) {
         dy_stash(b).get(v, dy);
-        if (PREFETCH && in.dy.rounded) round_to<T, VEC>(dy, dy);
+        if (in.dy.rounded) round_to<T, VEC>(dy, dy);
     };
 
     int b = 0;  // the stash of the current row
@@ -263,7 +266,7 @@ __device__ __forceinline__ void stash_rows(const WarpnormBwdParams& p, float* sm
         complete_row_sums(sums, p.mask != nullptr, float(p.cols), [&](auto& v) { row_sums.reduce(v); });
         const RowGrad g = t.grad(sums[0], sums[1], sums[2]);
 
-    // Pass 2: dx from the stash, and this thread's dscale / dbias sums.
+        // Pass 2: dx from the stash, and this thread's dscale / dbias sums.
         for (long long v = threadIdx.x; v < vectors; v += threads) {
             float x[VEC], dy[VEC], scale[VEC], m[VEC], dx[VEC];
             x_stash(b).template get<T>(v, x);

@@ -22,7 +22,7 @@
 #define WARPNORM_CTA_SCRATCH_FLOATS 96
 /* Floats after that scratch in kernels v2's long-row backward (kernels/bwd_v2_stash.cuh):
  * the CTA's row sums, in two slots of four that the other CTAs of its cluster read (the
- * split kernel: its group's totals, which the CTA's threads read). */
+ * split kernel: its group's total, which the CTA's threads read). */
 #define WARPNORM_STASH_SLOT_FLOATS 8
 /* Kernels v2's long-row backward split over a group of CTAs that meet in global memory
  * (kernels/bwd_v2_split.cuh): the most CTAs of a group, and the floats of a CTA's slot for

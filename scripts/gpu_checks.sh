@@ -210,22 +210,22 @@ stage_smoke() {
     local quick=(--quick)
     ((dry)) && quick=(--cols 7)
     step check-quick 15 "$wn" check "${quick[@]}"
-    step tests-gpu_kernels 12 env WARPNORM_QUICK=1 "$(bin test-gpu_kernels)" \
+    step tests-gpu_kernels 11 env WARPNORM_QUICK=1 "$(bin test-gpu_kernels)" \
         --test-threads=1 --skip over_2_pow_31
-    # Kernels v2 (the row stash, the sm_90 cluster and the cooperative group splits).
-    step tests-gpu_kernels-v2 12 env WARPNORM_QUICK=1 WARPNORM_KERNELS=v2 \
+    # Kernels v2 (the row stashes, the sm_90 cluster and the cooperative group splits).
+    step tests-gpu_kernels-v2 11 env WARPNORM_QUICK=1 WARPNORM_KERNELS=v2 \
         "$(bin test-gpu_kernels)" --test-threads=1 --skip over_2_pow_31
-    step tests-layer 8 env WARPNORM_QUICK=1 "$(bin test-layer)" --test-threads=1
-    step tests-sharded 8 env WARPNORM_QUICK=1 "$(bin test-sharded)" --test-threads=1
-    step verify 10 "$wn" verify tests/fixtures
-    compare bench-short 30 --dtypes bf16 --cols 1024,4096,32768 --impls warpnorm,torch,copy
+    step tests-layer 7 env WARPNORM_QUICK=1 "$(bin test-layer)" --test-threads=1
+    step tests-sharded 7 env WARPNORM_QUICK=1 "$(bin test-sharded)" --test-threads=1
+    step verify 9 "$wn" verify tests/fixtures
+    compare bench-short 35 --dtypes bf16 --cols 1024,4096,32768 --impls warpnorm,torch,copy
 }
 
 stage_full() {
-    step tests-gpu_kernels 18 "$(bin test-gpu_kernels)" --test-threads=1 --skip over_2_pow_31
+    step tests-gpu_kernels 16 "$(bin test-gpu_kernels)" --test-threads=1 --skip over_2_pow_31
     step tests-gpu_kernels-v2 12 env WARPNORM_KERNELS=v2 "$(bin test-gpu_kernels)" \
         --test-threads=1 --skip over_2_pow_31
-    step tests-over_2_pow_31 8 "$(bin test-gpu_kernels)" --test-threads=1 over_2_pow_31
+    step tests-over_2_pow_31 6 "$(bin test-gpu_kernels)" --test-threads=1 over_2_pow_31
     step tests-layer 6 "$(bin test-layer)" --test-threads=1
     step tests-sharded 6 "$(bin test-sharded)" --test-threads=1
     for tool in memcheck racecheck synccheck initcheck; do
@@ -233,7 +233,7 @@ stage_full() {
             "$(bin test-gpu_kernels)" "$(files_of "sanitize-$tool")"
     done
     # Kernels v2's shared memory (the stashes, cp.async, distributed shared memory).
-    step sanitize-racecheck-v2 6 --gpu-tool env WARPNORM_KERNELS=v2 bash scripts/sanitize.sh \
+    step sanitize-racecheck-v2 10 --gpu-tool env WARPNORM_KERNELS=v2 bash scripts/sanitize.sh \
         --tool racecheck "$(bin test-gpu_kernels)" "$(files_of sanitize-racecheck-v2)"
 }
 

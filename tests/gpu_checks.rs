@@ -17,6 +17,7 @@ const STAGES: [(&str, &[&str]); 3] = [
             "info",
             "check-quick",
             "tests-gpu_kernels",
+            "tests-gpu_kernels-v2",
             "tests-layer",
             "tests-sharded",
             "verify",
@@ -27,6 +28,7 @@ const STAGES: [(&str, &[&str]); 3] = [
         "full",
         &[
             "tests-gpu_kernels",
+            "tests-gpu_kernels-v2",
             "tests-over_2_pow_31",
             "tests-layer",
             "tests-sharded",
@@ -34,6 +36,7 @@ const STAGES: [(&str, &[&str]); 3] = [
             "sanitize-racecheck",
             "sanitize-synccheck",
             "sanitize-initcheck",
+            "sanitize-racecheck-v2",
         ],
     ),
     (
@@ -42,11 +45,12 @@ const STAGES: [(&str, &[&str]); 3] = [
     ),
 ];
 /// Steps that need a tool only a GPU machine has: a dry run lists them.
-const LISTED: [&str; 5] = [
+const LISTED: [&str; 6] = [
     "sanitize-memcheck",
     "sanitize-racecheck",
     "sanitize-synccheck",
     "sanitize-initcheck",
+    "sanitize-racecheck-v2",
     "liger-install",
 ];
 /// What a lent GPU machine brings back.

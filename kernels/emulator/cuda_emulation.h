@@ -15,7 +15,10 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include "fibers.h"
@@ -124,13 +127,26 @@ inline void __threadfence() {}
 inline void __nanosleep(unsigned) { warpnorm_emu::Scheduler::of_this_os_thread().yield(); }
 inline float __ldcg(const float* address) { return *address; }
 
-// Asynchronous copies (common.cuh): issued copies wait in the thread's list and land at
-// the wait that covers their group, not before, so that a kernel reading a copy's target
-// without waiting for it reads the shared memory's NaN poison (or the previous row).
-// Their global-memory bytes count when they are issued.
+// Asynchronous copies (common.cuh). On a GPU a copy lands at some time between its issue
+// and the wait that covers its group; here its target turns to NaN at the issue and gets
+// the data at the wait, so that a kernel reading the target before the wait, or still
+// reading it when the copy is issued, reads NaN. Copies go to the block's dynamic shared
+// memory, 16-byte aligned at both ends (anything else aborts: a GPU would fault). Their
+// global-memory bytes count when they are issued.
 inline void copy_async_16(void* shared_dst, const void* global_src) {
     auto& c = warpnorm_emu::ctx();
+    const char* dst = static_cast<const char*>(shared_dst);
+    const char* smem = reinterpret_cast<const char*>(c.dynamic_smem);
+    const bool in_smem = dst >= smem && dst + 16 <= smem + c.dynamic_smem_bytes;
+    const bool aligned = (reinterpret_cast<std::uintptr_t>(shared_dst) | reinterpret_cast<std::uintptr_t>(global_src)) % 16 == 0;
+    if (!in_smem || !aligned) {
+        std::fprintf(stderr, "copy_async_16: %p <- %p is not a 16-byte aligned copy into dynamic shared memory\n",
+                     shared_dst, global_src);
+        std::abort();
+    }
     warpnorm_emu::count_traffic(global_src, 16, false);
+    float* target = static_cast<float*>(shared_dst);
+    for (int i = 0; i < 4; ++i) target[i] = std::numeric_limits<float>::quiet_NaN();
     c.async_copies.push_back({shared_dst, global_src, c.async_groups});
 }
 inline void copy_async_commit() { ++warpnorm_emu::ctx().async_groups; }

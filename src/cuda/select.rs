@@ -143,9 +143,10 @@ pub(crate) const MAX_CLUSTER: u32 = 8;
 /// The most CTAs of a group that meets in global memory (`kernels/bwd_v2_split.cuh`).
 pub(crate) const MAX_GROUP: u32 = WARPNORM_SPLIT_MAX_CTAS;
 
-/// Threads of a stash CTA: the most a CTA has. One CTA fits on an SM (its 1024 threads'
-/// registers fill the register file, its stash most of the shared memory), so the CTA's own
-/// threads are what keeps loads in flight.
+/// Threads of a CTA stashing rows past the register tiers (without prefetch): the most a
+/// CTA has. One CTA fits on an SM (its 1024 threads' registers fill the register file, its
+/// stash most of the shared memory), so the CTA's own threads are what keeps loads in
+/// flight.
 pub(crate) const STASH_THREADS: u32 = WARPNORM_CTA_MAX_THREADS;
 
 /// How a stashed row is split over CTAs, and where their row sums meet.
@@ -176,8 +177,8 @@ impl Split {
 pub(crate) enum BwdPlan {
     V1(Plan),
     /// x and dy read once: each row stashed in the shared memory of the CTAs of `split`,
-    /// `threads` and `smem_bytes` each; with `prefetch` (one CTA per row), two stashes, the
-    /// next row copied into one while a row is reduced from the other.
+    /// `threads` and `smem_bytes` each; with `prefetch` (only with `Split::Cta`), two
+    /// stashes, the next row copied into one while a row is reduced from the other.
     Stash {
         vec: u32,
         split: Split,
@@ -220,7 +221,7 @@ pub(crate) fn backward_plan_v2(
     if let Plan::Rows(tier) = v1 {
         let bytes = column.prefetched().smem_bytes(cols);
         return match bytes.filter(|&b| b <= max_smem as u64) {
-            Some(bytes) if tier.group > 32 => BwdPlan::Stash {
+            Some(bytes) if tier.is_cta() => BwdPlan::Stash {
                 vec,
                 split: Split::Cta,
                 prefetch: true,

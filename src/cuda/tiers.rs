@@ -22,10 +22,15 @@ impl RowTier {
     pub const fn capacity(&self) -> u64 {
         (self.vec * self.vecs * self.group) as u64
     }
+    /// Whether a row is a CTA's (a group of more than a warp), rather than a warp's or
+    /// less.
+    pub const fn is_cta(&self) -> bool {
+        self.group > 32
+    }
     /// Threads per CTA (several rows share a CTA of `WARPNORM_ROWS_CTA_THREADS` when the
     /// group is a warp or less).
     pub const fn threads(&self) -> u32 {
-        if self.group > 32 {
+        if self.is_cta() {
             self.group
         } else {
             WARPNORM_ROWS_CTA_THREADS
