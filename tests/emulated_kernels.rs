@@ -237,17 +237,7 @@ fn v2_long_row_backward_over_groups_without_clusters() {
             Kernels::Emulator.run(&case, Some(v2)).unwrap()
         })
     };
-    let (a, b) = (run(), run());
-    let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-    assert_eq!(bits(&a.dx), bits(&b.dx));
-    assert_eq!(
-        bits(a.dscale.as_ref().unwrap()),
-        bits(b.dscale.as_ref().unwrap())
-    );
-    assert_eq!(
-        bits(a.dbias.as_ref().unwrap()),
-        bits(b.dbias.as_ref().unwrap())
-    );
+    assert_same_bits(&run(), &run());
 }
 
 #[test]
@@ -477,18 +467,20 @@ fn two_runs_are_bitwise_identical() {
         let case = Case::of(Variant::LayerNorm, d, 9, cols, seed() ^ 9).unwrap();
         for generation in KernelGeneration::ALL {
             let run = || Kernels::Emulator.run(&case, Some(generation)).unwrap();
-            let (a, b) = (run(), run());
-            let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(&a.y), bits(&b.y));
-            assert_eq!(bits(&a.dx), bits(&b.dx));
-            assert_eq!(
-                bits(a.dscale.as_ref().unwrap()),
-                bits(b.dscale.as_ref().unwrap())
-            );
-            assert_eq!(
-                bits(a.dbias.as_ref().unwrap()),
-                bits(b.dbias.as_ref().unwrap())
-            );
+            assert_same_bits(&run(), &run());
         }
+    }
+}
+
+/// Two runs' outputs, bit for bit.
+fn assert_same_bits(a: &Outputs, b: &Outputs) {
+    let bits = |v: Option<&Vec<f64>>| v.map(|v| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
+    for (what, a, b) in [
+        ("y", Some(&a.y), Some(&b.y)),
+        ("dx", Some(&a.dx), Some(&b.dx)),
+        ("dscale", a.dscale.as_ref(), b.dscale.as_ref()),
+        ("dbias", a.dbias.as_ref(), b.dbias.as_ref()),
+    ] {
+        assert_eq!(bits(a), bits(b), "{what}");
     }
 }
