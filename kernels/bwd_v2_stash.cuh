@@ -153,15 +153,14 @@ __device__ __forceinline__ void stash_rows(const WarpnormBwdParams& p, float* sm
     };
     const bool dy_f32 = stored_as_f32(p.out_dtype);
     const StashRow<VEC> x_first = take(StashRow<VEC>::template bytes<T>(vectors));
-    take(MixedStash<T, VEC>::bytes(vectors, dy_f32));
+    const StashRow<VEC> dy_first = take(MixedStash<T, VEC>::bytes(vectors, dy_f32));
     // With PREFETCH a second x and dy stash follows the first: stash b lies b * `buffer`
     // bytes on (an offset, not an array of stashes, which would be indexed at run time).
     const long long buffer = next - x_first.base;
     if (PREFETCH) next += buffer;
     const auto x_stash = [&](int b) { return StashRow<VEC>{x_first.base + b * buffer, vectors}; };
     const auto dy_stash = [&](int b) {
-        const StashRow<VEC> row{x_first.base + b * buffer + StashRow<VEC>::template bytes<T>(vectors), vectors};
-        return MixedStash<T, VEC>{row, dy_f32};
+        return MixedStash<T, VEC>{StashRow<VEC>{dy_first.base + b * buffer, vectors}, dy_f32};
     };
     const bool scale_f32 = stored_as_f32(p.param_dtype);
     const MixedStash<T, VEC> scale_stash{take(p.scale ? MixedStash<T, VEC>::bytes(vectors, scale_f32) : 0), scale_f32};

@@ -101,8 +101,8 @@ __device__ __forceinline__ void store_vec(T* __restrict__ dst, const float* src)
 // Asynchronous copies, global -> shared memory (sm_80's cp.async): a thread issues 16-byte
 // copies, closes them into a group, and later waits until all but its N latest groups have
 // landed. Only the issuing thread may rely on the data after its wait (others need a
-// barrier too). The CPU emulation defines its own, which copy at the wait, so that a read
-// before it finds the shared memory's poison.
+// barrier too). The CPU emulation defines its own, whose targets read NaN from the issue
+// until the wait.
 // ---------------------------------------------------------------------------------------
 #ifdef __CUDA_ARCH__
 __device__ __forceinline__ void copy_async_16(void* shared_dst, const void* global_src) {

@@ -6,9 +6,9 @@
 // variables statics of the OS thread running the launch (one block owns them at a time;
 // cluster and cooperative kernels, whose blocks run together, use dynamic shared memory
 // only), `__syncthreads` a block-wide barrier and the warp shuffles an exchange through a
-// per-warp buffer between two warp barriers. It models what the kernels rely on: a kernel whose lanes diverge at a
-// shuffle or barrier deadlocks, which the launch reports, as it would be undefined
-// behaviour on a GPU. Shared memory starts as NaN so that a read before a write shows up
+// per-warp buffer between two warp barriers. It models what the kernels rely on: a kernel
+// whose lanes diverge at a shuffle or barrier deadlocks, which the launch reports, as it
+// would be undefined behaviour on a GPU. Shared memory starts as NaN so that a read before a write shows up
 // in the results. Global-memory accesses (WARPNORM_TRAFFIC in common.cuh) are counted per
 // launch: the byte-traffic model of tests/traffic.rs.
 #pragma once

@@ -117,14 +117,14 @@ impl Launch for OnStream<'_> {
         // SAFETY: `params` is the bindgen mirror of the C struct the kernel `expr` takes
         // by value (each `expr` is paired with its struct in `norm.rs` and `sharded.rs`).
         // Its pointers were checked by ops (or, for the sharded kernels, by crate::sharded
-        // and crate::dist): x / y / dx / dy / mask cover every
-        // row at their strides, scale / bias / dscale / dbias hold `cols` elements, mean /
-        // rstd / dvar `rows`, the statistics and sums their documented layouts, the
-        // workspace (`select::Workspace`) at least as many partial rows as the grid writes
-        // and, for the split backward, a counter (zeroed before the launch) and the slots
-        // of every group, and every pointer and stride is aligned for the vector width
-        // chosen; all buffers belong to this stream's context. The kernels touch nothing else, and `cfg` comes from the same
-        // plan that sized the shared memory.
+        // and crate::dist): x / y / dx / dy / mask cover every row at their strides, scale
+        // / bias / dscale / dbias hold `cols` elements, mean / rstd / dvar `rows`, the
+        // statistics and sums their documented layouts, the workspace (`select::Workspace`)
+        // at least as many partial rows as the grid writes and, for the split backward, a
+        // counter (zeroed before the launch) and the slots of every group, and every
+        // pointer and stride is aligned for the vector width chosen; all buffers belong to
+        // this stream's context. The kernels touch nothing else, and `cfg` comes from the
+        // same plan that sized the shared memory.
         unsafe { self.stream.launch_builder(&f).arg(params).launch(cfg) }?;
         Ok(())
     }

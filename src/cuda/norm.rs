@@ -430,31 +430,27 @@ fn backward_rows<L: Launch>(l: &L, b: &BwdLaunch) -> Result<()> {
             prefetch,
             smem_bytes,
             ..
-        } => match split {
-            Split::Cta => (expr::bwd_stash(x, vec, prefetch), smem_bytes),
-            Split::Cluster(_) => (expr::bwd_cluster(x, vec), smem_bytes),
-            Split::Group(_) => (expr::bwd_split(x, vec), smem_bytes),
-        },
+        } => {
+            let name = match split {
+                Split::Cta => expr::bwd_stash(x, vec, prefetch),
+                Split::Cluster(_) => expr::bwd_cluster(x, vec),
+                Split::Group(_) => expr::bwd_split(x, vec),
+            };
+            (name, smem_bytes)
+        }
     };
     let threads = plan.threads();
     let resident = l.resident_ctas("layernorm_bwd", &name, threads, smem)?;
     let (rows, sms) = (p.rows as u64, l.sm_count());
-    // Partial rows: one per CTA, or per cluster or group for a split row.
-    let (grid, split) = match plan {
-        BwdPlan::V1(v1) => {
-            let needed = rows.div_ceil(v1.rows_per_cta());
-            (select::backward_grid(needed, 1, sms, resident), Split::Cta)
-        }
-        BwdPlan::Stash { split, .. } => {
-            let ctas = split.ctas();
-            (
-                select::backward_grid(rows, ctas, sms, resident) * ctas,
-                split,
-            )
-        }
+    // Partial rows: one per CTA (v1's rows blocks, or a stashed row), or per cluster or
+    // group for a split row.
+    let split = plan.split();
+    let rows_per_unit = match plan {
+        BwdPlan::V1(v1) => v1.rows_per_cta(),
+        BwdPlan::Stash { .. } => 1,
     };
-    let cfg = config(grid, threads, smem);
-    let parts = grid / split.ctas();
+    let parts = select::backward_grid(rows.div_ceil(rows_per_unit), split.ctas(), sms, resident);
+    let cfg = config(parts * split.ctas(), threads, smem);
     match split {
         Split::Cta => l.launch("layernorm_bwd", &name, p, cfg)?,
         Split::Cluster(n) => {

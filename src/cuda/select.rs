@@ -195,6 +195,13 @@ impl BwdPlan {
             BwdPlan::Stash { threads, .. } => *threads,
         }
     }
+    /// How its rows are split over CTAs (v1's: a CTA or less each).
+    pub(crate) fn split(&self) -> Split {
+        match self {
+            BwdPlan::V1(_) => Split::Cta,
+            BwdPlan::Stash { split, .. } => *split,
+        }
+    }
 }
 
 /// Kernels v2's backward plan, one rule for rows of 16-byte vectors (`vec > 1`; the scalar
