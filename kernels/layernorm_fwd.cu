@@ -4,7 +4,8 @@
 //  * layer_norm_fwd: the row lives in registers. A group of GROUP threads owns a row, each
 //    thread VECS vectors of VEC elements, interleaved so a warp's loads are coalesced.
 //    GROUP < 32 packs several rows into a warp (tiny rows), GROUP == 32 is a warp per row,
-//    GROUP > 32 a CTA per row. Only whole vectors are predicated (cols % VEC == 0).
+//    GROUP > 32 a CTA per row. Only whole vectors are predicated (cols % VEC == 0). The
+//    CTA stages scale and bias in shared memory once, for all the rows it visits.
 //  * layer_norm_fwd_cta: a CTA per row for any length; the row is re-read from shared memory
 //    (when it fits) or from global memory (L2) for the second pass.
 //
@@ -47,6 +48,29 @@ template <typename T, typename Params> __device__ __forceinline__ auto forward_o
                       MixedOut<T>(p.y, p.out_dtype));
 }
 
+// Scale and bias of the register tiers, staged by the CTA in `staged` (2 x cols floats of
+// shared memory) as f32, their identities where the module has none, before its first row:
+// its rows then read them from shared memory, with no branch on the parameter dtype.
+// Read from global memory with every row instead, the parameter and output dtype branches
+// of each vector multiply: NVVM spent 5-15 s on each warp tier with 2-4 vectors a lane
+// duplicating the combinations, into 2-5x the code (T20 in docs/TUNING.md).
+template <typename T, int VEC>
+__device__ __forceinline__ auto staged_forward_out(const WarpnormFwdParams& p, float* staged) {
+    float* scale = staged;
+    float* bias = staged + p.cols;
+    const auto scale_in = mixed_param<T>(p.scale, p.param_dtype, 1.f);
+    const auto bias_in = mixed_param<T>(p.bias, p.param_dtype, 0.f);
+    for (long long col = (long long)threadIdx.x * VEC; col < p.cols; col += (long long)blockDim.x * VEC) {
+        float v[VEC];
+        scale_in.template load<VEC>(col, v);
+        store_vec<float, VEC>(scale + col, v);
+        bias_in.template load<VEC>(col, v);
+        store_vec<float, VEC>(bias + col, v);
+    }
+    __syncthreads();
+    return affine_out(SharedRow{scale}, SharedRow{bias}, MixedOut<T>(p.y, p.out_dtype));
+}
+
 // Registers a thread of a register tier may use: the parameter and output dtypes are
 // runtime branches (MixedIn / MixedOut), and left free ptxas spends ~20 more registers
 // keeping both paths' values live, halving the occupancy of the 16-bit CTA tiers. With
@@ -64,7 +88,8 @@ __global__ void __launch_bounds__(GroupLayout<GROUP>::kThreads,
     const int lane = threadIdx.x % GROUP;
     const int slot = threadIdx.x / GROUP;
     const TensorIn<T> x_in{static_cast<const T*>(p.x)};
-    const auto out = forward_out<T>(p);
+    WARPNORM_DYNAMIC_SMEM(staged);
+    const auto out = staged_forward_out<T, VEC>(p, staged);
 
     // The loop bound is uniform across the CTA so that every thread reaches every shuffle
     // and barrier; rows past the end are carried along with zero weight.

@@ -24,6 +24,9 @@ const TOLERANCE: f64 = 1.10;
 enum Reason {
     /// The forward loads scale and bias with every row (L1/L2 hits on a GPU, not DRAM).
     ParamsEveryRow,
+    /// The forward's register tiers load scale and bias once per CTA, which stages them in
+    /// shared memory for all its rows.
+    ParamsOncePerCta,
     /// The backward loads scale in both passes of every row (L1/L2 hits on a GPU).
     ScaleTwiceEveryRow,
     /// The forward CTA kernel without a row cache reads x again for the second pass
@@ -58,7 +61,7 @@ struct Sizes {
     out: f64,
     scale: bool,
     bias: bool,
-    /// Rows, and partial rows (CTAs of the backward kernel).
+    /// Rows, and partial rows (the backward kernel's CTAs) or the forward's CTAs.
     rows: f64,
     parts: f64,
 }
@@ -73,6 +76,7 @@ impl Reason {
     fn bytes_per_element(self, s: Sizes) -> f64 {
         match self {
             Reason::ParamsEveryRow => s.grads() * s.param,
+            Reason::ParamsOncePerCta => s.parts * s.grads() * s.param / s.rows,
             Reason::ScaleTwiceEveryRow => 2.0 * s.scale as u8 as f64 * s.param,
             Reason::SecondReadOfX => s.x,
             Reason::SecondReadOfXAndDy => s.x + s.out,
@@ -135,7 +139,7 @@ fn paths() -> Vec<Path> {
             kernel: "layer_norm_fwd<",
             layout: rows(64, 64),
             rms: false,
-            reasons: &[ParamsEveryRow],
+            reasons: &[ParamsOncePerCta],
             v2: None,
         },
         Path {
@@ -143,9 +147,9 @@ fn paths() -> Vec<Path> {
             pass: Forward,
             device: EmulatedDevice::Hopper,
             kernel: "layer_norm_fwd<",
-            layout: rows(16, 1024),
+            layout: rows(256, 512),
             rms: false,
-            reasons: &[ParamsEveryRow],
+            reasons: &[ParamsOncePerCta],
             v2: None,
         },
         Path {
@@ -153,9 +157,9 @@ fn paths() -> Vec<Path> {
             pass: Forward,
             device: EmulatedDevice::Hopper,
             kernel: "layer_norm_fwd<",
-            layout: rows(8, 4096),
+            layout: rows(64, 4096),
             rms: false,
-            reasons: &[ParamsEveryRow],
+            reasons: &[ParamsOncePerCta],
             v2: None,
         },
         Path {
@@ -345,7 +349,7 @@ fn data<T: Element>(n: usize, salt: f64) -> Vec<T> {
 struct Measured {
     launches: Vec<LaunchTraffic>,
     ideal: f64,
-    /// Partial rows the backward wrote (0 for a forward).
+    /// Partial rows the backward wrote; the forward's CTAs.
     parts: f64,
 }
 
@@ -399,10 +403,11 @@ fn run_on_device<T: Element, P: Element, O: Element>(
     let stats = 8.0 * n_rows as f64;
     if path.pass == Pass::Forward {
         let ((), launches) = emulator::traffic(|| forward(&mut y, &mut mean, &mut rstd));
+        let ctas = launches[0].grid as f64;
         return Measured {
             launches,
             ideal: elems * (x_b + o_b) + stats,
-            parts: 0.0,
+            parts: ctas,
         };
     }
     forward(&mut y, &mut mean, &mut rstd);

@@ -342,9 +342,10 @@ fn config(grid: u32, threads: u32, smem: u32) -> LaunchConfig {
 fn forward_rows<L: Launch>(l: &L, b: &FwdLaunch) -> Result<()> {
     let p = &b.params;
     let x = b.dtypes.x.short_name();
-    let plan = select::forward_plan(p.cols as u64, b.vec, b.elem_bytes, l.max_smem_per_cta());
+    let cols = p.cols as u64;
+    let plan = select::forward_plan(cols, b.vec, b.elem_bytes, l.max_smem_per_cta());
     let (name, smem) = match plan {
-        Plan::Rows(t) => (expr::fwd_rows(x, t), 0),
+        Plan::Rows(t) => (expr::fwd_rows(x, t), select::forward_rows_smem(cols)),
         Plan::Cta {
             vec,
             cached,
