@@ -13,7 +13,11 @@
 namespace cooperative_groups {
 
 struct cluster_group {
-    void sync() const { warpnorm_emu::wait_at(warpnorm_emu::ctx().cluster_barrier); }
+    // Every thread of the cluster passes it, those of this block among them.
+    void sync() const {
+        warpnorm_emu::wait_at(warpnorm_emu::ctx().cluster_barrier);
+        ++warpnorm_emu::ctx().block_syncs;
+    }
     unsigned block_rank() const { return warpnorm_emu::ctx().cluster_rank; }
     unsigned num_blocks() const { return warpnorm_emu::ctx().cluster_size; }
     template <typename T> T* map_shared_rank(T* addr, unsigned rank) const {

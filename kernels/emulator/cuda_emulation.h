@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "fibers.h"
+#include "shared_races.h"
 
 #define __global__
 #define __device__
@@ -46,6 +47,10 @@ struct ThreadContext {
     float* warp_exchange;  // 32 floats of this thread's warp
     float* dynamic_smem;
     unsigned dynamic_smem_bytes;
+    // The race check of this block's dynamic shared memory, and the block and warp
+    // barriers this thread has passed in it.
+    SharedRaces* races;
+    unsigned long long block_syncs, warp_syncs;
     // This block's cluster: its size, this block's rank in it, the barrier of all its
     // threads and each block's dynamic shared memory (a lone block is a cluster of one).
     unsigned cluster_size, cluster_rank;
@@ -69,13 +74,27 @@ inline ThreadContext& ctx() { return *current; }
 // The running thread waits until all the threads of `b` have arrived.
 inline void wait_at(Barrier* b) { Scheduler::of_this_os_thread().wait(*b); }
 
-// An access through the kernels' load / store helpers: global memory unless it falls in
-// the block's dynamic shared memory (static __shared__ arrays are never accessed through
-// the helpers).
-inline void count_traffic(const void* address, unsigned long long bytes, bool is_store) {
+// Where an address falls in the block's dynamic shared memory: its offset, or -1.
+inline long long shared_offset(const void* address) {
     const char* a = static_cast<const char*>(address);
     const char* smem = reinterpret_cast<const char*>(ctx().dynamic_smem);
-    if (a >= smem && a < smem + ctx().dynamic_smem_bytes) return;
+    return a >= smem && a < smem + ctx().dynamic_smem_bytes ? a - smem : -1;
+}
+
+// An access to the block's dynamic shared memory, for the race check.
+inline void check_shared(long long offset, unsigned long long bytes, bool is_store) {
+    const ThreadContext& c = ctx();
+    c.races->access(std::size_t(offset), bytes, is_store, {int(c.thread.x), c.block_syncs, c.warp_syncs});
+}
+
+// An access through the kernels' load / store helpers: global memory, whose bytes count,
+// unless it falls in the block's dynamic shared memory, which the race check sees (static
+// __shared__ arrays are never accessed through the helpers).
+inline void count_traffic(const void* address, unsigned long long bytes, bool is_store) {
+    if (const long long offset = shared_offset(address); offset >= 0) {
+        check_shared(offset, bytes, is_store);
+        return;
+    }
     (is_store ? ctx().stored : ctx().loaded) += bytes;
 }
 
@@ -90,8 +109,14 @@ inline unsigned lane() { return ctx().thread.x % 32; }
 #define WARPNORM_DYNAMIC_SMEM(name) float* name = ::warpnorm_emu::ctx().dynamic_smem
 #define WARPNORM_TRAFFIC(address, bytes, is_store) ::warpnorm_emu::count_traffic(address, bytes, is_store)
 
-inline void __syncthreads() { warpnorm_emu::wait_at(warpnorm_emu::ctx().block_barrier); }
-inline void __syncwarp(unsigned = 0xffffffffu) { warpnorm_emu::wait_at(warpnorm_emu::ctx().warp_barrier); }
+inline void __syncthreads() {
+    warpnorm_emu::wait_at(warpnorm_emu::ctx().block_barrier);
+    ++warpnorm_emu::ctx().block_syncs;
+}
+inline void __syncwarp(unsigned = 0xffffffffu) {
+    warpnorm_emu::wait_at(warpnorm_emu::ctx().warp_barrier);
+    ++warpnorm_emu::ctx().warp_syncs;
+}
 
 // Every lane publishes its value, then reads its source lane's: the same result as the
 // hardware shuffle when all 32 lanes take part (the only way the kernels use it).
@@ -132,7 +157,8 @@ inline float __ldcg(const float* address) { return *address; }
 // the data at the wait, so that a kernel reading the target before the wait, or still
 // reading it when the copy is issued, reads NaN. Copies go to the block's dynamic shared
 // memory, 16-byte aligned at both ends (anything else aborts: a GPU would fault). Their
-// global-memory bytes count when they are issued.
+// global-memory bytes count when they are issued; for the race check the issuing thread
+// writes the target both at the issue and at the wait.
 inline void copy_async_16(void* shared_dst, const void* global_src) {
     auto& c = warpnorm_emu::ctx();
     const char* dst = static_cast<const char*>(shared_dst);
@@ -145,6 +171,7 @@ inline void copy_async_16(void* shared_dst, const void* global_src) {
         std::abort();
     }
     warpnorm_emu::count_traffic(global_src, 16, false);
+    warpnorm_emu::check_shared(dst - smem, 16, true);
     float* target = static_cast<float*>(shared_dst);
     for (int i = 0; i < 4; ++i) target[i] = std::numeric_limits<float>::quiet_NaN();
     c.async_copies.push_back({shared_dst, global_src, c.async_groups});
@@ -154,6 +181,7 @@ template <int N> inline void copy_async_wait() {
     auto& c = warpnorm_emu::ctx();
     std::erase_if(c.async_copies, [&](const warpnorm_emu::ThreadContext::AsyncCopy& copy) {
         if (copy.group + N >= c.async_groups) return false;
+        warpnorm_emu::check_shared(warpnorm_emu::shared_offset(copy.dst), 16, true);
         std::memcpy(copy.dst, copy.src, 16);
         return true;
     });

@@ -66,6 +66,38 @@ void stack_overflow_by_thread_1(const ClusterExchange p) {
     }
 }
 
+// shared_handoff: each thread writes its word of the dynamic shared memory, and reads
+// into out[threadIdx.x] the word of the thread `distance` further on (within its warp for 1,
+// the next warp's for 32): after its write (`war` 0), or before writing its word again
+// (`war` 1, the first write and the read then separated by a __syncthreads). Between the
+// two accesses it waits as `sync` says (0: not at all, 1: __syncthreads, 2: __syncwarp).
+// Without a barrier both threads pass between a write and the other thread's access, a
+// race on a GPU whatever order this emulation runs them in.
+struct SharedHandoff {
+    float* out;
+    int sync;
+    unsigned distance;
+    int war;
+};
+
+void shared_handoff(const SharedHandoff p) {
+    WARPNORM_DYNAMIC_SMEM(smem);
+    const unsigned warp = threadIdx.x / 32 * 32;
+    const unsigned other = p.distance < 32 ? warp + (threadIdx.x + p.distance) % 32 : (threadIdx.x + p.distance) % blockDim.x;
+    warpnorm::store(&smem[threadIdx.x], float(threadIdx.x));
+    if (p.war) {
+        __syncthreads();
+        p.out[threadIdx.x] = warpnorm::load(&smem[other]);
+    }
+    if (p.sync == 1) __syncthreads();
+    if (p.sync == 2) __syncwarp();
+    if (p.war) {
+        warpnorm::store(&smem[threadIdx.x], -1.f);
+    } else {
+        p.out[threadIdx.x] = warpnorm::load(&smem[other]);
+    }
+}
+
 }  // namespace warpnorm_emu_selftest
 
 namespace {
@@ -86,6 +118,8 @@ const Kernel kKernels[] = {
     {"warpnorm_emu_selftest::cluster_exchange",
      [](const void* p) { call(&warpnorm_emu_selftest::cluster_exchange, p); }},
     {"warpnorm_emu_selftest::grid_count", [](const void* p) { call(&warpnorm_emu_selftest::grid_count, p); }},
+    {"warpnorm_emu_selftest::shared_handoff",
+     [](const void* p) { call(&warpnorm_emu_selftest::shared_handoff, p); }},
     {"warpnorm_emu_selftest::barrier_skipped_by_thread_0",
      [](const void* p) { call(&warpnorm_emu_selftest::barrier_skipped_by_thread_0, p); }},
     {"warpnorm_emu_selftest::stack_overflow_by_thread_1",
@@ -101,11 +135,14 @@ const Kernel kKernels[] = {
 // -1 when `expr` is not emulated, -2 for a block size that is not a whole number of warps,
 // -3 for a cluster size that is not 1-8 or does not divide grid_x, -4 when the kernel's
 // threads deadlock (at a barrier, or spinning on global memory), -5 when the fibers'
-// stacks cannot be mapped, -6 when a thread overflows its stack. Launches on different OS
-// threads run in parallel: each has its own fibers and `__shared__` statics.
+// stacks cannot be mapped, -6 when a thread overflows its stack, -7 when threads race on
+// dynamic shared memory (shared_races.h; the first race described in the `message_len`
+// bytes at `message`, NUL-terminated). Launches on different OS threads run in parallel:
+// each has its own fibers and `__shared__` statics.
 extern "C" int warpnorm_emu_launch(const char* expr, const void* params, unsigned grid_x, unsigned grid_y,
                                    unsigned block, unsigned cluster, int cooperative, unsigned smem_bytes,
-                                   unsigned long long* loaded, unsigned long long* stored) {
+                                   unsigned long long* loaded, unsigned long long* stored, char* message,
+                                   unsigned message_len) {
     Entry run = nullptr;
     for (const Kernel& k : kKernels) {
         if (std::string_view(k.expr) == expr) run = k.run;
@@ -121,6 +158,7 @@ extern "C" int warpnorm_emu_launch(const char* expr, const void* params, unsigne
     // Per block: shared memory and a barrier; per cluster: a barrier; per warp: a barrier
     // and the shuffles' exchange buffer.
     std::vector<std::vector<float>> smem(together, std::vector<float>(smem_bytes / sizeof(float) + 1, nan));
+    std::vector<warpnorm_emu::SharedRaces> races(together);
     std::vector<float*> smem_of(together);
     for (unsigned b = 0; b < together; ++b) smem_of[b] = smem[b].data();
     std::vector<float> exchange(threads, 0.f);
@@ -142,6 +180,7 @@ extern "C" int warpnorm_emu_launch(const char* expr, const void* params, unsigne
         c.warp_exchange = &exchange[(t / 32) * 32];
         c.dynamic_smem = smem_of[member];
         c.dynamic_smem_bytes = smem_bytes;
+        c.races = &races[member];
         c.cluster_size = cluster;
         c.cluster_rank = member % cluster;
         c.cluster_barrier = &cluster_barriers[member / cluster];
@@ -158,7 +197,9 @@ extern "C" int warpnorm_emu_launch(const char* expr, const void* params, unsigne
             contexts[t].block = {b % grid_x, b / grid_x, 0};
             contexts[t].async_copies.clear();
             contexts[t].async_groups = 0;
+            contexts[t].block_syncs = contexts[t].warp_syncs = 0;
         }
+        for (auto& r : races) r.reset(smem_bytes);
         switch (scheduler.run(context_of.data(), threads, run, params)) {
             case warpnorm_emu::Scheduler::Outcome::Finished:
                 break;
@@ -168,6 +209,13 @@ extern "C" int warpnorm_emu_launch(const char* expr, const void* params, unsigne
                 return -5;
             case warpnorm_emu::Scheduler::Outcome::StackOverflow:
                 return -6;
+        }
+        for (unsigned m = 0; m < together; ++m) {
+            if (races[m].found() == 0) continue;
+            const unsigned b = first + m;
+            std::snprintf(message, message_len, "block (%u, %u): %s (%llu racing accesses in the block)", b % grid_x,
+                          b / grid_x, races[m].first().c_str(), races[m].found());
+            return -7;
         }
         for (auto& m : smem) std::fill(m.begin(), m.end(), nan);
     }

@@ -13,7 +13,7 @@
 pub mod sharded;
 
 use std::cell::{Cell, RefCell};
-use std::ffi::{c_char, c_int, c_ulonglong, c_void, CString};
+use std::ffi::{c_char, c_int, c_ulonglong, c_void, CStr, CString};
 
 use cudarc::driver::{DeviceRepr, LaunchConfig};
 
@@ -36,6 +36,8 @@ extern "C" {
         smem_bytes: u32,
         loaded: *mut c_ulonglong,
         stored: *mut c_ulonglong,
+        message: *mut c_char,
+        message_len: u32,
     ) -> c_int;
 }
 
@@ -175,12 +177,13 @@ impl Launch for Emulator {
             Grouping::Groups(n) => (1, 1, n),
         };
         let (mut loaded, mut stored): (c_ulonglong, c_ulonglong) = (0, 0);
+        let mut message = [0u8; 512];
         // SAFETY: `params` is the kernel's parameter struct, built by `norm.rs` from
         // host slices whose lengths the public functions below checked exactly as ops
         // checks device buffers; the harness reads it as that struct for `expr`, and the
         // pointers stay valid until it returns (it runs every thread to completion on
-        // this OS thread, or abandons them all at a deadlock). `loaded` and
-        // `stored` are ours to write.
+        // this OS thread, or abandons them all at a deadlock). `loaded`, `stored` and
+        // `message` (whose length is passed with it) are ours to write.
         let rc = unsafe {
             warpnorm_emu_launch(
                 name.as_ptr(),
@@ -193,6 +196,8 @@ impl Launch for Emulator {
                 cfg.shared_mem_bytes,
                 &mut loaded,
                 &mut stored,
+                message.as_mut_ptr().cast(),
+                message.len() as u32,
             )
         };
         if rc == 0 {
@@ -233,6 +238,13 @@ impl Launch for Emulator {
             -6 => Err(Error::Emulation(format!(
                 "a thread of {expr} overflowed its stack"
             ))),
+            -7 => {
+                let race = CStr::from_bytes_until_nul(&message).unwrap_or_default();
+                Err(Error::Emulation(format!(
+                    "{expr} races on shared memory: {}",
+                    race.to_string_lossy()
+                )))
+            }
             _ => Err(Error::Unsupported(format!(
                 "the CPU emulation cannot run {expr} with {cfg:?} in clusters of {cluster}"
             ))),
@@ -474,6 +486,85 @@ mod tests {
         exchange(2, 2, &mut out).unwrap();
         assert_eq!(out[0], 1000.0);
         err.to_string()
+    }
+
+    /// The parameters of the emulator's shared-memory race test kernel.
+    #[repr(C)]
+    struct SharedHandoff {
+        out: *mut f32,
+        sync: i32,
+        distance: u32,
+        war: i32,
+    }
+
+    // SAFETY: a plain C struct of a pointer and two integers, passed by value as the kernel
+    // declares it.
+    unsafe impl DeviceRepr for SharedHandoff {}
+
+    /// Runs the shared-memory handoff self-test on one block: what each thread read.
+    fn shared_handoff(sync: i32, distance: u32, war: bool) -> Result<Vec<f32>> {
+        let mut out = vec![f32::NAN; THREADS as usize];
+        let params = SharedHandoff {
+            out: out.as_mut_ptr(),
+            sync,
+            distance,
+            war: war as i32,
+        };
+        let cfg = launch_config((1, 1), THREADS, THREADS * 4);
+        Emulator.launch(
+            "layernorm_fwd",
+            "warpnorm_emu_selftest::shared_handoff",
+            &params,
+            cfg,
+        )?;
+        Ok(out)
+    }
+
+    #[test]
+    fn a_shared_memory_race_is_an_error_even_where_the_schedule_orders_it() {
+        // A launch starts its threads in index order, so without a barrier a thread reading
+        // the next lane's word reads it before that lane writes it (the write is the first
+        // racing access), and one reading the previous lane's word reads it after (the read
+        // is). Either way the values could come out right; the launch must fail. (After a
+        // barrier the emulation resumes threads in another order: there only the race is
+        // checked, not which access comes first.)
+        for war in [false, true] {
+            for (distance, access, earlier) in [
+                (1, " wrote byte ", "read by thread"),
+                (31, " read byte ", "written by thread"),
+                (32, " wrote byte ", "read by thread"),
+            ] {
+                let err = shared_handoff(0, distance, war).unwrap_err();
+                assert!(matches!(err, Error::Emulation(_)), "{err}");
+                let text = err.to_string();
+                assert!(
+                    text.contains("shared_handoff races on shared memory"),
+                    "{text}"
+                );
+                assert!(text.contains("with no barrier between"), "{text}");
+                if !war {
+                    assert!(text.contains(access) && text.contains(earlier), "{text}");
+                }
+            }
+            // A warp barrier orders the lanes of one warp, not two warps.
+            let err = shared_handoff(2, 32, war).unwrap_err().to_string();
+            assert!(err.contains("races on shared memory"), "{err}");
+            for (sync, distance) in [(1, 1), (1, 31), (1, 32), (2, 1), (2, 31)] {
+                let out = shared_handoff(sync, distance, war).unwrap();
+                for (t, &got) in out.iter().enumerate() {
+                    let warp = t as u32 / 32 * 32;
+                    let other = if distance < 32 {
+                        warp + (t as u32 + distance) % 32
+                    } else {
+                        (t as u32 + distance) % THREADS
+                    };
+                    assert_eq!(
+                        got, other as f32,
+                        "sync {sync}, distance {distance}, thread {t}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]
