@@ -71,10 +71,12 @@ __device__ __forceinline__ auto staged_forward_out(const WarpnormFwdParams& p, f
     return affine_out(SharedRow{scale}, SharedRow{bias}, MixedOut<T>(p.y, p.out_dtype));
 }
 
-// Registers a thread of a register tier may use: the parameter and output dtypes are
-// runtime branches (MixedIn / MixedOut), and left free ptxas spends ~20 more registers
-// keeping both paths' values live, halving the occupancy of the 16-bit CTA tiers. With
-// this budget none spills on sm_80 or sm_90 (tests/kernel_resources.rs).
+// Registers a thread of a register tier may use: the output dtype is a runtime branch
+// (MixedOut; the parameter dtype was one too before the parameters were staged), and left
+// free ptxas spent ~20 more registers keeping both paths' values live, halving the
+// occupancy of the 16-bit CTA tiers. With this budget none spills on sm_80 or sm_90
+// (tests/kernel_resources.rs); staged, they use 32-54 (16 elements a thread or fewer) and
+// 46-70 (32) on sm_90.
 template <int ELEMS> constexpr int kFwdRegisters = ELEMS <= 16 ? 64 : 80;
 
 template <typename T, int VEC, int VECS, int GROUP>

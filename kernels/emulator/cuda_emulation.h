@@ -9,7 +9,8 @@
 // per-warp buffer between two warp barriers. It models what the kernels rely on: a kernel
 // whose lanes diverge at a shuffle or barrier deadlocks, which the launch reports, as it
 // would be undefined behaviour on a GPU. Shared memory starts as NaN so that a read before a write shows up
-// in the results. Global-memory accesses (WARPNORM_TRAFFIC in common.cuh) are counted per
+// in the results, and accesses to a block's dynamic shared memory are checked for races
+// (shared_races.h). Global-memory accesses (WARPNORM_TRAFFIC in common.cuh) are counted per
 // launch: the byte-traffic model of tests/traffic.rs.
 #pragma once
 
