@@ -49,11 +49,12 @@ template <typename T, typename Params> __device__ __forceinline__ auto forward_o
 }
 
 // Scale and bias of the register tiers, staged by the CTA in `staged` (2 x cols floats of
-// shared memory) as f32, their identities where the module has none, before its first row:
-// its rows then read them from shared memory, with no branch on the parameter dtype.
-// Read from global memory with every row instead, the parameter and output dtype branches
-// of each vector multiply: NVVM spent 5-15 s on each warp tier with 2-4 vectors a lane
-// duplicating the combinations, into 2-5x the code (T20 in docs/TUNING.md).
+// its dynamic shared memory, select::forward_rows_smem) as f32, their identities where the
+// module has none, before its first row: its rows then read them from shared memory, with
+// no branch on the parameter dtype. Read from global memory with every row instead, the
+// parameter and output dtype branches of each vector multiply: NVVM spent 5-15 s on each
+// warp tier with 2-4 vectors a lane duplicating the combinations, into 2-5x the code (T20
+// in docs/TUNING.md).
 template <typename T, int VEC>
 __device__ __forceinline__ auto staged_forward_out(const WarpnormFwdParams& p, float* staged) {
     float* scale = staged;
@@ -75,8 +76,8 @@ __device__ __forceinline__ auto staged_forward_out(const WarpnormFwdParams& p, f
 // (MixedOut; the parameter dtype was one too before the parameters were staged), and left
 // free ptxas spent ~20 more registers keeping both paths' values live, halving the
 // occupancy of the 16-bit CTA tiers. With this budget none spills on sm_80 or sm_90
-// (tests/kernel_resources.rs); staged, they use 32-54 (16 elements a thread or fewer) and
-// 46-70 (32) on sm_90.
+// (tests/kernel_resources.rs); staged, they use 32-53 (16 elements a thread or fewer) and
+// 70 (32) on sm_90.
 template <int ELEMS> constexpr int kFwdRegisters = ELEMS <= 16 ? 64 : 80;
 
 template <typename T, int VEC, int VECS, int GROUP>
@@ -85,13 +86,15 @@ __global__ void __launch_bounds__(GroupLayout<GROUP>::kThreads,
     layer_norm_fwd(const WarpnormFwdParams p) {
     constexpr int kElems = VEC * VECS;
     constexpr int kRowsPerCta = GroupLayout<GROUP>::kRowsPerCta;
-    __shared__ float scratch[3 * GroupLayout<GROUP>::kThreads / kWarpSize];
 
     const int lane = threadIdx.x % GROUP;
     const int slot = threadIdx.x / GROUP;
     const TensorIn<T> x_in{static_cast<const T*>(p.x)};
-    WARPNORM_DYNAMIC_SMEM(staged);
-    const auto out = staged_forward_out<T, VEC>(p, staged);
+    // Dynamic shared memory: the staged parameters, then the reduction scratch (3 floats a
+    // warp; used by the CTA tiers only).
+    WARPNORM_DYNAMIC_SMEM(smem);
+    float* scratch = smem + 2 * p.cols;
+    const auto out = staged_forward_out<T, VEC>(p, smem);
 
     // The loop bound is uniform across the CTA so that every thread reaches every shuffle
     // and barrier; rows past the end are carried along with zero weight.

@@ -82,10 +82,10 @@ inline long long shared_offset(const void* address) {
     return a >= smem && a < smem + ctx().dynamic_smem_bytes ? a - smem : -1;
 }
 
-// An access to the block's dynamic shared memory, for the race check.
-inline void check_shared(long long offset, unsigned long long bytes, bool is_store) {
+// The running thread, as the race check of shared memory sees it.
+inline SharedAccessor shared_accessor() {
     const ThreadContext& c = ctx();
-    c.races->access(std::size_t(offset), bytes, is_store, {int(c.thread.x), c.block_syncs, c.warp_syncs});
+    return {int(c.thread.x), c.block_syncs, c.warp_syncs};
 }
 
 // An access through the kernels' load / store helpers: global memory, whose bytes count,
@@ -93,7 +93,7 @@ inline void check_shared(long long offset, unsigned long long bytes, bool is_sto
 // __shared__ arrays are never accessed through the helpers).
 inline void count_traffic(const void* address, unsigned long long bytes, bool is_store) {
     if (const long long offset = shared_offset(address); offset >= 0) {
-        check_shared(offset, bytes, is_store);
+        ctx().races->access(std::size_t(offset), bytes, is_store, shared_accessor());
         return;
     }
     (is_store ? ctx().stored : ctx().loaded) += bytes;
@@ -120,13 +120,15 @@ inline void __syncwarp(unsigned = 0xffffffffu) {
 }
 
 // Every lane publishes its value, then reads its source lane's: the same result as the
-// hardware shuffle when all 32 lanes take part (the only way the kernels use it).
+// hardware shuffle when all 32 lanes take part (the only way the kernels use it). It waits
+// at the warp's barrier without counting a __syncwarp: a shuffle orders no memory access.
 inline float shuffle_from(float v, unsigned src, bool in_range) {
-    float* ex = warpnorm_emu::ctx().warp_exchange;
+    auto& c = warpnorm_emu::ctx();
+    float* ex = c.warp_exchange;
     ex[warpnorm_emu::lane()] = v;
-    __syncwarp();
+    warpnorm_emu::wait_at(c.warp_barrier);
     const float r = in_range ? ex[src] : v;
-    __syncwarp();
+    warpnorm_emu::wait_at(warpnorm_emu::ctx().warp_barrier);
     return r;
 }
 inline float __shfl_xor_sync(unsigned, float v, int mask) {
@@ -158,8 +160,8 @@ inline float __ldcg(const float* address) { return *address; }
 // the data at the wait, so that a kernel reading the target before the wait, or still
 // reading it when the copy is issued, reads NaN. Copies go to the block's dynamic shared
 // memory, 16-byte aligned at both ends (anything else aborts: a GPU would fault). Their
-// global-memory bytes count when they are issued; for the race check the issuing thread
-// writes the target both at the issue and at the wait.
+// global-memory bytes count when they are issued; for the race check the copy writes the
+// target from the issue until the wait.
 inline void copy_async_16(void* shared_dst, const void* global_src) {
     auto& c = warpnorm_emu::ctx();
     const char* dst = static_cast<const char*>(shared_dst);
@@ -172,7 +174,7 @@ inline void copy_async_16(void* shared_dst, const void* global_src) {
         std::abort();
     }
     warpnorm_emu::count_traffic(global_src, 16, false);
-    warpnorm_emu::check_shared(dst - smem, 16, true);
+    c.races->copy_issued(std::size_t(dst - smem), 16, warpnorm_emu::shared_accessor());
     float* target = static_cast<float*>(shared_dst);
     for (int i = 0; i < 4; ++i) target[i] = std::numeric_limits<float>::quiet_NaN();
     c.async_copies.push_back({shared_dst, global_src, c.async_groups});
@@ -182,7 +184,7 @@ template <int N> inline void copy_async_wait() {
     auto& c = warpnorm_emu::ctx();
     std::erase_if(c.async_copies, [&](const warpnorm_emu::ThreadContext::AsyncCopy& copy) {
         if (copy.group + N >= c.async_groups) return false;
-        warpnorm_emu::check_shared(warpnorm_emu::shared_offset(copy.dst), 16, true);
+        c.races->copy_landed(std::size_t(warpnorm_emu::shared_offset(copy.dst)), 16, warpnorm_emu::shared_accessor());
         std::memcpy(copy.dst, copy.src, 16);
         return true;
     });

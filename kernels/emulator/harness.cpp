@@ -70,7 +70,8 @@ void stack_overflow_by_thread_1(const ClusterExchange p) {
 // into out[threadIdx.x] the word of the thread `distance` further on (within its warp for 1,
 // the next warp's for 32): after its write (`war` 0), or before writing its word again
 // (`war` 1, the first write and the read then separated by a __syncthreads). Between the
-// two accesses it waits as `sync` says (0: not at all, 1: __syncthreads, 2: __syncwarp).
+// two accesses it waits as `sync` says (0: not at all, 1: __syncthreads, 2: __syncwarp, 3:
+// a shuffle, which orders no memory).
 // Without a barrier both threads pass between a write and the other thread's access, a
 // race on a GPU whatever order this emulation runs them in.
 struct SharedHandoff {
@@ -91,11 +92,35 @@ void shared_handoff(const SharedHandoff p) {
     }
     if (p.sync == 1) __syncthreads();
     if (p.sync == 2) __syncwarp();
+    if (p.sync == 3) p.out[threadIdx.x] = __shfl_xor_sync(0xffffffffu, 1.f, 1);
     if (p.war) {
         warpnorm::store(&smem[threadIdx.x], -1.f);
     } else {
         p.out[threadIdx.x] = warpnorm::load(&smem[other]);
     }
+}
+
+// copy_handoff: each thread copies 16 bytes of `src` into its slot of the dynamic shared
+// memory asynchronously, and after a __syncthreads reads the next thread's slot into
+// `out`. With `wait_first` it waits for its copy before the barrier; without, after the
+// read: the next thread's copy may still be in flight when it is read.
+struct CopyHandoff {
+    float* out;
+    const float* src;
+    int wait_first;
+};
+
+void copy_handoff(const CopyHandoff p) {
+    WARPNORM_DYNAMIC_SMEM(smem);
+    copy_async_16(&smem[4 * threadIdx.x], &p.src[4 * threadIdx.x]);
+    copy_async_commit();
+    if (p.wait_first) copy_async_wait<0>();
+    __syncthreads();
+    const unsigned next = (threadIdx.x + 1) % blockDim.x;
+    float v[4];
+    warpnorm::load_vec<float, 4>(&smem[4 * next], v);
+    for (int i = 0; i < 4; ++i) p.out[4 * threadIdx.x + i] = v[i];
+    if (!p.wait_first) copy_async_wait<0>();
 }
 
 }  // namespace warpnorm_emu_selftest
@@ -118,6 +143,7 @@ const Kernel kKernels[] = {
     {"warpnorm_emu_selftest::cluster_exchange",
      [](const void* p) { call(&warpnorm_emu_selftest::cluster_exchange, p); }},
     {"warpnorm_emu_selftest::grid_count", [](const void* p) { call(&warpnorm_emu_selftest::grid_count, p); }},
+    {"warpnorm_emu_selftest::copy_handoff", [](const void* p) { call(&warpnorm_emu_selftest::copy_handoff, p); }},
     {"warpnorm_emu_selftest::shared_handoff",
      [](const void* p) { call(&warpnorm_emu_selftest::shared_handoff, p); }},
     {"warpnorm_emu_selftest::barrier_skipped_by_thread_0",
@@ -213,7 +239,7 @@ extern "C" int warpnorm_emu_launch(const char* expr, const void* params, unsigne
         for (unsigned m = 0; m < together; ++m) {
             if (races[m].found() == 0) continue;
             const unsigned b = first + m;
-            std::snprintf(message, message_len, "block (%u, %u): %s (%llu racing accesses in the block)", b % grid_x,
+            std::snprintf(message, message_len, "block (%u, %u): %s (%llu racing 2-byte units in the block)", b % grid_x,
                           b / grid_x, races[m].first().c_str(), races[m].found());
             return -7;
         }

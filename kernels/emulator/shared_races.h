@@ -5,15 +5,20 @@
 // __syncthreads never shows in the results here).
 //
 // Barriers are counted per thread: the k-th __syncthreads (or cluster barrier) of a block
-// is the same event for all its threads, as is the k-th warp barrier (a __syncwarp, or a
-// shuffle) for the lanes of a warp. Two accesses are ordered when they are by the same
-// thread, or when the later one's thread had passed more block barriers than the earlier
-// one's had, or more warp barriers for two lanes of one warp. Checked: the accesses made
-// through common.cuh's memory helpers and the asynchronous copies, at 2-byte granularity
-// (the smallest element). Not checked: static __shared__ arrays (accessed directly), and
-// another block's shared memory reached through a cluster.
+// is the same event for all its threads, as is the k-th __syncwarp for the lanes of a warp
+// (a shuffle exchanges values but orders no memory: it does not count). Two accesses are
+// ordered when they are by the same thread, or when the later one's thread had passed more
+// block barriers than the earlier one's had, or more warp barriers for two lanes of one
+// warp. An asynchronous copy writes its target from its issue until the wait that lands
+// it: any other access to the target in between races with it.
+//
+// Checked: the accesses made through common.cuh's memory helpers and the asynchronous
+// copies, at 2-byte granularity (the smallest element). Not checked: accesses through plain
+// pointers (the CTA reductions' scratch, the backward's row-slot sums), static __shared__
+// arrays, and another block's shared memory reached through a cluster.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdio>
 #include <string>
@@ -23,16 +28,10 @@ namespace warpnorm_emu {
 
 // Who made an access, and the barriers it had passed by then.
 struct SharedAccessor {
-    int thread = kNobody;  // index in the block
-    unsigned long long block_syncs = 0, warp_syncs = 0;
+    int thread;  // index in the block
+    unsigned long long block_syncs, warp_syncs;
 
-    static constexpr int kNobody = -1;
-    static constexpr int kSeveral = -2;  // readers only: more than one thread
-
-    bool ordered_before(const SharedAccessor& later) const {
-        return thread == kNobody || thread == later.thread || later.block_syncs > block_syncs ||
-               (thread >= 0 && thread / 32 == later.thread / 32 && later.warp_syncs > warp_syncs);
-    }
+    int warp() const { return thread / 32; }
 };
 
 class SharedRaces {
@@ -47,39 +46,91 @@ class SharedRaces {
     void access(std::size_t offset, std::size_t bytes, bool is_store, const SharedAccessor& who) {
         for (std::size_t u = offset / 2; u < (offset + bytes + 1) / 2 && u < units_.size(); ++u) {
             Unit& unit = units_[u];
-            if (!unit.writer.ordered_before(who)) report(u, is_store, "written", unit.writer.thread, who);
+            if (unit.copying != kNobody) {
+                report(u, is_store, "while thread " + std::to_string(unit.copying) + "'s asynchronous copy to it was in flight", who);
+            }
+            if (unit.writer.thread != kNobody && !ordered(unit.writer, who)) {
+                report(u, is_store, "written by thread " + std::to_string(unit.writer.thread) + kNoBarrier, who);
+            }
             if (is_store) {
-                // Readers of this phase (since the last block barrier) must be ordered too.
-                const bool read_this_phase = unit.reader.thread != SharedAccessor::kNobody &&
-                                             unit.reader.block_syncs == who.block_syncs;
-                if (read_this_phase && (unit.reader.thread == SharedAccessor::kSeveral || !unit.reader.ordered_before(who))) {
-                    report(u, is_store, "read", unit.reader.thread, who);
-                }
+                if (unit.readers.racing_with(who)) report(u, is_store, "read by " + unit.readers.who() + kNoBarrier, who);
                 unit.writer = who;
-                unit.reader = SharedAccessor{};
-            } else if (unit.reader.thread == SharedAccessor::kNobody || unit.reader.block_syncs < who.block_syncs) {
-                unit.reader = who;
-            } else if (unit.reader.thread != who.thread) {
-                unit.reader.thread = SharedAccessor::kSeveral;
+                unit.readers = Readers{};
+            } else {
+                unit.readers.add(who);
             }
         }
     }
 
-    // How many racing accesses were found since the block started, and the first.
+    // An asynchronous copy by `who` to these bytes is issued (a write from now on), or
+    // lands (the write is done).
+    void copy_issued(std::size_t offset, std::size_t bytes, const SharedAccessor& who) {
+        access(offset, bytes, true, who);
+        for_units(offset, bytes, [&](Unit& unit) { unit.copying = who.thread; });
+    }
+    void copy_landed(std::size_t offset, std::size_t bytes, const SharedAccessor& who) {
+        for_units(offset, bytes, [&](Unit& unit) {
+            unit.copying = kNobody;
+            unit.writer = who;
+        });
+    }
+
+    // How many 2-byte units were accessed racily since the block started, and the first
+    // race found.
     unsigned long long found() const { return found_; }
     const std::string& first() const { return first_; }
 
   private:
-    struct Unit {
-        SharedAccessor writer, reader;
+    static constexpr int kNobody = -1;
+    static constexpr const char* kNoBarrier = " with no barrier between";
+
+    static bool ordered(const SharedAccessor& earlier, const SharedAccessor& later) {
+        return earlier.thread == later.thread || later.block_syncs > earlier.block_syncs ||
+               (earlier.warp() == later.warp() && later.warp_syncs > earlier.warp_syncs);
+    }
+
+    // The reads of a unit since its last write, in the latest block phase they were made
+    // in (a write in a later phase is ordered after all of them): by one thread or several,
+    // all of one warp or not, and the most warp barriers any of them had passed.
+    struct Readers {
+        int thread = kNobody;  // or kSeveral
+        int warp = kNobody;    // or kMixed
+        unsigned long long block_syncs = 0, warp_syncs = 0;
+
+        static constexpr int kSeveral = -2;
+        static constexpr int kMixed = -2;
+
+        void add(const SharedAccessor& who) {
+            if (thread == kNobody || who.block_syncs > block_syncs) {
+                *this = {who.thread, who.warp(), who.block_syncs, who.warp_syncs};
+                return;
+            }
+            if (who.thread != thread) thread = kSeveral;
+            if (who.warp() != warp) warp = kMixed;
+            warp_syncs = std::max(warp_syncs, who.warp_syncs);
+        }
+        bool racing_with(const SharedAccessor& writer) const {
+            if (thread == kNobody || writer.block_syncs > block_syncs || thread == writer.thread) return false;
+            return !(warp == writer.warp() && writer.warp_syncs > warp_syncs);
+        }
+        std::string who() const { return thread == kSeveral ? "threads" : "thread " + std::to_string(thread); }
     };
 
-    void report(std::size_t unit, bool is_store, const char* earlier, int other, const SharedAccessor& who) {
+    struct Unit {
+        SharedAccessor writer{kNobody, 0, 0};
+        Readers readers;
+        int copying = kNobody;  // the thread whose asynchronous copy is writing it
+    };
+
+    template <typename F> void for_units(std::size_t offset, std::size_t bytes, F f) {
+        for (std::size_t u = offset / 2; u < (offset + bytes + 1) / 2 && u < units_.size(); ++u) f(units_[u]);
+    }
+
+    void report(std::size_t unit, bool is_store, const std::string& other, const SharedAccessor& who) {
         if (found_++ > 0) return;
-        char message[200];
-        const std::string by = other == SharedAccessor::kSeveral ? "other threads" : "thread " + std::to_string(other);
-        std::snprintf(message, sizeof(message), "thread %d %s byte %zu of dynamic shared memory, %s by %s with no barrier between",
-                      who.thread, is_store ? "wrote" : "read", unit * 2, earlier, by.c_str());
+        char message[240];
+        std::snprintf(message, sizeof(message), "thread %d %s byte %zu of dynamic shared memory, %s", who.thread,
+                      is_store ? "wrote" : "read", unit * 2, other.c_str());
         first_ = message;
     }
 

@@ -497,8 +497,8 @@ mod tests {
         war: i32,
     }
 
-    // SAFETY: a plain C struct of a pointer and two integers, passed by value as the kernel
-    // declares it.
+    // SAFETY: a plain C struct of a pointer and three integers, passed by value as the
+    // kernel declares it.
     unsafe impl DeviceRepr for SharedHandoff {}
 
     /// Runs the shared-memory handoff self-test on one block: what each thread read.
@@ -546,9 +546,12 @@ mod tests {
                     assert!(text.contains(access) && text.contains(earlier), "{text}");
                 }
             }
-            // A warp barrier orders the lanes of one warp, not two warps.
-            let err = shared_handoff(2, 32, war).unwrap_err().to_string();
-            assert!(err.contains("races on shared memory"), "{err}");
+            // A warp barrier orders the lanes of one warp, not two warps; a shuffle orders
+            // nothing.
+            for (sync, distance) in [(2, 32), (3, 1)] {
+                let err = shared_handoff(sync, distance, war).unwrap_err().to_string();
+                assert!(err.contains("races on shared memory"), "{err}");
+            }
             for (sync, distance) in [(1, 1), (1, 31), (1, 32), (2, 1), (2, 31)] {
                 let out = shared_handoff(sync, distance, war).unwrap();
                 for (t, &got) in out.iter().enumerate() {
@@ -565,6 +568,51 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The parameters of the emulator's asynchronous-copy race test kernel.
+    #[repr(C)]
+    struct CopyHandoff {
+        out: *mut f32,
+        src: *const f32,
+        wait_first: i32,
+    }
+
+    // SAFETY: a plain C struct of two pointers and an integer, passed by value as the
+    // kernel declares it.
+    unsafe impl DeviceRepr for CopyHandoff {}
+
+    #[test]
+    fn reading_another_threads_copy_before_its_wait_is_a_race() {
+        let src: Vec<f32> = (0..4 * THREADS).map(|i| i as f32).collect();
+        let run = |wait_first: bool| {
+            let mut out = vec![f32::NAN; src.len()];
+            let params = CopyHandoff {
+                out: out.as_mut_ptr(),
+                src: src.as_ptr(),
+                wait_first: wait_first as i32,
+            };
+            let cfg = launch_config((1, 1), THREADS, 16 * THREADS);
+            Emulator
+                .launch(
+                    "layernorm_bwd",
+                    "warpnorm_emu_selftest::copy_handoff",
+                    &params,
+                    cfg,
+                )
+                .map(|()| out)
+        };
+        let out = run(true).unwrap();
+        for (i, &got) in out.iter().enumerate() {
+            let (t, k) = (i as u32 / 4, i as u32 % 4);
+            assert_eq!(got, (4 * ((t + 1) % THREADS) + k) as f32, "element {i}");
+        }
+        let err = run(false).unwrap_err().to_string();
+        assert!(err.contains("copy_handoff races on shared memory"), "{err}");
+        assert!(
+            err.contains("asynchronous copy to it was in flight"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -345,7 +345,7 @@ fn forward_rows<L: Launch>(l: &L, b: &FwdLaunch) -> Result<()> {
     let cols = p.cols as u64;
     let plan = select::forward_plan(cols, b.vec, b.elem_bytes, l.max_smem_per_cta());
     let (name, smem) = match plan {
-        Plan::Rows(t) => (expr::fwd_rows(x, t), select::forward_rows_smem(cols)),
+        Plan::Rows(t) => (expr::fwd_rows(x, t), select::forward_rows_smem(t, cols)),
         Plan::Cta {
             vec,
             cached,

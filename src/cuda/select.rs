@@ -78,7 +78,7 @@ pub(crate) fn fwd_cta_loads(generation: KernelGeneration, vec: u32) -> u32 {
 /// register tier where one holds the row and its staged parameters fit in `max_smem`.
 pub(crate) fn forward_plan(cols: u64, vec: u32, elem_bytes: u32, max_smem: u32) -> Plan {
     let tier = pick_row_tier(Pass::Forward, vec, cols);
-    if let Some(tier) = tier.filter(|_| forward_rows_smem(cols) <= max_smem) {
+    if let Some(tier) = tier.filter(|&t| forward_rows_smem(t, cols) <= max_smem) {
         return Plan::Rows(tier);
     }
     // The row cache: x in its own dtype.
@@ -279,9 +279,12 @@ fn cta_plan(cols: u64, vec: u32, cache_bytes: u64, max_smem: u32) -> Plan {
 }
 
 /// Dynamic shared memory of the forward register tier: scale and bias, staged as f32 by
-/// each CTA for the rows it visits (`kernels/layernorm_fwd.cu`).
-pub(crate) fn forward_rows_smem(cols: u64) -> u32 {
-    u32::try_from(cols.saturating_mul(2 * 4)).unwrap_or(u32::MAX)
+/// each CTA for the rows it visits (`kernels/layernorm_fwd.cu`), then the reduction
+/// scratch (the kernel has no static shared memory).
+pub(crate) fn forward_rows_smem(tier: RowTier, cols: u64) -> u32 {
+    let scratch = 3 * tier.threads() as u64 / 32 * 4;
+    let staged = cols.saturating_mul(2 * 4);
+    u32::try_from(staged.saturating_add(scratch)).unwrap_or(u32::MAX)
 }
 
 /// Dynamic shared memory of the backward register tier: the reduction scratch, plus the
@@ -442,23 +445,28 @@ mod tests {
         // every row a tier holds takes it.
         for vec in [2, 4, 8] {
             for t in tiers::row_tiers(Pass::Forward, vec) {
-                assert_eq!(forward_rows_smem(t.capacity()) as u64, 8 * t.capacity());
-                for smem in [SM80_SMEM, SM90_SMEM] {
-                    assert_eq!(forward_plan(t.capacity(), vec, 2, smem), Plan::Rows(t));
+                let scratch = 12 * t.threads() as u64 / 32;
+                let smem = forward_rows_smem(t, t.capacity()) as u64;
+                assert_eq!(smem, 8 * t.capacity() + scratch);
+                for max_smem in [SM80_SMEM, SM90_SMEM] {
+                    assert_eq!(forward_plan(t.capacity(), vec, 2, max_smem), Plan::Rows(t));
                 }
             }
         }
         // On a device with less (99 KiB a CTA, sm_86 / sm_89), the longest 16-bit tier's
-        // rows go to the CTA kernel, and the row that still fits stays in the tier.
+        // rows go to the CTA kernel; the longest that still fits beside the 1024-thread
+        // tier's scratch (384 bytes) stays in the tier.
         let small = 99 * 1024;
         assert!(matches!(forward_plan(16384, 8, 2, small), Plan::Cta { .. }));
-        let fits = (small / 8) as u64 / 8 * 8;
+        let fits = (small as u64 - 384) / 8 / 8 * 8;
+        assert_eq!(fits, 12624);
         assert!(matches!(forward_plan(fits, 8, 2, small), Plan::Rows(t) if t.group == 1024));
         assert!(matches!(
             forward_plan(fits + 8, 8, 2, small),
             Plan::Cta { .. }
         ));
-        assert_eq!(forward_rows_smem(u64::MAX), u32::MAX);
+        let first = tiers::row_tiers(Pass::Forward, 8)[0];
+        assert_eq!(forward_rows_smem(first, u64::MAX), u32::MAX);
     }
 
     #[test]
