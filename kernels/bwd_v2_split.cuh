@@ -81,11 +81,11 @@ struct GroupRowSums {
             for (int k = 0; k < K; ++k) {
                 float sum = 0.f;
                 for (unsigned r = 0; r < barrier.ctas; ++r) sum += __ldcg(&row_slots[r * kSlot + k]);
-                total[k] = sum;
+                store(&total[k], sum);
             }
         });
 #pragma unroll
-        for (int k = 0; k < K; ++k) v[k] = total[k];
+        for (int k = 0; k < K; ++k) v[k] = load(&total[k]);
     }
 };
 

@@ -13,9 +13,10 @@
 #define WARPNORM_DYNAMIC_SMEM(name) extern __shared__ __align__(16) float name[]
 #endif
 
-// Every global-memory access of the kernels goes through load_vec / store_vec / load /
-// store below, which report it here: nothing on a GPU; the CPU emulation counts the bytes
-// each launch moves (its byte-traffic model, tests/traffic.rs).
+// Every global-memory access of the kernels, and most of their dynamic shared memory's,
+// goes through load_vec / store_vec / load / store below, which report it here: nothing on
+// a GPU; the CPU emulation counts the global bytes each launch moves (its byte-traffic
+// model, tests/traffic.rs) and checks the shared ones for races.
 #ifndef WARPNORM_TRAFFIC
 #define WARPNORM_TRAFFIC(address, bytes, is_store) ((void)0)
 #endif
@@ -218,8 +219,9 @@ __device__ __forceinline__ Moments chan_merge(Moments a, Moments b) {
 }
 
 // Sums of a warp's lanes, combined across the warps of a CTA in warp order through shared
-// memory (`scratch` holds at least K * warps floats). Every thread gets the total.
-// Contains two __syncthreads: all threads of the CTA must call it.
+// memory (`scratch`, dynamic shared memory, holds at least K * warps floats; accessed
+// through load / store, so that the CPU emulation checks it for races). Every thread gets
+// the total. Contains two __syncthreads: all threads of the CTA must call it.
 template <int K> __device__ __forceinline__ void cta_sum(float (&v)[K], float* scratch) {
     const int lane = threadIdx.x % kWarpSize;
     const int warp = threadIdx.x / kWarpSize;
@@ -228,32 +230,36 @@ template <int K> __device__ __forceinline__ void cta_sum(float (&v)[K], float* s
     for (int k = 0; k < K; ++k) v[k] = group_sum<kWarpSize>(v[k]);
     if (lane == 0) {
 #pragma unroll
-        for (int k = 0; k < K; ++k) scratch[k * warps + warp] = v[k];
+        for (int k = 0; k < K; ++k) store(&scratch[k * warps + warp], v[k]);
     }
     __syncthreads();
 #pragma unroll
     for (int k = 0; k < K; ++k) {
         float total = 0.f;
-        for (int w = 0; w < warps; ++w) total += scratch[k * warps + w];
+        for (int w = 0; w < warps; ++w) total += load(&scratch[k * warps + w]);
         v[k] = total;
     }
     __syncthreads();  // scratch may be reused by the caller's next reduction
 }
 
 // Per-warp moments merged across the CTA with Chan's formula in warp order.
-// `scratch` holds at least 3 * warps floats. Two __syncthreads: all threads call it.
+// `scratch` (dynamic shared memory, as cta_sum's) holds at least 3 * warps floats. Two
+// __syncthreads: all threads call it.
 __device__ __forceinline__ Moments cta_merge(Moments m, float* scratch) {
     const int lane = threadIdx.x % kWarpSize;
     const int warp = threadIdx.x / kWarpSize;
     const int warps = blockDim.x / kWarpSize;
     if (lane == 0) {
-        scratch[3 * warp + 0] = m.n;
-        scratch[3 * warp + 1] = m.mean;
-        scratch[3 * warp + 2] = m.m2;
+        store(&scratch[3 * warp + 0], m.n);
+        store(&scratch[3 * warp + 1], m.mean);
+        store(&scratch[3 * warp + 2], m.m2);
     }
     __syncthreads();
-    Moments total = {scratch[0], scratch[1], scratch[2]};
-    for (int w = 1; w < warps; ++w) total = chan_merge(total, {scratch[3 * w], scratch[3 * w + 1], scratch[3 * w + 2]});
+    const auto moments_of = [&](int w) -> Moments {
+        return {load(&scratch[3 * w]), load(&scratch[3 * w + 1]), load(&scratch[3 * w + 2])};
+    };
+    Moments total = moments_of(0);
+    for (int w = 1; w < warps; ++w) total = chan_merge(total, moments_of(w));
     __syncthreads();
     return total;
 }

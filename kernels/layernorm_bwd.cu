@@ -195,16 +195,16 @@ __global__ void __launch_bounds__(GroupLayout<GROUP>::kThreads,
             if (col >= p.cols) continue;
 #pragma unroll
             for (int i = 0; i < VEC; ++i) {
-                slots[slot * p.cols + col + i] = acc_scale[v * VEC + i];
-                slots[stride + slot * p.cols + col + i] = acc_bias[v * VEC + i];
+                store(&slots[slot * p.cols + col + i], acc_scale[v * VEC + i]);
+                store(&slots[stride + slot * p.cols + col + i], acc_bias[v * VEC + i]);
             }
         }
         __syncthreads();
         for (long long col = threadIdx.x; col < p.cols; col += kThreads) {
             float s = 0.f, b = 0.f;
             for (int k = 0; k < kRowsPerCta; ++k) {
-                s += slots[k * p.cols + col];
-                b += slots[stride + k * p.cols + col];
+                s += load(&slots[k * p.cols + col]);
+                b += load(&slots[stride + k * p.cols + col]);
             }
             if (part_scale) store(&part_scale[col], s);
             if (part_bias) store(&part_bias[col], b);

@@ -26,6 +26,8 @@ pub(crate) struct RankForward {
 /// One rank's exact (unrounded) gradients.
 pub(crate) struct RankGrads {
     pub dx: Vec<f64>,
+    /// The magnitude of each dx's terms (`RowStats::dx_magnitude`).
+    pub dx_magnitude: Vec<f64>,
     pub dscale: Vec<f64>,
     pub dbias: Vec<f64>,
 }
@@ -123,6 +125,7 @@ impl Engine<'_> {
             .iter()
             .map(|r| RankGrads {
                 dx: vec![0.0; r.x.len()],
+                dx_magnitude: vec![0.0; r.x.len()],
                 dscale: vec![0.0; self.param_len],
                 dbias: vec![0.0; self.param_len],
             })
@@ -138,9 +141,12 @@ impl Engine<'_> {
                         .map(|(&(q, _, p), &d)| d * self.ranks[q].scale.map_or(1.0, |s| s[p]))
                         .collect();
                 let dx = st.dx(self.kind, &g.x, &g.w, &gy);
-                for (((&(q, i, p), &x), &d), dx) in g.at.iter().zip(&g.x).zip(&dy).zip(dx) {
+                let magnitude = st.dx_magnitude(self.kind, &g.x, &g.w, &gy);
+                let values = g.at.iter().zip(&g.x).zip(&dy).zip(dx).zip(magnitude);
+                for ((((&(q, i, p), &x), &d), dx), magnitude) in values {
                     let o = &mut out[q];
                     o.dx[i] = dx;
+                    o.dx_magnitude[i] = magnitude;
                     o.dscale[p] += d * st.xhat(x);
                     o.dbias[p] += d;
                 }

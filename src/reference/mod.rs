@@ -59,6 +59,10 @@ pub struct Forward {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Grads {
     pub dx: Tensor,
+    /// How large the terms of each element of dx are before they cancel (`rstd` times
+    /// `|dy * scale|` plus the statistics' share): what an f32 computation's rounding error
+    /// in dx scales with (the tolerance of `tooling::kernel_matrix`).
+    pub dx_magnitude: Vec<f64>,
     pub dscale: Option<Tensor>,
     pub dbias: Option<Tensor>,
 }
@@ -361,6 +365,7 @@ fn run_backward(
             };
             Ok(Grads {
                 dx: Tensor::new(x.shape(), x_dtype, g.dx)?,
+                dx_magnitude: g.dx_magnitude,
                 dscale: param(cfg.has_scale(), g.dscale)?,
                 dbias: param(cfg.has_bias(), g.dbias)?,
             })

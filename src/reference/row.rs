@@ -124,16 +124,77 @@ impl RowStats {
 
     /// `dL/dx` for every element, given `gy_i = dy_i * g_i` (see the module docs).
     pub fn dx(&self, kind: NormKind, x: &[f64], w: &[f64], gy: &[f64]) -> Vec<f64> {
-        let a: f64 = gy.iter().sum();
-        let b: f64 = gy.iter().zip(x).map(|(&g, &x)| g * self.xhat(x)).sum();
-        let mean_term = if kind == NormKind::LayerNorm { a } else { 0.0 };
+        let (mean_term, b) = self.row_sums(kind, x, gy);
         x.iter()
             .zip(w)
             .zip(gy)
             .map(|((&x, &w), &g)| {
-                let var_term = self.clamp * (x - self.mean) * self.rstd * b;
+                let var_term = self.var_term(x, b);
                 self.rstd * (g - stats_grad(w, mean_term + var_term, x - self.mean))
             })
             .collect()
+    }
+
+    /// How large the terms of each element's `dL/dx` are before they cancel:
+    /// `rstd (|g_i| + w_i (|mean term| + |variance term|))`. A kernel's f32 rounding error
+    /// scales with it, not with `dL/dx` itself: with one element, RMSNorm's `dL/dx` is
+    /// `rstd g (1 - xhat^2)`, much smaller than its terms when `x^2` is much larger than eps.
+    pub fn dx_magnitude(&self, kind: NormKind, x: &[f64], w: &[f64], gy: &[f64]) -> Vec<f64> {
+        let (mean_term, b) = self.row_sums(kind, x, gy);
+        x.iter()
+            .zip(w)
+            .zip(gy)
+            .map(|((&x, &w), &g)| {
+                let share = w.abs() * (mean_term.abs() + self.var_term(x, b).abs());
+                self.rstd * (g.abs() + share)
+            })
+            .collect()
+    }
+
+    /// The row sums of the gradient through the statistics: through the mean (LayerNorm
+    /// only), and `sum gy xhat`.
+    fn row_sums(&self, kind: NormKind, x: &[f64], gy: &[f64]) -> (f64, f64) {
+        let a: f64 = gy.iter().sum();
+        let b: f64 = gy.iter().zip(x).map(|(&g, &x)| g * self.xhat(x)).sum();
+        (if kind == NormKind::LayerNorm { a } else { 0.0 }, b)
+    }
+
+    fn var_term(&self, x: f64, b: f64) -> f64 {
+        self.clamp * (x - self.mean) * self.rstd * b
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_element_rmsnorm_dx_is_far_smaller_than_its_terms() {
+        // x^2 = 4e-2 against eps 1e-5: 1 - xhat^2 = eps / (x^2 + eps), about 2.5e-4.
+        let (x, w, gy) = ([0.2], [1.0], [0.7]);
+        let st = RowStats::new(NormKind::RmsNorm, false, 1e-5, &x, &w);
+        let xhat = st.xhat(x[0]);
+        let dx = st.dx(NormKind::RmsNorm, &x, &w, &gy)[0];
+        let magnitude = st.dx_magnitude(NormKind::RmsNorm, &x, &w, &gy)[0];
+        assert!((dx - st.rstd * gy[0] * (1.0 - xhat * xhat)).abs() < 1e-12 * magnitude);
+        assert!((magnitude - st.rstd * gy[0] * (1.0 + xhat * xhat)).abs() < 1e-12 * magnitude);
+        assert!(magnitude > 4000.0 * dx.abs(), "{magnitude} against {dx}");
+    }
+
+    #[test]
+    fn dx_magnitude_bounds_dx_and_a_masked_out_element_is_its_own_term() {
+        let x = [0.3, -1.2, 2.5, 0.1, -0.4];
+        let w = [0.25, 0.25, 0.25, 0.0, 0.25];
+        let gy = [0.5, -0.3, 1.1, 0.8, -0.9];
+        for kind in [NormKind::LayerNorm, NormKind::RmsNorm, NormKind::RmsScaling] {
+            let st = RowStats::new(kind, false, 1e-5, &x, &w);
+            let dx = st.dx(kind, &x, &w, &gy);
+            let magnitude = st.dx_magnitude(kind, &x, &w, &gy);
+            for i in 0..x.len() {
+                assert!(magnitude[i] >= dx[i].abs(), "{kind:?} {i}");
+            }
+            // Outside the mask only the element's own term is left.
+            assert!((magnitude[3] - st.rstd * gy[3].abs()).abs() < 1e-15);
+        }
     }
 }
