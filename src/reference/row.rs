@@ -124,15 +124,9 @@ impl RowStats {
 
     /// `dL/dx` for every element, given `gy_i = dy_i * g_i` (see the module docs).
     pub fn dx(&self, kind: NormKind, x: &[f64], w: &[f64], gy: &[f64]) -> Vec<f64> {
-        let (mean_term, b) = self.row_sums(kind, x, gy);
-        x.iter()
-            .zip(w)
-            .zip(gy)
-            .map(|((&x, &w), &g)| {
-                let var_term = self.var_term(x, b);
-                self.rstd * (g - stats_grad(w, mean_term + var_term, x - self.mean))
-            })
-            .collect()
+        self.per_element(kind, x, w, gy, |x, w, g, mean_term, var_term| {
+            self.rstd * (g - stats_grad(w, mean_term + var_term, x - self.mean))
+        })
     }
 
     /// How large the terms of each element's `dL/dx` are before they cancel:
@@ -140,23 +134,30 @@ impl RowStats {
     /// scales with it, not with `dL/dx` itself: with one element, RMSNorm's `dL/dx` is
     /// `rstd g (1 - xhat^2)`, much smaller than its terms when `x^2` is much larger than eps.
     pub fn dx_magnitude(&self, kind: NormKind, x: &[f64], w: &[f64], gy: &[f64]) -> Vec<f64> {
-        let (mean_term, b) = self.row_sums(kind, x, gy);
+        self.per_element(kind, x, w, gy, |_, w, g, mean_term, var_term| {
+            self.rstd * (g.abs() + w.abs() * (mean_term.abs() + var_term.abs()))
+        })
+    }
+
+    /// `f(x_i, w_i, gy_i, mean term, variance term)` for every element: the gradient
+    /// through the statistics is `w_i (mean term + variance term)`, the mean term (the sum
+    /// of gy, LayerNorm only) the same for the whole row.
+    fn per_element(
+        &self,
+        kind: NormKind,
+        x: &[f64],
+        w: &[f64],
+        gy: &[f64],
+        f: impl Fn(f64, f64, f64, f64, f64) -> f64,
+    ) -> Vec<f64> {
+        let a: f64 = gy.iter().sum();
+        let b: f64 = gy.iter().zip(x).map(|(&g, &x)| g * self.xhat(x)).sum();
+        let mean_term = if kind == NormKind::LayerNorm { a } else { 0.0 };
         x.iter()
             .zip(w)
             .zip(gy)
-            .map(|((&x, &w), &g)| {
-                let share = w.abs() * (mean_term.abs() + self.var_term(x, b).abs());
-                self.rstd * (g.abs() + share)
-            })
+            .map(|((&x, &w), &g)| f(x, w, g, mean_term, self.var_term(x, b)))
             .collect()
-    }
-
-    /// The row sums of the gradient through the statistics: through the mean (LayerNorm
-    /// only), and `sum gy xhat`.
-    fn row_sums(&self, kind: NormKind, x: &[f64], gy: &[f64]) -> (f64, f64) {
-        let a: f64 = gy.iter().sum();
-        let b: f64 = gy.iter().zip(x).map(|(&g, &x)| g * self.xhat(x)).sum();
-        (if kind == NormKind::LayerNorm { a } else { 0.0 }, b)
     }
 
     fn var_term(&self, x: f64, b: f64) -> f64 {
