@@ -57,14 +57,14 @@ template <int VEC> struct StashRow {
             Pack<E, kC> p;
 #pragma unroll
             for (int i = 0; i < kC; ++i) p.v[i] = from_float<E>(vals[c * kC + i]);
-            *chunk<E>(v, c) = p;
+            store_pack<E, kC>(chunk<E>(v, c)->v, p);
         }
     }
     template <typename E> __device__ __forceinline__ void get(long long v, float* vals) const {
         constexpr int kC = Chunk<E, VEC>::kElems;
 #pragma unroll
         for (int c = 0; c < VEC / kC; ++c) {
-            const Pack<E, kC> p = *chunk<E>(v, c);
+            const Pack<E, kC> p = load_pack<E, kC>(chunk<E>(v, c)->v);
 #pragma unroll
             for (int i = 0; i < kC; ++i) vals[c * kC + i] = to_float(p.v[i]);
         }

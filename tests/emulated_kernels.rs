@@ -335,33 +335,49 @@ fn unaligned_slices_and_padded_strides_use_the_scalar_path() {
 
 /// RMSNorm over one element: dx = rstd g (1 - xhat^2) is far smaller than its two terms
 /// when x^2 is large against eps, and the kernel's f32 rounding of those terms is what its
-/// dx error scales with. These seeds (of 3000 tried, 104 were such) fail a tolerance taken
-/// from dx's own largest value; the matrix judges dx by its terms' magnitude instead.
+/// dx error scales with. The matrix judges each element of dx by its own terms' magnitude
+/// (a tolerance from dx's largest value failed about 3 % of seeds here): the kernels pass
+/// on 200 seeds, and a dx of 0 where the terms cancel most is still caught.
 #[test]
 fn one_element_rmsnorm_rows_are_judged_by_the_magnitude_of_dx_terms() {
     let d = dtypes::<f32, f32, f32>();
-    for seed in [22, 107, 148] {
+    let mut cancelling = 0;
+    for seed in 0..200 {
         let case = Case::of(Variant::RmsNorm, d, 67, 1, seed).unwrap();
         let want = case.reference().unwrap();
-        let out = Kernels::Emulator
+        let mut out = Kernels::Emulator
             .run(&case, Some(KernelGeneration::V1))
             .unwrap();
-        let dx = want.grads.dx.data();
-        let (rel, abs) = tolerance(DType::F32, max_abs(dx), 1);
-        let by_dx = error_ratio(&out.dx, dx, rel, abs).0;
-        assert!(
-            by_dx > 1.0,
-            "seed {seed}: {by_dx}x a tolerance from dx alone"
-        );
         let deviations = kernel_matrix::compare(&case, &want, &out);
         assert!(
             deviations.iter().all(|d| d.passed()),
             "seed {seed}: {deviations:?}"
         );
-        for (&m, &w) in want.grads.dx_magnitude.iter().zip(dx) {
-            assert!(m >= w.abs(), "seed {seed}: magnitude {m} under |dx| {w}");
+        // Of the elements with a dx of some size, the one whose terms cancel most.
+        let dx = want.grads.dx.data();
+        let magnitude = &want.grads.dx_magnitude;
+        assert!(
+            magnitude.iter().zip(dx).all(|(m, w)| *m >= w.abs()),
+            "seed {seed}"
+        );
+        let (at, cancelled) = (0..dx.len())
+            .filter(|&i| dx[i].abs() > 1e-4)
+            .map(|i| (i, magnitude[i] / dx[i].abs()))
+            .fold((0, 0.0), |best, e| if e.1 > best.1 { e } else { best });
+        if cancelled > 100.0 {
+            cancelling += 1;
+            out.dx[at] = 0.0;
+            let caught = kernel_matrix::compare(&case, &want, &out);
+            assert!(
+                caught.iter().any(|d| !d.passed()),
+                "seed {seed}: a dx of 0 at {at} passed"
+            );
         }
     }
+    assert!(
+        cancelling > 20,
+        "only {cancelling} seeds with terms cancelling 100-fold"
+    );
 }
 
 #[test]

@@ -13,10 +13,11 @@
 // it: any other access to the target in between races with it.
 //
 // Checked: the accesses made through common.cuh's memory helpers (the CTA reductions'
-// scratch, the row stashes and sums, the staged parameters, the row caches) and the
-// asynchronous copies, at 2-byte granularity (the smallest element). Not checked: static
-// __shared__ arrays (the v2 finalize's), and the cluster kernel's row-sum slots, which
-// other blocks of the cluster read through plain pointers.
+// scratch, the v2 row stashes and their sums, the backward's row-slot sums, the staged
+// parameters, the row caches) and the asynchronous copies, at 2-byte granularity (the
+// smallest element). Not checked: static __shared__ arrays (the v2 finalize's), and the
+// cluster kernel's row-sum slots, which other blocks of the cluster read through plain
+// pointers.
 #pragma once
 
 #include <algorithm>

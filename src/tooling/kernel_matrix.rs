@@ -16,7 +16,7 @@ use crate::layout::Layout;
 use crate::reference::{self, Params};
 use crate::rng::Rng;
 use crate::{DType, NormConfig, Result, Tensor};
-use tolerance::{condition, error_ratio, max_abs, tolerance_kappa};
+use tolerance::{condition, error_ratio, error_ratio_each, max_abs, tolerance_kappa};
 
 /// One kernel variant: a config family and, for channels-first, a layout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -306,30 +306,32 @@ pub fn compare(case: &Case, want: &Reference, out: &Outputs) -> Vec<Deviation> {
     let cols = case.layout.cols();
     let rows = case.layout.num_rows();
     let kappa = condition(&want.fwd.mean, &want.fwd.rstd, case.cfg.fast_variance());
-    // An output's f32 rounding error scales with its largest value, or for dx with its
-    // terms' largest magnitude before they cancel.
-    let judge_at =
-        |output: &'static str, got: &[f64], want: &[f64], dtype: DType, n: usize, scale: f64| {
-            let (rel, abs) = tolerance_kappa(dtype, scale, n, kappa);
-            let (ratio, at) = error_ratio(got, want, rel, abs);
-            let value = |v: &[f64]| v.get(at).copied().unwrap_or(f64::NAN);
-            Deviation {
-                output,
-                ratio,
-                at,
-                got: value(got),
-                want: value(want),
-            }
-        };
-    let judge = |output: &'static str, got: &[f64], want: &[f64], dtype: DType, n: usize| {
-        judge_at(output, got, want, dtype, n, max_abs(want))
+    let deviation = |output: &'static str, got: &[f64], want: &[f64], (ratio, at): (f64, usize)| {
+        let value = |v: &[f64]| v.get(at).copied().unwrap_or(f64::NAN);
+        Deviation {
+            output,
+            ratio,
+            at,
+            got: value(got),
+            want: value(want),
+        }
     };
-    let dx_scale = want
-        .grads
-        .dx_magnitude
-        .iter()
-        .filter(|m| m.is_finite())
-        .fold(max_abs(want.grads.dx.data()), |a, &m| a.max(m));
+    // An output's f32 rounding error scales with its largest value...
+    let judge = |output: &'static str, got: &[f64], want: &[f64], dtype: DType, n: usize| {
+        let (rel, abs) = tolerance_kappa(dtype, max_abs(want), n, kappa);
+        deviation(output, got, want, error_ratio(got, want, rel, abs))
+    };
+    // ...and each element of dx's with the magnitude of its own terms before they cancel.
+    let judge_dx = |got: &[f64]| {
+        let want_dx = want.grads.dx.data();
+        let (rel, f32_error) = tolerance_kappa(d.x, 1.0, cols, kappa);
+        let magnitude = &want.grads.dx_magnitude;
+        let abs = |i: usize| match magnitude.get(i) {
+            Some(m) if m.is_finite() => f32_error * m.max(1.0),
+            _ => f32_error,
+        };
+        deviation("dx", got, want_dx, error_ratio_each(got, want_dx, rel, abs))
+    };
     let mut deviations = vec![
         // keras rounds y through x's dtype first: a kernel's f32 value a hair from the
         // reference's can round to the neighbouring value of x's dtype.
@@ -342,7 +344,7 @@ pub fn compare(case: &Case, want: &Reference, out: &Outputs) -> Vec<Deviation> {
         ),
         judge("mean", &out.mean, &want.fwd.mean, DType::F32, cols),
         judge("rstd", &out.rstd, &want.fwd.rstd, DType::F32, cols),
-        judge_at("dx", &out.dx, want.grads.dx.data(), d.x, cols, dx_scale),
+        judge_dx(&out.dx),
     ];
     // dscale and dbias sum over the rows terms that each carry a row's error: held to the
     // error of the shorter of the two sums, the tighter bound.

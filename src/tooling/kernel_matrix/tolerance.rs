@@ -44,10 +44,20 @@ pub fn condition(mean: &[f64], rstd: &[f64], fast_variance: bool) -> f64 {
 /// `rel * |want| + abs`, and where it is. Infinite where `got` is NaN or infinite and
 /// `want` is finite, and when the lengths differ; a NaN ratio is always the worst.
 pub fn error_ratio(got: &[f64], want: &[f64], rel: f64, abs: f64) -> (f64, usize) {
+    error_ratio_each(got, want, rel, |_| abs)
+}
+
+/// [`error_ratio`] with an absolute allowance per element, `abs(i)`.
+pub fn error_ratio_each(
+    got: &[f64],
+    want: &[f64],
+    rel: f64,
+    abs: impl Fn(usize) -> f64,
+) -> (f64, usize) {
     let mut worst = (0.0f64, 0usize);
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
         let ratio = if g.is_finite() || !w.is_finite() {
-            (g - w).abs() / (rel * w.abs() + abs)
+            (g - w).abs() / (rel * w.abs() + abs(i))
         } else {
             f64::INFINITY
         };
