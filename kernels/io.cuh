@@ -60,15 +60,6 @@ template <typename P> __device__ __forceinline__ ParamIn<TensorIn<P>> typed_para
     return {TensorIn<P>{static_cast<const P*>(p)}, absent};
 }
 
-// f32 values a CTA staged in shared memory, indexed by column (the forward's scale and
-// bias, layernorm_fwd.cu).
-struct SharedRow {
-    const float* base;
-    template <int N> __device__ __forceinline__ void load(long long col, float* dst) const {
-        load_vec<float, N>(base + col, dst);
-    }
-};
-
 // flax's mask as the statistics' weights: 1 where an element takes part, else 0; all 1
 // without a mask. `at` indexes the mask (the kernel applies its stride).
 struct MaskIn {

@@ -69,7 +69,7 @@ __device__ __forceinline__ auto staged_forward_out(const WarpnormFwdParams& p, f
         store_vec<float, VEC>(bias + col, v);
     }
     __syncthreads();
-    return affine_out(SharedRow{scale}, SharedRow{bias}, MixedOut<T>(p.y, p.out_dtype));
+    return affine_out(TensorIn<float>{scale}, TensorIn<float>{bias}, MixedOut<T>(p.y, p.out_dtype));
 }
 
 // Registers a thread of a register tier may use: the output dtype is a runtime branch

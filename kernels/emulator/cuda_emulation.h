@@ -128,7 +128,7 @@ inline float shuffle_from(float v, unsigned src, bool in_range) {
     ex[warpnorm_emu::lane()] = v;
     warpnorm_emu::wait_at(c.warp_barrier);
     const float r = in_range ? ex[src] : v;
-    warpnorm_emu::wait_at(warpnorm_emu::ctx().warp_barrier);
+    warpnorm_emu::wait_at(c.warp_barrier);
     return r;
 }
 inline float __shfl_xor_sync(unsigned, float v, int mask) {

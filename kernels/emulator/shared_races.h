@@ -46,8 +46,7 @@ class SharedRaces {
     }
 
     void access(std::size_t offset, std::size_t bytes, bool is_store, const SharedAccessor& who) {
-        for (std::size_t u = offset / 2; u < (offset + bytes + 1) / 2 && u < units_.size(); ++u) {
-            Unit& unit = units_[u];
+        for_units(offset, bytes, [&](std::size_t u, Unit& unit) {
             if (unit.copying != kNobody) {
                 report(u, is_store, "while thread " + std::to_string(unit.copying) + "'s asynchronous copy to it was in flight", who);
             }
@@ -61,17 +60,17 @@ class SharedRaces {
             } else {
                 unit.readers.add(who);
             }
-        }
+        });
     }
 
     // An asynchronous copy by `who` to these bytes is issued (a write from now on), or
     // lands (the write is done).
     void copy_issued(std::size_t offset, std::size_t bytes, const SharedAccessor& who) {
         access(offset, bytes, true, who);
-        for_units(offset, bytes, [&](Unit& unit) { unit.copying = who.thread; });
+        for_units(offset, bytes, [&](std::size_t, Unit& unit) { unit.copying = who.thread; });
     }
     void copy_landed(std::size_t offset, std::size_t bytes, const SharedAccessor& who) {
-        for_units(offset, bytes, [&](Unit& unit) {
+        for_units(offset, bytes, [&](std::size_t, Unit& unit) {
             unit.copying = kNobody;
             unit.writer = who;
         });
@@ -124,8 +123,9 @@ class SharedRaces {
         int copying = kNobody;  // the thread whose asynchronous copy is writing it
     };
 
+    // f(index, unit) for each 2-byte unit the bytes [offset, offset + bytes) touch.
     template <typename F> void for_units(std::size_t offset, std::size_t bytes, F f) {
-        for (std::size_t u = offset / 2; u < (offset + bytes + 1) / 2 && u < units_.size(); ++u) f(units_[u]);
+        for (std::size_t u = offset / 2; u < (offset + bytes + 1) / 2 && u < units_.size(); ++u) f(u, units_[u]);
     }
 
     void report(std::size_t unit, bool is_store, const std::string& other, const SharedAccessor& who) {

@@ -26,7 +26,7 @@ pub(crate) struct RankForward {
 /// One rank's exact (unrounded) gradients.
 pub(crate) struct RankGrads {
     pub dx: Vec<f64>,
-    /// The magnitude of each dx's terms (`RowStats::dx_magnitude`).
+    /// The magnitude of each dx's terms (`row::Dx`).
     pub dx_magnitude: Vec<f64>,
     pub dscale: Vec<f64>,
     pub dbias: Vec<f64>,
@@ -141,12 +141,10 @@ impl Engine<'_> {
                         .map(|(&(q, _, p), &d)| d * self.ranks[q].scale.map_or(1.0, |s| s[p]))
                         .collect();
                 let dx = st.dx(self.kind, &g.x, &g.w, &gy);
-                let magnitude = st.dx_magnitude(self.kind, &g.x, &g.w, &gy);
-                let values = g.at.iter().zip(&g.x).zip(&dy).zip(dx).zip(magnitude);
-                for ((((&(q, i, p), &x), &d), dx), magnitude) in values {
+                for (((&(q, i, p), &x), &d), dx) in g.at.iter().zip(&g.x).zip(&dy).zip(dx) {
                     let o = &mut out[q];
-                    o.dx[i] = dx;
-                    o.dx_magnitude[i] = magnitude;
+                    o.dx[i] = dx.value;
+                    o.dx_magnitude[i] = dx.magnitude;
                     o.dscale[p] += d * st.xhat(x);
                     o.dbias[p] += d;
                 }

@@ -122,47 +122,36 @@ impl RowStats {
         (x - self.centre) * self.rstd
     }
 
-    /// `dL/dx` for every element, given `gy_i = dy_i * g_i` (see the module docs).
-    pub fn dx(&self, kind: NormKind, x: &[f64], w: &[f64], gy: &[f64]) -> Vec<f64> {
-        self.per_element(kind, x, w, gy, |x, w, g, mean_term, var_term| {
-            self.rstd * (g - stats_grad(w, mean_term + var_term, x - self.mean))
-        })
-    }
-
-    /// How large the terms of each element's `dL/dx` are before they cancel:
-    /// `rstd (|g_i| + w_i (|mean term| + |variance term|))`. A kernel's f32 rounding error
-    /// scales with it, not with `dL/dx` itself: with one element, RMSNorm's `dL/dx` is
-    /// `rstd g (1 - xhat^2)`, much smaller than its terms when `x^2` is much larger than eps.
-    pub fn dx_magnitude(&self, kind: NormKind, x: &[f64], w: &[f64], gy: &[f64]) -> Vec<f64> {
-        self.per_element(kind, x, w, gy, |_, w, g, mean_term, var_term| {
-            self.rstd * (g.abs() + w.abs() * (mean_term.abs() + var_term.abs()))
-        })
-    }
-
-    /// `f(x_i, w_i, gy_i, mean term, variance term)` for every element: the gradient
-    /// through the statistics is `w_i (mean term + variance term)`, the mean term (the sum
-    /// of gy, LayerNorm only) the same for the whole row.
-    fn per_element(
-        &self,
-        kind: NormKind,
-        x: &[f64],
-        w: &[f64],
-        gy: &[f64],
-        f: impl Fn(f64, f64, f64, f64, f64) -> f64,
-    ) -> Vec<f64> {
+    /// `dL/dx` for every element, given `gy_i = dy_i * g_i` (see the module docs), with
+    /// the magnitude of its terms. The gradient through the statistics is
+    /// `w_i (mean term + variance term)`, the mean term (the sum of gy, LayerNorm only)
+    /// the same for the whole row.
+    pub fn dx(&self, kind: NormKind, x: &[f64], w: &[f64], gy: &[f64]) -> Vec<Dx> {
         let a: f64 = gy.iter().sum();
         let b: f64 = gy.iter().zip(x).map(|(&g, &x)| g * self.xhat(x)).sum();
         let mean_term = if kind == NormKind::LayerNorm { a } else { 0.0 };
         x.iter()
             .zip(w)
             .zip(gy)
-            .map(|((&x, &w), &g)| f(x, w, g, mean_term, self.var_term(x, b)))
+            .map(|((&x, &w), &g)| {
+                let var_term = self.clamp * (x - self.mean) * self.rstd * b;
+                Dx {
+                    value: self.rstd * (g - stats_grad(w, mean_term + var_term, x - self.mean)),
+                    magnitude: self.rstd * (g.abs() + w.abs() * (mean_term.abs() + var_term.abs())),
+                }
+            })
             .collect()
     }
+}
 
-    fn var_term(&self, x: f64, b: f64) -> f64 {
-        self.clamp * (x - self.mean) * self.rstd * b
-    }
+/// One element's `dL/dx`, and how large its terms are before they cancel:
+/// `rstd (|g_i| + w_i (|mean term| + |variance term|))`. A kernel's f32 rounding error
+/// scales with the magnitude, not with `dL/dx` itself: with one element, RMSNorm's `dL/dx`
+/// is `rstd g (1 - xhat^2)`, much smaller than its terms when `x^2` is much larger than eps.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Dx {
+    pub value: f64,
+    pub magnitude: f64,
 }
 
 #[cfg(test)]
@@ -175,8 +164,10 @@ mod tests {
         let (x, w, gy) = ([0.2], [1.0], [0.7]);
         let st = RowStats::new(NormKind::RmsNorm, false, 1e-5, &x, &w);
         let xhat = st.xhat(x[0]);
-        let dx = st.dx(NormKind::RmsNorm, &x, &w, &gy)[0];
-        let magnitude = st.dx_magnitude(NormKind::RmsNorm, &x, &w, &gy)[0];
+        let Dx {
+            value: dx,
+            magnitude,
+        } = st.dx(NormKind::RmsNorm, &x, &w, &gy)[0];
         assert!((dx - st.rstd * gy[0] * (1.0 - xhat * xhat)).abs() < 1e-12 * magnitude);
         assert!((magnitude - st.rstd * gy[0] * (1.0 + xhat * xhat)).abs() < 1e-12 * magnitude);
         assert!(magnitude > 4000.0 * dx.abs(), "{magnitude} against {dx}");
@@ -190,12 +181,11 @@ mod tests {
         for kind in [NormKind::LayerNorm, NormKind::RmsNorm, NormKind::RmsScaling] {
             let st = RowStats::new(kind, false, 1e-5, &x, &w);
             let dx = st.dx(kind, &x, &w, &gy);
-            let magnitude = st.dx_magnitude(kind, &x, &w, &gy);
-            for i in 0..x.len() {
-                assert!(magnitude[i] >= dx[i].abs(), "{kind:?} {i}");
+            for (i, d) in dx.iter().enumerate() {
+                assert!(d.magnitude >= d.value.abs(), "{kind:?} {i}");
             }
             // Outside the mask only the element's own term is left.
-            assert!((magnitude[3] - st.rstd * gy[3].abs()).abs() < 1e-15);
+            assert!((dx[3].magnitude - st.rstd * gy[3].abs()).abs() < 1e-15);
         }
     }
 }
